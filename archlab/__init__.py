@@ -1,0 +1,1 @@
+"""archlab: design, validate, cost and profile hybrid sequence-model architectures."""

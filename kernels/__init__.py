@@ -1,0 +1,1 @@
+"""Fused kernels (Triton) and their float32 references, one folder per op."""

@@ -1,0 +1,1 @@
+"""RAT's core op: intra-chunk gated recurrence + inter-chunk softmax attention."""
