@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from archlab.blocks.base import Backend, BlockParams
+from pydantic import Field
 
 KIND = "attention"
 SYMBOL = "A"
@@ -30,8 +29,11 @@ def check(p: Params, d_model: int) -> list[tuple[str, str]]:
     errors = []
     if p.head_dim is None and d_model % p.heads:
         errors.append(
-            ("heads", f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
-             "when head_dim is not given")
+            (
+                "heads",
+                f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
+                "when head_dim is not given",
+            )
         )
     if p.kv_heads is not None and p.heads % p.kv_heads:
         errors.append(("kv_heads", f"must divide heads ({p.heads}) (got {p.kv_heads})"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from archlab.blocks import attention
 from archlab.blocks.base import Backend, BlockParams
+from pydantic import Field
 
 KIND = "local_attention"
 SYMBOL = "L"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from archlab.blocks.base import BlockParams
+from pydantic import Field
 
 KIND = "mlp"
 SYMBOL = "-"

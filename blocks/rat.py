@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from archlab.blocks.base import Backend, BlockParams
+from pydantic import Field
 
 KIND = "rat"
 SYMBOL = "R"
@@ -28,8 +27,11 @@ def check(p: Params, d_model: int) -> list[tuple[str, str]]:
     errors = []
     if p.head_dim is None and d_model % p.heads:
         errors.append(
-            ("heads", f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
-             "when head_dim is not given")
+            (
+                "heads",
+                f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
+                "when head_dim is not given",
+            )
         )
     if p.heads % p.qk_groups:
         errors.append(("qk_groups", f"must divide heads ({p.heads}) (got {p.qk_groups})"))

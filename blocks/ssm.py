@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from archlab.blocks.base import Backend, BlockParams
+from pydantic import Field
 
 KIND = "ssm"
 SYMBOL = "M"
@@ -28,13 +27,13 @@ def check(p: Params, d_model: int) -> list[tuple[str, str]]:
     errors = []
     inner = p.expand * d_model
     if inner % p.head_dim:
-        errors.append(
-            ("head_dim", f"must divide expand * d_model ({inner}) (got {p.head_dim})")
-        )
+        errors.append(("head_dim", f"must divide expand * d_model ({inner}) (got {p.head_dim})"))
     elif (inner // p.head_dim) % p.n_groups:
         errors.append(
-            ("n_groups", f"must divide the number of heads ({inner // p.head_dim}) "
-             f"(got {p.n_groups})")
+            (
+                "n_groups",
+                f"must divide the number of heads ({inner // p.head_dim}) (got {p.n_groups})",
+            )
         )
     return errors
 

@@ -2,8 +2,9 @@
 
 Shapes: B batch, T tokens, H heads, G qk groups, D head_dim, L chunk_size, C chunks.
 
-Given q, k [B, T, G, D], v [B, T, H, D] and the forget gate g [B, T, H, D] (already
-sigmoid-ed, values in (0, 1)), for every head h (using group h mod G):
+Given q, k [B, T, G, D], v [B, T, H, D], the gate logits [B, T, H, D] and the learned
+gate bias [H * D], the forget gate is g = sigmoid(gate_logits + gate_bias) in float32, and
+for every head h (using group h mod G):
 
 1. Within each chunk of L tokens, the gated recurrence
    s_t = g_t * s_{t-1} + (1 - g_t) * x_t, reset at each chunk start, runs over the values
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from archlab.blocks.rope import apply_rope, rope_cos_sin
 
 
@@ -45,21 +45,30 @@ def chunk_ends(x_BTHD: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return x_BTHD[:, chunk_size - 1 :: chunk_size]
 
 
+def forget_gate(gate_logits: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor:
+    """g = sigmoid(logits + bias) in float32; logits [..., H, D], bias [H * D]."""
+    H, D = gate_logits.shape[-2:]
+    return torch.sigmoid(gate_logits.float() + gate_bias.float().view(H, D))
+
+
 def rat_core_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor,
+    gate_logits: torch.Tensor,
+    gate_bias: torch.Tensor,
     chunk_size: int,
     rope: bool = True,
     rope_theta: float = 10000.0,
 ) -> torch.Tensor:
-    """RAT's mixing of one layer. q, k: [B, T, G, D]; v, g: [B, T, H, D] -> y [B, T, H, D].
+    """RAT's mixing of one layer. q, k: [B, T, G, D]; v, gate_logits: [B, T, H, D];
+    gate_bias: [H * D] -> y [B, T, H, D].
 
     Computed in float32 (inputs are upcast); the output is returned in float32.
     """
     B, T, H, D = v.shape
-    q, k, v, g = q.float(), k.float(), v.float(), g.float()
+    g = forget_gate(gate_logits, gate_bias)
+    q, k, v = q.float(), k.float(), v.float()
     k_run = chunk_scan(expand_groups(k, H), g, chunk_size)
     v_run = chunk_scan(v, g, chunk_size)
     qh = expand_groups(q, H)
@@ -76,3 +85,77 @@ def rat_core_reference(
     probs = torch.softmax(torch.cat([scores_inter, score_self], dim=-1), dim=-1)
     y = torch.einsum("bhtc,bchd->bthd", probs[..., :-1], v_end)
     return y + probs[..., -1].permute(0, 2, 1)[..., None] * v_run
+
+
+# --- Decode. The cache of one layer is two tensors k_cache, v_cache [B, C_max, H, D]
+# (C_max = ceil(max_len / L)). Slot c holds the final key/value of chunk c once that chunk
+# is complete (keys stored RoPE-rotated at position c), and the running, un-rotated
+# key/value of the chunk in progress, so that the recurrence can go on from it.
+
+
+def rat_prefill_cache_reference(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_logits: torch.Tensor,
+    gate_bias: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    chunk_size: int,
+    rope: bool = True,
+    rope_theta: float = 10000.0,
+) -> None:
+    """Fill the cache slots 0..ceil(T/L)-1 from a whole prompt (k [B, T, G, D], v, gate
+    logits [B, T, H, D]), in the layout described above."""
+    B, T, H, D = v.shape
+    g = forget_gate(gate_logits, gate_bias)
+    k_run = chunk_scan(expand_groups(k.float(), H), g, chunk_size)
+    v_run = chunk_scan(v.float(), g, chunk_size)
+    ends = list(range(chunk_size - 1, T, chunk_size))
+    if T % chunk_size:
+        ends.append(T - 1)  # the chunk in progress: its running state
+    ends_t = torch.tensor(ends, device=v.device)
+    k_slots, v_slots = k_run[:, ends_t], v_run[:, ends_t]
+    n_full = T // chunk_size
+    if rope and n_full:
+        cos, sin = rope_cos_sin(torch.arange(n_full, device=v.device), D, rope_theta)
+        k_slots[:, :n_full] = apply_rope(k_slots[:, :n_full], cos, sin)
+    k_cache[:, : len(ends)] = k_slots.to(k_cache.dtype)
+    v_cache[:, : len(ends)] = v_slots.to(v_cache.dtype)
+
+
+def rat_decode_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_logits: torch.Tensor,
+    gate_bias: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    chunk_size: int,
+    rope: bool = True,
+    rope_theta: float = 10000.0,
+) -> torch.Tensor:
+    """One decode step for the token at position `pos` (pos tokens already cached).
+    q, k: [B, G, D]; v, gate_logits: [B, H, D]. Updates slot pos // L of the cache in place
+    and returns y [B, H, D] in float32."""
+    B, H, D = v.shape
+    c, first = pos // chunk_size, pos % chunk_size == 0
+    g = forget_gate(gate_logits, gate_bias)
+    k_new, v_new = (1 - g) * expand_groups(k.float()[:, None], H)[:, 0], (1 - g) * v.float()
+    if not first:
+        k_new = k_new + g * k_cache[:, c].float()
+        v_new = v_new + g * v_cache[:, c].float()
+    qh, k_self = expand_groups(q.float()[:, None], H)[:, 0], k_new
+    if rope:
+        cos, sin = rope_cos_sin(torch.tensor([c], device=v.device), D, rope_theta)
+        qh = apply_rope(qh[:, None], cos, sin)[:, 0]
+        k_self = apply_rope(k_new[:, None], cos, sin)[:, 0]
+    complete = (pos + 1) % chunk_size == 0
+    k_cache[:, c] = (k_self if complete else k_new).to(k_cache.dtype)
+    v_cache[:, c] = v_new.to(v_cache.dtype)
+    scale = 1.0 / math.sqrt(D)
+    keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)  # [B, c + 1, H, D]
+    values = torch.cat([v_cache[:, :c].float(), v_new[:, None]], dim=1)
+    probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) * scale, dim=-1)
+    return torch.einsum("bhc,bchd->bhd", probs, values)
