@@ -1,1 +1,48 @@
-"""archlab: design, validate, cost and profile hybrid sequence-model architectures."""
+"""archlab: design, validate, cost and profile hybrid sequence-model architectures.
+
+    import archlab
+    spec = archlab.load_spec("specs/paper/rat.yaml")   # a path, a YAML string or a dict
+    plan = archlab.compile(spec)                        # the validated, expanded Plan
+    model = archlab.build(spec, device="cpu")           # an nn.Module
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from archlab.errors import SpecError, SpecIssue
+from archlab.loader import Source, load_source
+from archlab.plan import Plan
+
+__all__ = ["SpecError", "SpecIssue", "Plan", "load_spec", "compile", "build", "cost"]
+__version__ = "0.1.0"
+
+
+def load_spec(spec: str | Path | dict) -> Source:
+    """Load a spec (a path, a YAML string or a dict) and resolve `extends`.
+    Raises SpecError for unreadable files and YAML errors."""
+    return load_source(spec)
+
+
+def compile(spec: str | Path | dict | Source | Plan) -> Plan:  # noqa: A001
+    """The validated, expanded Plan of a spec. Raises SpecError listing every problem."""
+    from archlab.compiler import compile_spec
+
+    return spec if isinstance(spec, Plan) else compile_spec(spec)
+
+
+def build(spec, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None):
+    """Build the model of a spec (path, YAML string, dict, Source or Plan) on `device`;
+    `dtype` overrides the spec's `model.dtype`."""
+    from archlab.build import build_model
+
+    return build_model(compile(spec), device=device, dtype=dtype)
+
+
+def cost(spec, batch: int = 1, seq_len: int | None = None):
+    """Analytic parameters, FLOPs and cache bytes of a spec (see archlab.cost)."""
+    from archlab.cost import spec_cost
+
+    return spec_cost(compile(spec), batch=batch, seq_len=seq_len)
