@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
-from archlab.blocks.base import Backend, BlockParams
+import torch
+from archlab.blocks.base import (
+    Backend,
+    BackendUnavailable,
+    BlockParams,
+    FlopCount,
+    LayerCache,
+    linear_flops,
+    resolve_backend,
+)
+from archlab.kernels.rat.flex import flex_available, rat_core_flex
+from archlab.kernels.rat.reference import rat_decode_reference
+from archlab.kernels.rat.scan import rat_core_scan, rat_prefill_cache_scan
 from pydantic import Field
+from torch import nn
+
+from archlab.config import ModelConfig
 
 KIND = "rat"
 SYMBOL = "R"
@@ -13,6 +29,8 @@ IS_MIXER = True
 
 
 class Params(BlockParams):
+    """The `rat` params of the spec language (SPEC_LANGUAGE.md)."""
+
     kind: Literal["rat"] = "rat"
     heads: int = Field(ge=1, le=4096)
     chunk_size: int = Field(ge=1, le=1 << 30)
@@ -24,6 +42,7 @@ class Params(BlockParams):
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
+    """Checks that need the model: head_dim derivable and even under RoPE, groups dividing."""
     errors = []
     if p.head_dim is None and d_model % p.heads:
         errors.append(
@@ -45,4 +64,205 @@ EXAMPLES = [
     {"kind": "rat", "heads": 4, "chunk_size": 1, "qk_groups": 1},
     {"kind": "rat", "heads": 4, "chunk_size": 5, "qk_groups": 4, "rope": "none", "bias": True},
     {"kind": "rat", "heads": 2, "chunk_size": 64},
+    {"kind": "rat", "heads": 2, "head_dim": 6, "chunk_size": 3, "qk_groups": 1},
 ]
+
+
+ROPE_THETA = 10000.0  # the paper's; the spec language has no knob for RAT's theta
+
+
+def dims(p: Params, d_model: int) -> tuple[int, int, int]:
+    """(heads, head_dim, qk_groups) of a RAT block."""
+    return p.heads, p.head_dim or d_model // p.heads, p.qk_groups
+
+
+def _triton_core(device: torch.device) -> Callable | None:
+    """The Triton core where it can run (CUDA, `archlab.kernels.rat.triton_ops` importable
+    and exposing `rat_core_triton`); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    try:
+        from archlab.kernels.rat import triton_ops
+    except ImportError:
+        return None
+    return getattr(triton_ops, "rat_core_triton", None)
+
+
+class Block(nn.Module):
+    """RAT, the mixer alone, parameterised as the paper's layer (weights map one to one):
+    in_proj -> z, v, g [heads * head_dim each], q, k [qk_groups * head_dim each];
+    g = sigmoid(g + gate_bias) in float32; output out_proj(sigmoid(z) * y).
+
+    Backends: `reference` (vectorised float32 PyTorch, any device), `flex` (FlexAttention,
+    CUDA), `triton` (CUDA, when `archlab.kernels.rat.triton_ops` exists); `auto` takes the
+    first of triton, flex, reference that runs. The constructor selects for the CPU; call
+    `select_backend(device)` after moving the block. Parameters are created in float32."""
+
+    def __init__(self, params: Params, model: ModelConfig) -> None:
+        super().__init__()
+        self.params = params
+        self.heads, self.head_dim, self.qk_groups = dims(params, model.d_model)
+        self.chunk_size = params.chunk_size
+        self.rope = params.rope != "none"
+        self.cache_dtype = model.torch_dtype
+        inner, qk = self.heads * self.head_dim, self.qk_groups * self.head_dim
+        self.splits = [inner, inner, inner, qk, qk]  # z, v, g, q, k
+        self.in_proj = nn.Linear(model.d_model, sum(self.splits), bias=params.bias)
+        self.gate_bias = nn.Parameter(torch.empty(inner))
+        self.out_proj = nn.Linear(inner, model.d_model, bias=params.bias)
+        self.reset_gate_bias()
+        self.backend: str | None = None
+        self._core: Callable | None = None
+        try:
+            self.select_backend(torch.device("cpu"))
+        except BackendUnavailable:
+            pass  # e.g. `flex`: runs once select_backend picks a CUDA device
+
+    def reset_gate_bias(self) -> None:
+        """gate_bias = log(U(1, chunk_size - 1)), as the paper (zeros for chunk_size <= 2)."""
+        with torch.no_grad():
+            if self.chunk_size > 2:
+                self.gate_bias.uniform_(1.0, self.chunk_size - 1.0).log_()
+            else:
+                self.gate_bias.zero_()
+
+    def select_backend(self, device: torch.device | str) -> str:
+        """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
+        device = torch.device(device)
+        self.backend, self._core = None, None
+        triton_core = _triton_core(device)
+        cores = {"triton": triton_core, "flex": rat_core_flex, "reference": rat_core_scan}
+        available = {
+            "triton": triton_core is not None,
+            "flex": flex_available(device),
+            "reference": True,
+        }
+        backend = resolve_backend(self.params.backend, device, available)
+        self.backend, self._core = backend, cores[backend]
+        return backend
+
+    def project(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """in_proj split as the paper: z [B,T,H*D], q, k [B,T,G,D], v, gate logits [B,T,H,D]."""
+        z, v, g, q, k = self.in_proj(x_BTD).split(self.splits, dim=-1)
+        H, D, G = self.heads, self.head_dim, self.qk_groups
+        return (
+            z,
+            q.unflatten(-1, (G, D)),
+            k.unflatten(-1, (G, D)),
+            *(t.unflatten(-1, (H, D)) for t in (v, g)),
+        )
+
+    def output(self, z_BTE: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
+        """out_proj(sigmoid(z) * y), in z's dtype."""
+        return self.out_proj(torch.sigmoid(z_BTE) * y_BTHD.flatten(-2).to(z_BTE.dtype))
+
+    def _check_backend(self, x: torch.Tensor) -> Callable:
+        if self._core is None:
+            raise BackendUnavailable(
+                f"rat backend {self.params.backend!r} is not selected for a device it can run "
+                "on; call select_backend(device)"
+            )
+        if self.backend != "reference" and x.device.type != "cuda":
+            raise BackendUnavailable(f"rat backend {self.backend!r} cannot run on {x.device}")
+        return self._core
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] -> [B, T, d_model], any T."""
+        core = self._check_backend(x_BTD)
+        z, q, k, v, gl = self.project(x_BTD)
+        y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
+        return self.output(z, y)
+
+    def allocate_cache(
+        self,
+        batch: int,
+        max_len: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LayerCache:
+        """Zeroed "k", "v" [batch, ceil(max_len / chunk_size), heads, head_dim] in the layout
+        of kernels/rat/reference.py; dtype defaults to the model's, device to the block's."""
+        shape = (batch, -(-max_len // self.chunk_size), self.heads, self.head_dim)
+        device = device if device is not None else self.gate_bias.device
+        dtype = dtype if dtype is not None else self.cache_dtype
+        return LayerCache(
+            {n: torch.zeros(shape, device=device, dtype=dtype) for n in ("k", "v")}, 0
+        )
+
+    def _check_room(self, cache: LayerCache, new_len: int) -> None:
+        slots = cache["k"].shape[1]
+        if -(-new_len // self.chunk_size) > slots:
+            raise ValueError(f"cache holds {slots * self.chunk_size} tokens, needs {new_len}")
+
+    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Run a prompt (one parallel pass) into an empty cache; returns forward(x)."""
+        if cache.length:
+            raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        self._check_room(cache, x_BTD.shape[1])
+        core = self._check_backend(x_BTD)
+        z, q, k, v, gl = self.project(x_BTD)
+        y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
+        kc, vc, L = cache["k"], cache["v"], self.chunk_size
+        states = (t.detach() for t in (k, v, gl, self.gate_bias))
+        rat_prefill_cache_scan(*states, kc, vc, L, self.rope, ROPE_THETA)
+        cache.length = x_BTD.shape[1]
+        return self.output(z, y)
+
+    @torch.no_grad()
+    def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Decode one token at position cache.length (O(number of chunks)); no autograd."""
+        pos = cache.length
+        self._check_room(cache, pos + 1)
+        z, q, k, v, gl = self.project(x_B1D)
+        kc, vc, L = cache["k"], cache["v"], self.chunk_size
+        args = (q[:, 0], k[:, 0], v[:, 0], gl[:, 0], self.gate_bias, kc, vc, pos, L)
+        y_BHD = rat_decode_reference(*args, self.rope, ROPE_THETA)
+        cache.length = pos + 1
+        return self.output(z, y_BHD[:, None])
+
+
+def scored_pairs(chunk_size: int, seq_len: int) -> int:
+    """(query, key) pairs scored per head and sequence under the chunk-causal mask: token t
+    scores against the t // chunk_size earlier chunk ends plus its own running key."""
+    n, r = divmod(seq_len, chunk_size)
+    return seq_len + chunk_size * n * (n - 1) // 2 + r * n
+
+
+def param_count(p: Params, d_model: int) -> int:
+    """Exact parameter count of `Block`."""
+    H, D, G = dims(p, d_model)
+    inner, proj_out = H * D, 3 * H * D + 2 * G * D
+    biases = (proj_out + d_model) if p.bias else 0
+    return d_model * proj_out + inner + inner * d_model + biases
+
+
+def _cost(p: Params, d_model: int, tokens: int, pairs: int) -> FlopCount:
+    """FLOPs of `tokens` tokens that together score `pairs` (query, key) pairs per head.
+
+    matmul: in_proj and out_proj (2 per multiply-add, bias adds not counted) plus the QK
+    and PV products, 2 * head_dim each per scored pair and head.
+    other, per token with E = heads * head_dim: forget gate 3E (bias add, sigmoid, 1 - g);
+    the two scans 3E each (g * s + (1 - g) * x); RoPE 3E on q and 3E on the keys when on;
+    output gate 2E (sigmoid, product); plus the softmax, 5 per scored pair and head
+    (scale, max, exp, sum, divide)."""
+    H, D, G = dims(p, d_model)
+    E = H * D
+    proj = linear_flops(tokens, d_model, 3 * E + 2 * G * D) + linear_flops(tokens, E, d_model)
+    per_token = 3 * E + 6 * E + (6 * E if p.rope != "none" else 0) + 2 * E
+    return FlopCount(proj + 4 * D * H * pairs, tokens * per_token + 5 * H * pairs)
+
+
+def flops(p: Params, d_model: int, batch: int, seq_len: int) -> FlopCount:
+    """Forward FLOPs of a batch of sequences of seq_len tokens (see `_cost`)."""
+    return _cost(p, d_model, batch * seq_len, batch * scored_pairs(p.chunk_size, seq_len))
+
+
+def decode_flops(p: Params, d_model: int, batch: int, t: int) -> FlopCount:
+    """FLOPs of one new token at position t: t // chunk_size chunk ends plus itself."""
+    return _cost(p, d_model, batch, batch * (t // p.chunk_size + 1))
+
+
+def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
+    """2 * B * ceil(T / chunk_size) * heads * head_dim * dtype_bytes (chunk-end k and v)."""
+    H, D, _ = dims(p, d_model)
+    return 2 * batch * -(-seq_len // p.chunk_size) * H * D * dtype_bytes

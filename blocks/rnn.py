@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from archlab.blocks.base import Backend, BlockParams
+import torch
+from archlab.blocks.base import (
+    Backend,
+    BackendUnavailable,
+    BlockParams,
+    FlopCount,
+    LayerCache,
+    linear_flops,
+    resolve_backend,
+)
+from archlab.kernels.rat.scan import chunk_scan_parallel
+from torch import nn
+
+from archlab.config import ModelConfig
 
 KIND = "rnn"
 SYMBOL = "N"
@@ -12,13 +25,134 @@ IS_MIXER = True
 
 
 class Params(BlockParams):
+    """The `rnn` params of the spec language (SPEC_LANGUAGE.md)."""
+
     kind: Literal["rnn"] = "rnn"
     bias: bool = False
     backend: Backend = "auto"
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
+    """No check needs the model."""
     return []
 
 
 EXAMPLES = [{"kind": "rnn"}, {"kind": "rnn", "bias": True}]
+
+
+class Block(nn.Module):
+    """in_proj -> z, v, g [d_model each]; g = sigmoid(g + gate_bias) in float32;
+    s_t = g_t * s_{t-1} + (1 - g_t) * v_t over the whole sequence (float32);
+    output out_proj(sigmoid(z) * s). The RAT block with a chunk as long as the sequence,
+    with the same weight layout for z, v, g. One backend: `reference` (a log-depth
+    parallel scan); `auto` picks it. Parameters are created in float32."""
+
+    def __init__(self, params: Params, model: ModelConfig) -> None:
+        super().__init__()
+        self.params = params
+        self.d_model = model.d_model
+        self.max_seq_len = model.max_seq_len
+        self.cache_dtype = model.torch_dtype
+        self.in_proj = nn.Linear(model.d_model, 3 * model.d_model, bias=params.bias)
+        self.gate_bias = nn.Parameter(torch.empty(model.d_model))
+        self.out_proj = nn.Linear(model.d_model, model.d_model, bias=params.bias)
+        self.reset_gate_bias()
+        self.backend: str | None = None
+        try:
+            self.select_backend(torch.device("cpu"))
+        except BackendUnavailable:
+            pass  # a backend this kind lacks: forward raises until one is selected
+
+    def reset_gate_bias(self) -> None:
+        """gate_bias = log(U(1, max_seq_len - 1)) (zeros for max_seq_len <= 2)."""
+        with torch.no_grad():
+            if self.max_seq_len > 2:
+                self.gate_bias.uniform_(1.0, self.max_seq_len - 1.0).log_()
+            else:
+                self.gate_bias.zero_()
+
+    def select_backend(self, device: torch.device | str) -> str:
+        """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
+        self.backend = None
+        self.backend = resolve_backend(
+            self.params.backend, torch.device(device), {"reference": True}
+        )
+        return self.backend
+
+    def _gates(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (x's dtype), v, g (float32)."""
+        if self.backend is None:
+            raise BackendUnavailable(f"rnn backend {self.params.backend!r} is not available")
+        z, v, g = self.in_proj(x_BTD).chunk(3, dim=-1)
+        return z, v.float(), torch.sigmoid(g.float() + self.gate_bias.float())
+
+    def _output(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(torch.sigmoid(z) * s.to(z.dtype))
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] -> [B, T, d_model]."""
+        z, v, g = self._gates(x_BTD)
+        return self._output(z, chunk_scan_parallel(v, g, max(x_BTD.shape[1], 1)))
+
+    def allocate_cache(
+        self,
+        batch: int,
+        max_len: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LayerCache:
+        """One zeroed "state" [batch, d_model] (whatever max_len); dtype defaults to the
+        model's, device to the block's."""
+        device = device if device is not None else self.gate_bias.device
+        dtype = dtype if dtype is not None else self.cache_dtype
+        return LayerCache({"state": torch.zeros(batch, self.d_model, device=device, dtype=dtype)})
+
+    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Run a prompt (one parallel scan) into an empty cache; returns forward(x)."""
+        if cache.length:
+            raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        z, v, g = self._gates(x_BTD)
+        s = chunk_scan_parallel(v, g, max(x_BTD.shape[1], 1))
+        if x_BTD.shape[1]:
+            cache["state"].copy_(s[:, -1].detach())
+        cache.length = x_BTD.shape[1]
+        return self._output(z, s)
+
+    @torch.no_grad()
+    def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Decode one token (O(1)); no autograd."""
+        z, v, g = self._gates(x_B1D[:, 0])
+        s = (1 - g) * v
+        if cache.length:
+            s = s + g * cache["state"].float()
+        cache["state"].copy_(s)
+        cache.length += 1
+        return self._output(z, s)[:, None]
+
+
+def _cost(d_model: int, tokens: int) -> FlopCount:
+    """matmul: in_proj (d -> 3d) and out_proj (d -> d), bias adds not counted.
+    other, per token: forget gate 3d (bias add, sigmoid, 1 - g), scan 3d
+    (g * s + (1 - g) * v), output gate 2d (sigmoid, product)."""
+    matmul = linear_flops(tokens, d_model, 3 * d_model) + linear_flops(tokens, d_model, d_model)
+    return FlopCount(matmul, tokens * 8 * d_model)
+
+
+def param_count(p: Params, d_model: int) -> int:
+    """Exact parameter count of `Block`."""
+    return 4 * d_model * d_model + d_model + (4 * d_model if p.bias else 0)
+
+
+def flops(p: Params, d_model: int, batch: int, seq_len: int) -> FlopCount:
+    """Forward FLOPs (see `_cost`); linear in seq_len."""
+    return _cost(d_model, batch * seq_len)
+
+
+def decode_flops(p: Params, d_model: int, batch: int, t: int) -> FlopCount:
+    """FLOPs of one new token, at any position."""
+    return _cost(d_model, batch)
+
+
+def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
+    """B * d_model * dtype_bytes: the one recurrent state."""
+    return batch * d_model * dtype_bytes
