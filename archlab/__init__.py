@@ -1,9 +1,9 @@
 """archlab: design, validate, cost and profile hybrid sequence-model architectures.
 
-    import archlab
-    spec = archlab.load_spec("specs/paper/rat.yaml")   # a path, a YAML string or a dict
-    plan = archlab.compile(spec)                        # the validated, expanded Plan
-    model = archlab.build(spec, device="cpu")           # an nn.Module
+import archlab
+spec = archlab.load_spec("specs/paper/rat.yaml")   # a path, a YAML string or a dict
+plan = archlab.compile(spec)                        # the validated, expanded Plan
+model = archlab.build(spec, device="cpu")           # an nn.Module
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ from pathlib import Path
 
 import torch
 
+# The submodules `archlab.build` and `archlab.cost` share their names with the API
+# functions below. They are imported first so that the functions defined afterwards
+# are what `archlab.build` / `archlab.cost` mean; `from archlab.build import ...` still
+# reaches the modules through sys.modules.
+import archlab.build as _build_module  # noqa: E402, F401
+import archlab.cost as _cost_module  # noqa: F401
 from archlab.errors import SpecError, SpecIssue
 from archlab.loader import Source, load_source
 from archlab.plan import Plan
@@ -36,13 +42,9 @@ def compile(spec: str | Path | dict | Source | Plan) -> Plan:  # noqa: A001
 def build(spec, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None):
     """Build the model of a spec (path, YAML string, dict, Source or Plan) on `device`;
     `dtype` overrides the spec's `model.dtype`."""
-    from archlab.build import build_model
-
-    return build_model(compile(spec), device=device, dtype=dtype)
+    return _build_module.build_model(compile(spec), device=device, dtype=dtype)
 
 
 def cost(spec, batch: int = 1, seq_len: int | None = None):
     """Analytic parameters, FLOPs and cache bytes of a spec (see archlab.cost)."""
-    from archlab.cost import spec_cost
-
-    return spec_cost(compile(spec), batch=batch, seq_len=seq_len)
+    return _cost_module.spec_cost(compile(spec), batch=batch, seq_len=seq_len)

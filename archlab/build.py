@@ -90,15 +90,15 @@ class ArchModel(nn.Module):
             x = block(x)
         return self._head(x)
 
-    def allocate_cache(
-        self, batch_size: int, max_len: int, device=None, dtype=None
-    ) -> ModelCache:
+    def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> ModelCache:
         """Caches for decoding up to `max_len` tokens (prompt + generated)."""
         p = next(self.parameters())
         device, dtype = device or p.device, dtype or p.dtype
         return ModelCache(
-            [b.mixer.allocate_cache(batch_size, max_len, device=device, dtype=dtype)
-             for b in self.blocks]
+            [
+                b.mixer.allocate_cache(batch_size, max_len, device=device, dtype=dtype)
+                for b in self.blocks
+            ]
         )
 
     def prefill(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:

@@ -39,14 +39,14 @@ def cmd_validate(args) -> int:
         _existing(spec)
         try:
             plan = compile(spec)
-            results.append({"file": spec, "valid": True, "blocks": len(plan.blocks),
-                            "errors": []})
+            results.append({"file": spec, "valid": True, "blocks": len(plan.blocks), "errors": []})
             if not args.json:
                 print(f"{spec}: ok ({len(plan.blocks)} blocks)")
         except SpecError as e:
             status = EXIT_INVALID
-            results.append({"file": spec, "valid": False,
-                            "errors": [x.to_dict() for x in e.errors]})
+            results.append(
+                {"file": spec, "valid": False, "errors": [x.to_dict() for x in e.errors]}
+            )
             if not args.json:
                 print(str(e), file=sys.stderr)
     if args.json:
@@ -73,17 +73,36 @@ def cmd_show(args) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     if args.json:
-        _emit_json({"name": plan.name, "file": plan.file, "model": m.model_dump(),
-                    "blocks": rows, "kinds": plan.kinds(), "parameters": total})
+        _emit_json(
+            {
+                "name": plan.name,
+                "file": plan.file,
+                "model": m.model_dump(),
+                "blocks": rows,
+                "kinds": plan.kinds(),
+                "parameters": total,
+            }
+        )
         return EXIT_OK
-    print(f"{plan.name}: {len(plan.blocks)} blocks, d_model {m.d_model}, vocab {m.vocab_size}, "
-          f"{m.dtype}")
-    body = [[r["index"], r["kind"], ", ".join(f"{k}={v}" for k, v in r["params"].items()),
-             f"{r['parameters']:,}"] for r in rows]
+    print(
+        f"{plan.name}: {len(plan.blocks)} blocks, d_model {m.d_model}, vocab {m.vocab_size}, "
+        f"{m.dtype}"
+    )
+    body = [
+        [
+            r["index"],
+            r["kind"],
+            ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+            f"{r['parameters']:,}",
+        ]
+        for r in rows
+    ]
     print(table(["#", "kind", "params", "parameters"], body, right={0, 3}))
     embed = m.vocab_size * m.d_model
-    print(f"\nembedding {embed:,}  lm_head {0 if m.tie_embeddings else embed:,}"
-          f"{' (tied)' if m.tie_embeddings else ''}  final norm {norm_params(m):,}")
+    print(
+        f"\nembedding {embed:,}  lm_head {0 if m.tie_embeddings else embed:,}"
+        f"{' (tied)' if m.tie_embeddings else ''}  final norm {norm_params(m):,}"
+    )
     kinds = ", ".join(f"{k} x{v}" for k, v in plan.kinds().items())
     print(f"total parameters: {total:,} ({human(total)})   blocks: {kinds}")
     if args.graph:
@@ -110,9 +129,16 @@ def cmd_build(args) -> int:
     ok = bool(torch.isfinite(logits.float()).all())
     backends = {str(i): b for i, b in model.backends().items() if b is not None}
     if args.json:
-        _emit_json({"name": plan.name, "parameters": params, "device": args.device,
-                    "dtype": str(next(model.parameters()).dtype), "backends": backends,
-                    "forward": {"input": [1, T], "output": list(logits.shape), "finite": ok}})
+        _emit_json(
+            {
+                "name": plan.name,
+                "parameters": params,
+                "device": args.device,
+                "dtype": str(next(model.parameters()).dtype),
+                "backends": backends,
+                "forward": {"input": [1, T], "output": list(logits.shape), "finite": ok},
+            }
+        )
         return EXIT_OK if ok else EXIT_INVALID
     print(model if args.full else _module_tree(model))
     print(f"\nparameters: {params:,}")
@@ -123,8 +149,7 @@ def cmd_build(args) -> int:
 
 def _module_tree(model) -> str:
     """The module tree with each distinct block printed once."""
-    lines = [f"{type(model).__name__}(",
-             f"  (embedding): {model.embedding}"]
+    lines = [f"{type(model).__name__}(", f"  (embedding): {model.embedding}"]
     seen: dict[str, int] = {}
     for i, block in enumerate(model.blocks):
         text = repr(block)
@@ -194,15 +219,24 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cost", help="analytic parameters, FLOPs and cache memory")
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--seq", default=None, help="sequence lengths, e.g. 4k,32k,128k "
-                                               "(default: each spec's max_seq_len)")
+    p.add_argument(
+        "--seq",
+        default=None,
+        help="sequence lengths, e.g. 4k,32k,128k (default: each spec's max_seq_len)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--by-kind", action="store_true")
     p.add_argument("--by-block", action="store_true")
-    p.add_argument("--crossover", action="store_true",
-                   help="sequence lengths where one spec becomes cheaper than another")
-    p.add_argument("--train-memory", action="store_true",
-                   help="estimate training memory (weights, grads, AdamW, activations)")
+    p.add_argument(
+        "--crossover",
+        action="store_true",
+        help="sequence lengths where one spec becomes cheaper than another",
+    )
+    p.add_argument(
+        "--train-memory",
+        action="store_true",
+        help="estimate training memory (weights, grads, AdamW, activations)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cost)
 
@@ -236,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INVALID
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
-        print(f"archlab: internal error: {type(e).__name__}: {e}\n"
-              "(set ARCHLAB_DEBUG=1 to see the traceback; please report it)", file=sys.stderr)
+        print(
+            f"archlab: internal error: {type(e).__name__}: {e}\n"
+            "(set ARCHLAB_DEBUG=1 to see the traceback; please report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

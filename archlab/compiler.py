@@ -102,8 +102,13 @@ def validate(source: Source, errors: list[SpecIssue]) -> Document | None:
             errors.append(source.issue((key,), "unknown key" + suggest(key, TOP_LEVEL_KEYS)))
     version = data.get("archlab", LANGUAGE_VERSION)
     if version != LANGUAGE_VERSION or isinstance(version, bool):
-        errors.append(source.issue(("archlab",), f"unsupported language version {version!r} "
-                                                 f"(this archlab reads version {LANGUAGE_VERSION})"))
+        errors.append(
+            source.issue(
+                ("archlab",),
+                f"unsupported language version {version!r} "
+                f"(this archlab reads version {LANGUAGE_VERSION})",
+            )
+        )
     name = data.get("name", Path(source.file).stem if source.file[:1] != "<" else "spec")
     description = data.get("description", "")
     for key, value in (("name", name), ("description", description)):
@@ -122,9 +127,9 @@ def validate(source: Source, errors: list[SpecIssue]) -> Document | None:
 def _validate_model(source: Source, errors: list[SpecIssue]):
     """(the model, None) when valid; else (None, the model built from its valid fields,
     when d_model and vocab_size are among them, so later passes can still check blocks)."""
-    raw = source.data.get("model")
-    if raw is None:
-        return None, None
+    if "model" not in source.data:
+        return None, None  # reported as a missing key
+    raw = source.data["model"]
     if not isinstance(raw, dict):
         errors.append(source.issue(("model",), "must be a mapping"))
         return None, None
@@ -169,8 +174,9 @@ def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
     out = {}
     for kind, params in raw.items():
         if kind not in BLOCKS:
-            errors.append(source.issue(("defaults", kind), "unknown block kind"
-                                       + suggest(kind, BLOCKS)))
+            errors.append(
+                source.issue(("defaults", kind), "unknown block kind" + suggest(kind, BLOCKS))
+            )
         elif not isinstance(params, dict):
             errors.append(source.issue(("defaults", kind), "must be a mapping of params"))
         else:
@@ -187,8 +193,12 @@ def _validate_symbols(source: Source, errors) -> dict[str, RawBlock]:
     for sym, item in raw.items():
         path = ("symbols", sym)
         if not isinstance(sym, str) or len(sym) != 1 or sym in patterns.RESERVED:
-            errors.append(source.issue(path, "a symbol is one character other than "
-                                             "'(', ')', 'x', a digit or white space"))
+            errors.append(
+                source.issue(
+                    path,
+                    "a symbol is one character other than '(', ')', 'x', a digit or white space",
+                )
+            )
             continue
         block = _block_from_item(source, item, path, errors)
         if block is not None:
@@ -208,8 +218,9 @@ def _block_from_item(source: Source, item: Any, path: tuple, errors) -> RawBlock
         return None
     kind = item["kind"]
     if not isinstance(kind, str) or kind not in BLOCKS:
-        errors.append(source.issue(path + ("kind",), f"unknown block kind {kind!r}"
-                                   + suggest(kind, BLOCKS)))
+        errors.append(
+            source.issue(path + ("kind",), f"unknown block kind {kind!r}" + suggest(kind, BLOCKS))
+        )
         return None
     params = _check_fields(source, kind, item, path, errors)
     return RawBlock(kind, params, path, kind_path=path + ("kind",))
@@ -231,8 +242,11 @@ def expand(doc: Document, errors: list[SpecIssue]) -> list[RawBlock]:
     symbols.update(doc.symbols)
     counted = _count(source, items, paths, symbols, errors, depth=0)
     if len(errors) == n_before and counted > MAX_BLOCKS:
-        errors.append(source.issue(("stack",), f"the stack expands to more than {MAX_BLOCKS} "
-                                               f"blocks (the limit)"))
+        errors.append(
+            source.issue(
+                ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
+            )
+        )
     if len(errors) == n_before and counted == 0:
         errors.append(source.issue(("stack",), "the stack is empty"))
     if len(errors) > n_before:
@@ -264,14 +278,16 @@ def _count(source, items, paths, symbols, errors, depth) -> int:
                 ppath = _pattern_path(item, path)
                 file, line, col = source.values.get(ppath, source.pos(ppath))
                 hint = suggest(text, BLOCKS) if text.isidentifier() else ""
-                message = (f"unknown block kind {text!r}{hint}" if hint
-                           else f"{e.message}{patterns.caret(text, e.offset)}")
+                message = (
+                    f"unknown block kind {text!r}{hint}"
+                    if hint
+                    else f"{e.message}{patterns.caret(text, e.offset)}"
+                )
                 errors.append(SpecIssue(file, line, col, format_path(ppath), message))
         elif isinstance(item, dict) and "repeat" in item:
             total += _count_repeat(source, item, path, symbols, errors, depth)
         elif isinstance(item, dict) and "kind" not in item and "pattern" in item:
-            errors.append(source.issue(path, "a pattern item has only the key `pattern`, "
-                                             "a string"))
+            errors.append(source.issue(path, "a pattern item has only the key `pattern`, a string"))
         else:
             if _block_from_item(source, item, path, errors) is not None:
                 total += 1
@@ -286,17 +302,27 @@ def _count_repeat(source, item, path, symbols, errors, depth) -> int:
         return 0
     extra = set(item) - {"repeat", "stack"}
     for key in extra:
-        errors.append(source.issue(path + (key,), "unknown key in a repeat group"
-                                   + suggest(key, ["repeat", "stack"])))
+        errors.append(
+            source.issue(
+                path + (key,), "unknown key in a repeat group" + suggest(key, ["repeat", "stack"])
+            )
+        )
     count = item["repeat"]
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BLOCKS:
-        errors.append(source.issue(path + ("repeat",), f"must be an integer from 1 to "
-                                                       f"{MAX_BLOCKS} (got {count!r})"))
+        errors.append(
+            source.issue(
+                path + ("repeat",), f"must be an integer from 1 to {MAX_BLOCKS} (got {count!r})"
+            )
+        )
         return 0
     inner = item.get("stack")
     if not isinstance(inner, list) or not inner:
-        errors.append(source.issue(path + ("stack",) if "stack" in item else path,
-                                   "a repeat group needs a non-empty list `stack`"))
+        errors.append(
+            source.issue(
+                path + ("stack",) if "stack" in item else path,
+                "a repeat group needs a non-empty list `stack`",
+            )
+        )
         return 0
     inner_paths = [path + ("stack", i) for i in range(len(inner))]
     return count * _count(source, inner, inner_paths, symbols, errors, depth + 1)
@@ -310,16 +336,23 @@ def _expand(source, items, paths, symbols) -> list[RawBlock]:
             ppath = _pattern_path(item, path)
             for sym, _offset in patterns.parse(text, set(symbols)).expand():
                 base = symbols[sym]
-                out.append(RawBlock(base.kind, dict(base.params), ppath,
-                                    note=f"from symbol {sym!r}",
-                                    kind_path=base.kind_path or ppath))
+                out.append(
+                    RawBlock(
+                        base.kind,
+                        dict(base.params),
+                        ppath,
+                        note=f"from symbol {sym!r}",
+                        kind_path=base.kind_path or ppath,
+                    )
+                )
         elif isinstance(item, dict) and "repeat" in item:
             inner = item["stack"]
             inner_paths = [path + ("stack", i) for i in range(len(inner))]
             once = _expand(source, inner, inner_paths, symbols)
             for _ in range(item["repeat"]):
-                out.extend(RawBlock(b.kind, dict(b.params), b.origin, b.note, b.kind_path)
-                           for b in once)
+                out.extend(
+                    RawBlock(b.kind, dict(b.params), b.origin, b.note, b.kind_path) for b in once
+                )
         else:
             out.append(_block_from_item(source, item, path, []))
     return out
@@ -349,21 +382,31 @@ def apply_defaults_and_patches(
             errors.append(source.issue(path, f"a block index must be an integer (got {key!r})"))
             continue
         if not -n <= index < n:
-            errors.append(source.issue(path, f"index {index} is out of range: the stack has "
-                                             f"{n} blocks (0..{n - 1}, or -{n}..-1)"))
+            errors.append(
+                source.issue(
+                    path,
+                    f"index {index} is out of range: the stack has "
+                    f"{n} blocks (0..{n - 1}, or -{n}..-1)",
+                )
+            )
             continue
         target = blocks[index % n]
         if isinstance(patch, dict) and "kind" not in patch:
-            patch_block = RawBlock(target.kind, _check_fields(source, target.kind, patch,
-                                                                 path, errors), path)
+            patch_block = RawBlock(
+                target.kind, _check_fields(source, target.kind, patch, path, errors), path
+            )
         else:
             patch_block = _block_from_item(source, patch, path, errors)
         if patch_block is None:
             continue
         if patch_block.kind != target.kind:
             defaults = doc.defaults.get(patch_block.kind, {})
-            blocks[index % n] = RawBlock(patch_block.kind, {**defaults, **patch_block.params},
-                                         path, kind_path=patch_block.kind_path)
+            blocks[index % n] = RawBlock(
+                patch_block.kind,
+                {**defaults, **patch_block.params},
+                path,
+                kind_path=patch_block.kind_path,
+            )
         else:
             target.params = {**target.params, **patch_block.params}
     return blocks
@@ -403,8 +446,10 @@ def resolve(
                 else:
                     message = pydantic_message(err)
                     if err["type"] == "missing":
-                        message = (f"required field `{key}` is missing{where}; set it on the "
-                                   f"block or in `defaults.{b.kind}`")
+                        message = (
+                            f"required field `{key}` is missing{where}; set it on the "
+                            f"block or in `defaults.{b.kind}`"
+                        )
                     errors.append(source.issue(b.origin, message))
             continue
         problems = mod.check(params, model.d_model)

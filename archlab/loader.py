@@ -50,8 +50,29 @@ def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, 
     positions.setdefault(path, here)
     positions[("$value",) + path] = here
     if depth > MAX_DEPTH:
-        errors.append(SpecIssue(file, *positions[path][1:], format_path(path),
-                                f"nested deeper than {MAX_DEPTH} levels"))
+        errors.append(
+            SpecIssue(
+                file,
+                *positions[path][1:],
+                format_path(path),
+                f"nested deeper than {MAX_DEPTH} levels",
+            )
+        )
+        return None
+    standard = {
+        yaml.MappingNode: "tag:yaml.org,2002:map",
+        yaml.SequenceNode: "tag:yaml.org,2002:seq",
+    }
+    if type(node) in standard and node.tag != standard[type(node)]:
+        errors.append(
+            _at(
+                file,
+                node,
+                path,
+                f"unsupported YAML tag {node.tag!r}: a spec holds "
+                "plain mappings, lists and scalars",
+            )
+        )
         return None
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -67,7 +88,9 @@ def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, 
                 errors.append(_at(file, key_node, path + (key,), "duplicate key"))
                 continue
             positions[path + (key,)] = (
-                file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                file,
+                key_node.start_mark.line + 1,
+                key_node.start_mark.column + 1,
             )
             out[key] = _build(value_node, loader, file, path + (key,), positions, errors, depth + 1)
         return out
@@ -80,16 +103,18 @@ def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, 
 
 
 def _at(file: str, node: yaml.Node, path: tuple, message: str) -> SpecIssue:
-    return SpecIssue(file, node.start_mark.line + 1, node.start_mark.column + 1,
-                     format_path(path), message)
+    return SpecIssue(
+        file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path), message
+    )
 
 
 def parse_yaml(text: str, file: str) -> Source:
     """Parse one YAML document into a Source; any YAML problem becomes a SpecError."""
     if len(text) > MAX_BYTES:
         raise SpecError([SpecIssue(file, 0, 0, "", f"spec is larger than {MAX_BYTES} bytes")])
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         positions: dict[tuple, Pos] = {}
         errors: list[SpecIssue] = []
@@ -101,12 +126,25 @@ def parse_yaml(text: str, file: str) -> Source:
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = " ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
         raise SpecError([SpecIssue(file, line, col, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.reader.ReaderError as e:
+        raise SpecError(
+            [
+                SpecIssue(
+                    file,
+                    0,
+                    e.position + 1 if e.position is not None else 0,
+                    "",
+                    f"not a text file: {e.reason} at character {e.position}",
+                )
+            ]
+        ) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
         raise SpecError([SpecIssue(file, 0, 0, "", f"YAML error: {e}")]) from None
     except RecursionError:
         raise SpecError([SpecIssue(file, 0, 0, "", "YAML nested too deeply")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if errors:
         raise SpecError(errors)
     return Source(data, positions, file, values)
@@ -166,8 +204,12 @@ def resolve_extends(source: Source, base_dir: Path, chain: tuple[Path, ...] = ()
     parent = load_file(parent_path, chain)
     if not isinstance(parent.data, dict):
         raise SpecError([source.issue(("extends",), f"{target} is not a mapping")])
-    own = Source({k: v for k, v in source.data.items() if k != "extends"},
-                 source.positions, source.file, source.values)
+    own = Source(
+        {k: v for k, v in source.data.items() if k != "extends"},
+        source.positions,
+        source.file,
+        source.values,
+    )
     return deep_merge(parent, own)
 
 

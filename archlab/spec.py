@@ -11,8 +11,17 @@ from archlab.blocks import BLOCKS
 from archlab.config import ModelConfig
 
 LANGUAGE_VERSION = 1
-TOP_LEVEL_KEYS = ("archlab", "name", "description", "extends", "model", "defaults",
-                  "symbols", "stack", "at")
+TOP_LEVEL_KEYS = (
+    "archlab",
+    "name",
+    "description",
+    "extends",
+    "model",
+    "defaults",
+    "symbols",
+    "stack",
+    "at",
+)
 MAX_BLOCKS = 10_000
 EXPRESSION_NAMES = ("d_model", "vocab_size", "max_seq_len", "norm_eps")
 
