@@ -1,0 +1,120 @@
+"""An estimate of training memory: weights, gradients, optimizer state and activations.
+
+This is an estimate, not a measurement (docs/cost.md, "Training memory"). Assumptions:
+- weights and gradients in the model dtype; fp32 master weights when that dtype is not
+  float32 (mixed precision as Megatron-LM / DeepSpeed do it); AdamW's two moments in fp32;
+- activation checkpointing off: every tensor that backward needs is kept, in the model
+  dtype, except the float32 tensors named below;
+- fused attention (flash-attention style): per head only a float32 log-sum-exp per token
+  is kept, never the T x T (or T x chunks) score matrix;
+- the loss keeps the logits in the model dtype and their float32 softmax;
+- no allocator fragmentation, workspaces, communication buffers or CUDA context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from archlab.blocks import BLOCKS
+from archlab.config import ModelConfig
+from archlab.cost import param_count
+from archlab.plan import Plan, PlannedBlock
+
+FP32 = 4
+ADAMW_STATES = 2  # exp_avg and exp_avg_sq
+
+
+@dataclass
+class TrainMemory:
+    """Estimated bytes for one training step at batch x seq_len (see the module docstring)."""
+
+    batch: int
+    seq_len: int
+    weights: int
+    gradients: int
+    master_weights: int
+    optimizer: int
+    activations: int
+    assumptions: list[str]
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights + self.gradients + self.master_weights + self.optimizer + self.activations
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total, "estimate": True}
+
+
+def _mixer_activations(block: PlannedBlock, d: int, T: int) -> tuple[int, int]:
+    """(elements in the model dtype, bytes in float32) that one sequence of T tokens keeps
+    for the backward pass of one mixer (without its pre-norm)."""
+    p, kind = block.params, block.kind
+    if kind in ("attention", "local_attention"):
+        H, dh = p.heads, p.head_dim or d // p.heads
+        K = p.kv_heads or H
+        qk_norm = (H + K) * dh if p.qk_norm else 0  # the pre-norm q and k
+        return T * (2 * H * dh + 2 * K * dh + qk_norm), FP32 * T * H  # q, k, v, out; lse
+    if kind == "rat":
+        H, D, G = p.heads, p.head_dim or d // p.heads, p.qk_groups
+        E = H * D
+        # in_proj out (z, v, g, q, k), running k and v, y, gated y; float32 gate and lse
+        return T * (3 * E + 2 * G * D + 2 * E + 2 * E), FP32 * T * (E + H)
+    if kind == "rnn":
+        return T * (3 * d + d), FP32 * T * 2 * d  # in_proj out, gated y; gate, state
+    if kind == "ssm":
+        s = BLOCKS["ssm"].Sizes(p, d)
+        chunks = -(-T // p.chunk_size)
+        dtype_elems = T * (s.in_proj + 2 * s.conv_dim + s.inner)  # in_proj, conv, silu, norm
+        fp32 = FP32 * (T * (s.heads + s.inner) + chunks * s.heads * s.head_dim * s.d_state)
+        return dtype_elems, fp32  # dt, y; chunk states
+    if kind == "mlp":
+        hidden = p.hidden or 4 * d
+        gated = p.activation in ("swiglu", "geglu")
+        return T * hidden * (4 if gated else 2), 0  # up (gate) outputs, activation (product)
+    raise ValueError(f"no activation estimate for block kind {kind!r}")
+
+
+def activation_bytes(plan: Plan, batch: int, seq_len: int) -> int:
+    """Estimated activation bytes kept for backward (checkpointing off)."""
+    m: ModelConfig = plan.model
+    d, T, V, dbytes = m.d_model, seq_len, m.vocab_size, m.dtype_bytes
+    per_seq = 0
+    for b in plan.blocks:
+        elems, fp32 = _mixer_activations(b, d, T)
+        per_seq += (elems + 2 * T * d) * dbytes + fp32  # + the norm's input and output
+    per_seq += (2 * T * d + T * V) * dbytes + FP32 * T * V  # final norm, logits, softmax
+    return batch * per_seq
+
+
+def train_memory(
+    plan: Plan, batch: int = 1, seq_len: int | None = None, master_weights: bool | None = None
+) -> TrainMemory:
+    """Estimate training memory at batch x seq_len (seq_len defaults to max_seq_len).
+    `master_weights` (default: dtype is not float32) adds an fp32 copy of the weights."""
+    m = plan.model
+    T = seq_len or m.max_seq_len
+    if batch < 1 or T < 1:
+        raise ValueError(f"batch and seq_len must be >= 1 (got {batch}, {T})")
+    n, dbytes = param_count(plan), m.dtype_bytes
+    master = (m.dtype != "float32") if master_weights is None else master_weights
+    assumptions = [
+        "estimate, not a measurement",
+        f"weights and gradients in {m.dtype}",
+        "fp32 master weights" if master else "no fp32 master weights",
+        "AdamW moments in fp32",
+        "activation checkpointing off; fused attention (no T x T scores kept)",
+        "logits kept in the model dtype plus their fp32 softmax",
+        "no fragmentation, workspaces or CUDA context",
+    ]
+    return TrainMemory(
+        batch,
+        T,
+        n * dbytes,
+        n * dbytes,
+        n * FP32 if master else 0,
+        ADAMW_STATES * FP32 * n,
+        activation_bytes(plan, batch, T),
+        assumptions,
+    )
