@@ -1,0 +1,93 @@
+"""The registry contract at realistic sizes on a CUDA GPU (d_model 2048, T = 4096).
+
+For every kind: the fast backend that `auto` picks on CUDA, in bf16, against the float32
+reference on the output and every gradient (DESIGN.md's rule: at most about twice the
+error of the reference itself run in bf16, plus a small floor); prefill + token-by-token
+decode against the forward in float32; cache bytes and parameter counts.
+Skipped without CUDA."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from archlab.blocks import BLOCKS
+from archlab.config import ModelConfig
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+D_MODEL, T, B = 2048, 4096, 1
+MODEL = ModelConfig(d_model=D_MODEL, vocab_size=32000, max_seq_len=T, dtype="bfloat16")
+PARAMS = {
+    "attention": {"kind": "attention", "heads": 16, "head_dim": 128},
+    "local_attention": {"kind": "local_attention", "heads": 16, "head_dim": 128, "window": 1025},
+    "rat": {"kind": "rat", "heads": 16, "head_dim": 128, "chunk_size": 16},
+    "rnn": {"kind": "rnn"},
+    "ssm": {"kind": "ssm"},
+    "mlp": {"kind": "mlp"},
+}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def run(block, x, dy):
+    x = x.detach().clone().requires_grad_(True)
+    y = block(x)
+    y.backward(dy.to(y.dtype))
+    grads = {n: p.grad.detach().clone() for n, p in block.named_parameters()}
+    return y.detach(), x.grad.detach(), grads
+
+
+@pytest.mark.parametrize("kind", list(PARAMS))
+def test_fast_backend_matches_reference_in_bf16(kind):
+    mod = BLOCKS[kind]
+    params = mod.Params(**PARAMS[kind])
+    torch.manual_seed(0)
+    ref = mod.Block(params, MODEL).cuda().float()
+    ref.select_backend(torch.device("cuda"))
+    fast_backend = ref.backend
+    ref.backend = "reference"
+    low_ref = copy.deepcopy(ref).bfloat16()
+    fast = copy.deepcopy(ref).bfloat16()
+    fast.select_backend(torch.device("cuda"))
+    x = torch.randn(B, T, D_MODEL, device="cuda")
+    dy = torch.randn(B, T, D_MODEL, device="cuda")
+    y_ref, dx_ref, g_ref = run(ref, x, dy)
+    y_low, dx_low, g_low = run(low_ref, x.bfloat16(), dy)
+    y_fast, dx_fast, g_fast = run(fast, x.bfloat16(), dy)
+    report = {"backend": fast.backend, "auto_backend": fast_backend}
+    pairs = [("y", y_fast, y_low, y_ref), ("dx", dx_fast, dx_low, dx_ref)]
+    pairs += [(n, g_fast[n], g_low[n], g_ref[n]) for n in g_ref]
+    for name, f, low, r in pairs:
+        err_fast, err_low = rel(f, r), rel(low, r)
+        report[name] = (err_fast, err_low)
+        assert err_fast <= 2 * err_low + 2e-3, (kind, name, err_fast, err_low, report)
+    print(kind, report)
+
+
+@pytest.mark.parametrize("kind", list(PARAMS))
+def test_decode_equals_forward_float32(kind):
+    mod = BLOCKS[kind]
+    params = mod.Params(**PARAMS[kind])
+    torch.manual_seed(1)
+    block = mod.Block(params, MODEL).cuda().float()
+    block.select_backend(torch.device("cuda"))
+    block.backend = "reference"
+    prompt, steps = T - 40, 40
+    x = torch.randn(B, T, D_MODEL, device="cuda")
+    with torch.no_grad():
+        full = block(x)
+        cache = block.allocate_cache(B, T, device=torch.device("cuda"), dtype=torch.float32)
+        assert cache.nbytes() == mod.cache_bytes(params, D_MODEL, B, T, 4)
+        outs = [block.prefill(x[:, :prompt], cache)]
+        for t in range(prompt, prompt + steps):
+            outs.append(block.step(x[:, t : t + 1], cache))
+    assert rel(torch.cat(outs, 1), full) < 1e-4
+    assert mod.param_count(params, D_MODEL) == sum(p.numel() for p in block.parameters())
