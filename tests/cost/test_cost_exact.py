@@ -1,0 +1,112 @@
+"""Parameters and cache bytes of the cost model against the built model, and the
+identities that hold between the cost figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import archlab
+from archlab.cost import METRICS, metric_function, spec_cost
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_SPECS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").rglob("*.yaml"))
+TINY_SPECS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs" / "tiny").glob("*.yaml"))
+
+
+def test_the_spec_folders_are_found():
+    assert len(ALL_SPECS) >= 10 and len(TINY_SPECS) >= 4
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_params_equal_built_model(spec):
+    plan = archlab.compile(ROOT / spec)
+    model = archlab.build(plan, device="meta")
+    assert archlab.cost(plan).params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS)
+def test_cache_bytes_equal_allocation(spec):
+    plan = archlab.compile(ROOT / spec)
+    model = archlab.build(plan, device="cpu")
+    for batch, T in [(1, 1), (2, 7), (1, 16), (3, 17), (2, 100), (1, 257)]:
+        cache = model.allocate_cache(batch, T)
+        assert spec_cost(plan, batch, T).cache_bytes == cache.nbytes(), (batch, T)
+
+
+def test_cache_bytes_with_tied_embeddings_and_layernorm():
+    spec = {
+        "name": "tied",
+        "model": {"d_model": 32, "vocab_size": 50, "norm": "layernorm", "tie_embeddings": True},
+        "stack": [{"kind": "attention", "heads": 4}, "mlp"],
+    }
+    plan = archlab.compile(spec)
+    model = archlab.build(plan, device="meta")
+    c = spec_cost(plan, 2, 9)
+    assert c.params == sum(p.numel() for p in model.parameters())
+    # tied: the LM head is the embedding table, read whole by a decode step
+    assert c.weight_bytes == c.params * 2
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+@pytest.mark.parametrize("batch,T", [(1, 1), (3, 1000), (2, 4096)])
+def test_parts_sum_to_totals(spec, batch, T):
+    plan = archlab.compile(ROOT / spec)
+    c = spec_cost(plan, batch, T)
+    for name in (
+        "params",
+        "fwd_flops",
+        "fwd_other_flops",
+        "cache_bytes",
+        "decode_flops",
+        "decode_other_flops",
+        "decode_bytes",
+    ):
+        total = getattr(c, name)
+        assert sum(getattr(b, name) for b in c.by_block) + getattr(c.head, name) == total
+        assert sum(getattr(k, name) for k in c.by_kind.values()) + getattr(c.head, name) == total
+    assert c.train_flops == 3 * c.fwd_flops == c.fwd_flops + c.bwd_flops
+    assert c.decode_bytes == c.weight_bytes + c.cache_bytes
+    assert sum(k.blocks for k in c.by_kind.values()) == len(plan.blocks)
+    for metric in METRICS:
+        assert metric_function(plan, metric, batch)(T) == getattr(c, metric)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_costs_are_linear_in_batch_and_non_decreasing_in_T(spec):
+    plan = archlab.compile(ROOT / spec)
+    prev = None
+    for T in [1, 2, 3, 15, 16, 17, 255, 256, 257, 1024, 1025, 1026, 5000]:
+        one, three = spec_cost(plan, 1, T), spec_cost(plan, 3, T)
+        assert three.fwd_flops == 3 * one.fwd_flops
+        assert three.cache_bytes == 3 * one.cache_bytes
+        assert three.decode_bytes - three.weight_bytes == 3 * one.cache_bytes
+        if prev is not None:
+            for name in METRICS:
+                assert getattr(one, name) >= getattr(prev, name), (name, T)
+        prev = one
+
+
+def test_api_fields_and_default_length():
+    c = archlab.cost(ROOT / "specs/paper/rat.yaml")
+    assert c.seq_len == 4096 and c.batch == 1
+    for name in (
+        "params",
+        "fwd_flops",
+        "train_flops",
+        "cache_bytes",
+        "decode_flops",
+        "decode_bytes",
+    ):
+        assert isinstance(getattr(c, name), int) and getattr(c, name) > 0
+    d = c.to_dict()
+    assert d["train_flops"] == c.train_flops and set(d["by_kind"]) == {"rat", "mlp"}
+
+
+def test_bad_sizes_raise():
+    plan = archlab.compile(ROOT / "specs/tiny/rat.yaml")
+    with pytest.raises(ValueError):
+        spec_cost(plan, 0, 16)
+    with pytest.raises(ValueError):
+        metric_function(plan, "speed")
