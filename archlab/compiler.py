@@ -9,10 +9,8 @@ as much as possible; the compiler raises SpecError with all of them at the end.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -26,24 +24,10 @@ from archlab.plan import Plan, PlannedBlock, make_plan
 from archlab.spec import (
     EXPRESSION_NAMES,
     LANGUAGE_VERSION,
-    MAX_BLOCKS,
     TOP_LEVEL_KEYS,
     numeric_kind,
 )
-
-DEFAULT_SYMBOLS = {mod.SYMBOL: kind for kind, mod in BLOCKS.items()} | {"*": "attention"}
-Param = tuple[Any, tuple]  # value, path it was written at
-
-
-@dataclass
-class RawBlock:
-    """A block after expansion: its kind and params, each param with its source path."""
-
-    kind: str
-    params: dict[str, Param]
-    origin: tuple  # path of the stack item (or pattern) that produced it
-    note: str = ""  # e.g. "symbol 'R' at offset 3"
-    kind_path: tuple = ()
+from archlab.stack import Param, RawBlock, block_from_item, check_fields, expand, suggest
 
 
 @dataclass
@@ -57,11 +41,6 @@ class Document:
     partial_model: ModelConfig | None = None  # the valid model fields, when some are bad
     defaults: dict[str, dict[str, Param]] = field(default_factory=dict)
     symbols: dict[str, RawBlock] = field(default_factory=dict)
-
-
-def suggest(word: str, choices) -> str:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def pydantic_message(err: dict) -> str:
@@ -152,20 +131,6 @@ def _validate_model(source: Source, errors: list[SpecIssue]):
         return None, partial
 
 
-def _check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, Param]:
-    """Unknown fields of a kind's params are errors; returns params with their paths."""
-    fields = BLOCKS[kind].Params.model_fields
-    out = {}
-    for key, value in params.items():
-        if key == "kind":
-            continue
-        if key not in fields:
-            errors.append(source.issue(base + (key,), "unknown field" + suggest(key, fields)))
-        else:
-            out[key] = (value, base + (key,))
-    return out
-
-
 def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
     raw = source.data.get("defaults") or {}
     if not isinstance(raw, dict):
@@ -180,7 +145,7 @@ def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
         elif not isinstance(params, dict):
             errors.append(source.issue(("defaults", kind), "must be a mapping of params"))
         else:
-            out[kind] = _check_fields(source, kind, params, ("defaults", kind), errors)
+            out[kind] = check_fields(source, kind, params, ("defaults", kind), errors)
     return out
 
 
@@ -200,161 +165,9 @@ def _validate_symbols(source: Source, errors) -> dict[str, RawBlock]:
                 )
             )
             continue
-        block = _block_from_item(source, item, path, errors)
+        block = block_from_item(source, item, path, errors)
         if block is not None:
             out[sym] = block
-    return out
-
-
-def _block_from_item(source: Source, item: Any, path: tuple, errors) -> RawBlock | None:
-    """A kind name or a {kind: ..., params} mapping -> RawBlock."""
-    if isinstance(item, str):
-        if item in BLOCKS:
-            return RawBlock(item, {}, path, kind_path=path)
-        errors.append(source.issue(path, f"unknown block kind {item!r}" + suggest(item, BLOCKS)))
-        return None
-    if not isinstance(item, dict) or "kind" not in item:
-        errors.append(source.issue(path, "a block is a kind name or a mapping with `kind`"))
-        return None
-    kind = item["kind"]
-    if not isinstance(kind, str) or kind not in BLOCKS:
-        errors.append(
-            source.issue(path + ("kind",), f"unknown block kind {kind!r}" + suggest(kind, BLOCKS))
-        )
-        return None
-    params = _check_fields(source, kind, item, path, errors)
-    return RawBlock(kind, params, path, kind_path=path + ("kind",))
-
-
-# --- pass 3: expand the stack ----------------------------------------------------------
-
-
-def expand(doc: Document, errors: list[SpecIssue]) -> list[RawBlock]:
-    """The stack (kind names, blocks, repeat groups, patterns) -> a flat list of blocks.
-    Returns [] when the stack's structure has errors."""
-    source, n_before = doc.source, len(errors)
-    if "stack" not in source.data:
-        return []
-    stack = source.data.get("stack")
-    items = stack if isinstance(stack, list) else [stack]
-    paths = [("stack", i) for i in range(len(items))] if isinstance(stack, list) else [("stack",)]
-    symbols = {s: RawBlock(k, {}, ("stack",), kind_path=()) for s, k in DEFAULT_SYMBOLS.items()}
-    symbols.update(doc.symbols)
-    counted = _count(source, items, paths, symbols, errors, depth=0)
-    if len(errors) == n_before and counted > MAX_BLOCKS:
-        errors.append(
-            source.issue(
-                ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
-            )
-        )
-    if len(errors) == n_before and counted == 0:
-        errors.append(source.issue(("stack",), "the stack is empty"))
-    if len(errors) > n_before:
-        return []
-    return _expand(source, items, paths, symbols)
-
-
-def _as_pattern(item: Any) -> str | None:
-    if isinstance(item, str) and item not in BLOCKS:
-        return item
-    if isinstance(item, dict) and set(item) == {"pattern"}:
-        return item["pattern"] if isinstance(item["pattern"], str) else ""
-    return None
-
-
-def _pattern_path(item: Any, path: tuple) -> tuple:
-    return path + ("pattern",) if isinstance(item, dict) else path
-
-
-def _count(source, items, paths, symbols, errors, depth) -> int:
-    """Validate the stack's structure and count its blocks without expanding it."""
-    total = 0
-    for item, path in zip(items, paths, strict=True):
-        text = _as_pattern(item)
-        if text is not None:
-            try:
-                total += patterns.parse(text, set(symbols)).count()
-            except patterns.PatternError as e:
-                ppath = _pattern_path(item, path)
-                file, line, col = source.values.get(ppath, source.pos(ppath))
-                hint = suggest(text, BLOCKS) if text.isidentifier() else ""
-                message = (
-                    f"unknown block kind {text!r}{hint}"
-                    if hint
-                    else f"{e.message}{patterns.caret(text, e.offset)}"
-                )
-                errors.append(SpecIssue(file, line, col, format_path(ppath), message))
-        elif isinstance(item, dict) and "repeat" in item:
-            total += _count_repeat(source, item, path, symbols, errors, depth)
-        elif isinstance(item, dict) and "kind" not in item and "pattern" in item:
-            errors.append(source.issue(path, "a pattern item has only the key `pattern`, a string"))
-        else:
-            if _block_from_item(source, item, path, errors) is not None:
-                total += 1
-        if total > MAX_BLOCKS:
-            return total
-    return total
-
-
-def _count_repeat(source, item, path, symbols, errors, depth) -> int:
-    if depth >= patterns.MAX_DEPTH:
-        errors.append(source.issue(path, f"repeat groups nested deeper than {patterns.MAX_DEPTH}"))
-        return 0
-    extra = set(item) - {"repeat", "stack"}
-    for key in extra:
-        errors.append(
-            source.issue(
-                path + (key,), "unknown key in a repeat group" + suggest(key, ["repeat", "stack"])
-            )
-        )
-    count = item["repeat"]
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BLOCKS:
-        errors.append(
-            source.issue(
-                path + ("repeat",), f"must be an integer from 1 to {MAX_BLOCKS} (got {count!r})"
-            )
-        )
-        return 0
-    inner = item.get("stack")
-    if not isinstance(inner, list) or not inner:
-        errors.append(
-            source.issue(
-                path + ("stack",) if "stack" in item else path,
-                "a repeat group needs a non-empty list `stack`",
-            )
-        )
-        return 0
-    inner_paths = [path + ("stack", i) for i in range(len(inner))]
-    return count * _count(source, inner, inner_paths, symbols, errors, depth + 1)
-
-
-def _expand(source, items, paths, symbols) -> list[RawBlock]:
-    out: list[RawBlock] = []
-    for item, path in zip(items, paths, strict=True):
-        text = _as_pattern(item)
-        if text is not None:
-            ppath = _pattern_path(item, path)
-            for sym, _offset in patterns.parse(text, set(symbols)).expand():
-                base = symbols[sym]
-                out.append(
-                    RawBlock(
-                        base.kind,
-                        dict(base.params),
-                        ppath,
-                        note=f"from symbol {sym!r}",
-                        kind_path=base.kind_path or ppath,
-                    )
-                )
-        elif isinstance(item, dict) and "repeat" in item:
-            inner = item["stack"]
-            inner_paths = [path + ("stack", i) for i in range(len(inner))]
-            once = _expand(source, inner, inner_paths, symbols)
-            for _ in range(item["repeat"]):
-                out.extend(
-                    RawBlock(b.kind, dict(b.params), b.origin, b.note, b.kind_path) for b in once
-                )
-        else:
-            out.append(_block_from_item(source, item, path, []))
     return out
 
 
@@ -393,10 +206,10 @@ def apply_defaults_and_patches(
         target = blocks[index % n]
         if isinstance(patch, dict) and "kind" not in patch:
             patch_block = RawBlock(
-                target.kind, _check_fields(source, target.kind, patch, path, errors), path
+                target.kind, check_fields(source, target.kind, patch, path, errors), path
             )
         else:
-            patch_block = _block_from_item(source, patch, path, errors)
+            patch_block = block_from_item(source, patch, path, errors)
         if patch_block is None:
             continue
         if patch_block.kind != target.kind:
@@ -474,7 +287,8 @@ def compile_spec(spec: str | Path | dict | Source) -> Plan:
         doc = validate(source, errors)
         if doc is None:
             raise SpecError(errors)
-        blocks = apply_defaults_and_patches(doc, expand(doc, errors), errors)
+        blocks = expand(source, doc.symbols, errors)
+        blocks = apply_defaults_and_patches(doc, blocks, errors)
         model = doc.model or doc.partial_model
         planned = resolve(doc, blocks, errors, model) if model is not None else []
     except RecursionError:

@@ -1,0 +1,208 @@
+"""The stack pass: stack items (kind names, blocks, repeat groups, patterns, parallel
+blocks) -> a flat list of RawBlocks, each param with the YAML path it was written at."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from archlab import pattern as patterns
+from archlab.blocks import BLOCKS
+from archlab.errors import SpecIssue, format_path
+from archlab.loader import Source
+from archlab.spec import MAX_BLOCKS
+
+DEFAULT_SYMBOLS = {mod.SYMBOL: kind for kind, mod in BLOCKS.items() if mod.SYMBOL} | {
+    "*": "attention"
+}
+TOPOLOGY_KEYS = ("name", "share_cache")  # block keys that are not params of its kind
+PARALLEL_KEYS = ("parallel", "merge", "name")
+Param = tuple[Any, tuple]  # value, path it was written at
+
+
+@dataclass
+class RawBlock:
+    """A block after expansion: its kind and params, each param with its source path."""
+
+    kind: str
+    params: dict[str, Param]
+    origin: tuple  # path of the stack item (or pattern) that produced it
+    note: str = ""  # e.g. "from symbol 'R'"
+    kind_path: tuple = ()
+    name: Param | None = None
+    share: Param | None = None  # `share_cache` as written
+    branches: list[RawBlock] = field(default_factory=list)  # of a parallel block
+
+
+def suggest(word: str, choices) -> str:
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, Param]:
+    """Unknown fields of a kind's params are errors; returns params with their paths."""
+    fields = BLOCKS[kind].Params.model_fields
+    out = {}
+    for key, value in params.items():
+        if key == "kind":
+            continue
+        if key not in fields:
+            errors.append(source.issue(base + (key,), "unknown field" + suggest(key, fields)))
+        else:
+            out[key] = (value, base + (key,))
+    return out
+
+
+def block_from_item(source: Source, item: Any, path: tuple, errors) -> RawBlock | None:
+    """A kind name or a {kind: ..., params} mapping -> RawBlock."""
+    if isinstance(item, str):
+        if item in BLOCKS:
+            return RawBlock(item, {}, path, kind_path=path)
+        errors.append(source.issue(path, f"unknown block kind {item!r}" + suggest(item, BLOCKS)))
+        return None
+    if not isinstance(item, dict) or "kind" not in item:
+        errors.append(source.issue(path, "a block is a kind name or a mapping with `kind`"))
+        return None
+    kind = item["kind"]
+    if not isinstance(kind, str) or kind not in BLOCKS:
+        errors.append(
+            source.issue(path + ("kind",), f"unknown block kind {kind!r}" + suggest(kind, BLOCKS))
+        )
+        return None
+    params = check_fields(source, kind, item, path, errors)
+    return RawBlock(kind, params, path, kind_path=path + ("kind",))
+
+
+# --- expansion ---------------------------------------------------------------------------
+
+
+def expand(
+    source: Source, symbols_in: dict[str, RawBlock], errors: list[SpecIssue]
+) -> list[RawBlock]:
+    """The stack (kind names, blocks, repeat groups, patterns) -> a flat list of blocks.
+    Returns [] when the stack's structure has errors."""
+    n_before = len(errors)
+    if "stack" not in source.data:
+        return []
+    stack = source.data.get("stack")
+    items = stack if isinstance(stack, list) else [stack]
+    paths = [("stack", i) for i in range(len(items))] if isinstance(stack, list) else [("stack",)]
+    symbols = {s: RawBlock(k, {}, ("stack",), kind_path=()) for s, k in DEFAULT_SYMBOLS.items()}
+    symbols.update(symbols_in)
+    counted = _count(source, items, paths, symbols, errors, depth=0)
+    if len(errors) == n_before and counted > MAX_BLOCKS:
+        errors.append(
+            source.issue(
+                ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
+            )
+        )
+    if len(errors) == n_before and counted == 0:
+        errors.append(source.issue(("stack",), "the stack is empty"))
+    if len(errors) > n_before:
+        return []
+    return _expand(source, items, paths, symbols)
+
+
+def _as_pattern(item: Any) -> str | None:
+    if isinstance(item, str) and item not in BLOCKS:
+        return item
+    if isinstance(item, dict) and set(item) == {"pattern"}:
+        return item["pattern"] if isinstance(item["pattern"], str) else ""
+    return None
+
+
+def _pattern_path(item: Any, path: tuple) -> tuple:
+    return path + ("pattern",) if isinstance(item, dict) else path
+
+
+def _count(source, items, paths, symbols, errors, depth) -> int:
+    """Validate the stack's structure and count its blocks without expanding it."""
+    total = 0
+    for item, path in zip(items, paths, strict=True):
+        text = _as_pattern(item)
+        if text is not None:
+            try:
+                total += patterns.parse(text, set(symbols)).count()
+            except patterns.PatternError as e:
+                ppath = _pattern_path(item, path)
+                file, line, col = source.values.get(ppath, source.pos(ppath))
+                hint = suggest(text, BLOCKS) if text.isidentifier() else ""
+                message = (
+                    f"unknown block kind {text!r}{hint}"
+                    if hint
+                    else f"{e.message}{patterns.caret(text, e.offset)}"
+                )
+                errors.append(SpecIssue(file, line, col, format_path(ppath), message))
+        elif isinstance(item, dict) and "repeat" in item:
+            total += _count_repeat(source, item, path, symbols, errors, depth)
+        elif isinstance(item, dict) and "kind" not in item and "pattern" in item:
+            errors.append(source.issue(path, "a pattern item has only the key `pattern`, a string"))
+        else:
+            if block_from_item(source, item, path, errors) is not None:
+                total += 1
+        if total > MAX_BLOCKS:
+            return total
+    return total
+
+
+def _count_repeat(source, item, path, symbols, errors, depth) -> int:
+    if depth >= patterns.MAX_DEPTH:
+        errors.append(source.issue(path, f"repeat groups nested deeper than {patterns.MAX_DEPTH}"))
+        return 0
+    extra = set(item) - {"repeat", "stack"}
+    for key in extra:
+        errors.append(
+            source.issue(
+                path + (key,), "unknown key in a repeat group" + suggest(key, ["repeat", "stack"])
+            )
+        )
+    count = item["repeat"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BLOCKS:
+        errors.append(
+            source.issue(
+                path + ("repeat",), f"must be an integer from 1 to {MAX_BLOCKS} (got {count!r})"
+            )
+        )
+        return 0
+    inner = item.get("stack")
+    if not isinstance(inner, list) or not inner:
+        errors.append(
+            source.issue(
+                path + ("stack",) if "stack" in item else path,
+                "a repeat group needs a non-empty list `stack`",
+            )
+        )
+        return 0
+    inner_paths = [path + ("stack", i) for i in range(len(inner))]
+    return count * _count(source, inner, inner_paths, symbols, errors, depth + 1)
+
+
+def _expand(source, items, paths, symbols) -> list[RawBlock]:
+    out: list[RawBlock] = []
+    for item, path in zip(items, paths, strict=True):
+        text = _as_pattern(item)
+        if text is not None:
+            ppath = _pattern_path(item, path)
+            for sym, _offset in patterns.parse(text, set(symbols)).expand():
+                base = symbols[sym]
+                out.append(
+                    RawBlock(
+                        base.kind,
+                        dict(base.params),
+                        ppath,
+                        note=f"from symbol {sym!r}",
+                        kind_path=base.kind_path or ppath,
+                    )
+                )
+        elif isinstance(item, dict) and "repeat" in item:
+            inner = item["stack"]
+            inner_paths = [path + ("stack", i) for i in range(len(inner))]
+            once = _expand(source, inner, inner_paths, symbols)
+            for _ in range(item["repeat"]):
+                out.extend(
+                    RawBlock(b.kind, dict(b.params), b.origin, b.note, b.kind_path) for b in once
+                )
+        else:
+            out.append(block_from_item(source, item, path, []))
+    return out
