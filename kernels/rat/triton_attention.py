@@ -1,0 +1,325 @@
+"""RAT's inter-chunk attention in Triton: flash-attention over the compact chunk-end buffer.
+
+A query at token t (chunk t // L) sees the chunk ends j < t // L, and its own running key.
+The own key enters the online softmax as its initial state (m = own score, l = 1,
+acc = own running value), so no second pass merges two softmaxes and no T x C mask exists:
+key blocks wholly visible to a query tile run unmasked, and only the blocks that straddle
+the tile's chunks compare indices. The softmax runs in base 2 (scale * log2(e) folded in);
+lse is stored in base 2 for the backward.
+
+Backward: delta = rowsum(dy * y); one kernel per key block gives the chunk-end gradients
+(summed over all later queries, of one head); one kernel per query tile and qk group gives
+dq summed over the group's heads (q is loaded once per group). The own-key terms of the
+backward are per-token and live in the scan's backward (triton_scan.py).
+"""
+
+# fmt: off
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m, scale_log2,
+               s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs = start_n + offs_n
+    k = tl.load(k_ptrs + offs[:, None] * s_kc, mask=(offs < n_hi)[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PREC) * scale_log2
+    if MASK:
+        s = tl.where(offs[None, :] < chunk_m[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_ptrs + offs[:, None] * s_vc, mask=(offs < n_hi)[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def rat_attn_fwd_kernel(
+    QR, KE, VE, VR, SS, Y, LSE,
+    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_y_b, s_y_t, s_y_h,
+    T, L, C, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Grid (cdiv(T, BM), B * H). QR [B,T,G,D] and VR [B,T,H,D] contiguous, SS/LSE [B,H,T]
+    float32; KE/VE [B, C, H, D] strided; Y [B,T,H,D] strided."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows first
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h % G
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < T
+    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)
+    bh = b * H + h
+    m_i = tl.load(SS + bh * T + offs_m, mask=m_valid, other=0.0) * scale_log2
+    l_i = tl.full([BM], 1.0, tl.float32)
+    acc = tl.load(VR + ((b * T + offs_m[:, None]) * H + h) * D + offs_d[None, :],
+                  mask=m_valid[:, None], other=0.0).to(tl.float32)
+    chunk_m = offs_m // L
+    m0 = pid_m * BM
+    n_hi = tl.minimum((tl.minimum(m0 + BM, T) - 1) // L, C)  # keys seen by some row
+    n_full = (tl.minimum(m0 // L, C) // BN) * BN  # blocks seen by every row
+    k_ptrs = KE + b * s_ke_b + h * s_ke_h + offs_d[None, :]
+    v_ptrs = VE + b * s_ve_b + h * s_ve_h + offs_d[None, :]
+    for start_n in range(0, n_full, BN):
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi,
+                                   chunk_m, scale_log2, s_ke_c, s_ve_c, False, DOT_PREC)
+    for start_n in range(n_full, n_hi, BN):
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi,
+                                   chunk_m, scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
+    y = acc / l_i[:, None]
+    tl.store(Y + b * s_y_b + offs_m[:, None] * s_y_t + h * s_y_h + offs_d[None, :],
+             y.to(Y.dtype.element_ty), mask=m_valid[:, None])
+    tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=m_valid)
+
+
+@triton.jit
+def rat_delta_kernel(Y, DY, DELTA, s_y_b, s_y_t, s_y_h, s_dy_b, s_dy_t, s_dy_h, T,
+                     H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
+    """delta [B,H,T] = rowsum(dy * y) in float32. Grid (cdiv(T, BM), B * H)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    mask = (offs_m < T)[:, None]
+    y = tl.load(Y + b * s_y_b + offs_m[:, None] * s_y_t + h * s_y_h + offs_d[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(y * dy, axis=1), mask=offs_m < T)
+
+
+@triton.jit
+def _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n, offs_d, T, L,
+               scale_log2, s_dy_b, s_dy_t, s_dy_h,
+               H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
+               MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    m_valid = offs_m < T
+    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)
+    dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
+                 mask=m_valid[:, None], other=0.0)
+    lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=float("inf"))
+    delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale_log2  # [BN, BM]
+    p_t = tl.exp2(s_t - lse[None, :])
+    if MASK:
+        p_t = tl.where(offs_n[:, None] < (offs_m // L)[None, :], p_t, 0.0)
+    dv += tl.dot(p_t.to(dy.dtype), dy, input_precision=DOT_PREC)
+    dp_t = tl.dot(v, tl.trans(dy), input_precision=DOT_PREC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def rat_attn_bwd_dkv_kernel(
+    QR, KE, VE, DY, LSE, DELTA, DKE, DVE,
+    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_dy_b, s_dy_t, s_dy_h,
+    T, L, C, C_alloc, scale, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Grid (cdiv(C, BN), B * H). Writes DKE/DVE [B, H, C_alloc, D] float32 (rotated frame)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h % G
+    bh = b * H + h
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_d = tl.arange(0, D)
+    n_valid = offs_n < C
+    k = tl.load(KE + b * s_ke_b + offs_n[:, None] * s_ke_c + h * s_ke_h + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)
+    v = tl.load(VE + b * s_ve_b + offs_n[:, None] * s_ve_c + h * s_ve_h + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)
+    k = k.to(QR.dtype.element_ty)
+    v = v.to(DY.dtype.element_ty)
+    dk = tl.zeros([BN, D], tl.float32)
+    dv = tl.zeros([BN, D], tl.float32)
+    first_m = (((pid_n * BN + 1) * L) // BM) * BM  # first query tile that sees a key here
+    # query tiles from here on see every (valid) key of the block
+    full_m = tl.minimum(((tl.minimum(pid_n * BN + BN, C) * L + BM - 1) // BM) * BM, T)
+    for start_m in range(first_m, full_m, BM):
+        dk, dv = _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n,
+                            offs_d, T, L, scale_log2, s_dy_b, s_dy_t, s_dy_h,
+                            H, G, D, BM, True, DOT_PREC)
+    for start_m in range(full_m, T, BM):
+        dk, dv = _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n,
+                            offs_d, T, L, scale_log2, s_dy_b, s_dy_t, s_dy_h,
+                            H, G, D, BM, False, DOT_PREC)
+    out = (bh * C_alloc + offs_n[:, None]) * D + offs_d[None, :]
+    tl.store(DKE + out, dk * scale, mask=n_valid[:, None])
+    tl.store(DVE + out, dv, mask=n_valid[:, None])
+
+
+@triton.jit
+def _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m, scale_log2,
+              s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs = start_n + offs_n
+    k = tl.load(k_ptrs + offs[:, None] * s_kc, mask=(offs < n_hi)[:, None], other=0.0)
+    v = tl.load(v_ptrs + offs[:, None] * s_vc, mask=(offs < n_hi)[:, None], other=0.0)
+    k = k.to(q.dtype)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+    p = tl.exp2(s - lse[:, None])
+    if MASK:
+        p = tl.where(offs[None, :] < chunk_m[:, None], p, 0.0)
+    dp = tl.dot(dy, tl.trans(v.to(dy.dtype)), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def rat_attn_bwd_dq_kernel(
+    QR, KE, VE, DY, LSE, DELTA, DQI,
+    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_dy_b, s_dy_t, s_dy_h,
+    T, L, C, scale, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Grid (cdiv(T, BM), B * G). Writes DQI [B,T,G,D] float32 (rotated frame), the
+    inter-chunk part of dq summed over the heads of the group."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = (pid_bg // G).to(tl.int64)
+    g = pid_bg % G
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < T
+    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)
+    chunk_m = offs_m // L
+    m0 = pid_m * BM
+    n_hi = tl.minimum((tl.minimum(m0 + BM, T) - 1) // L, C)
+    n_full = (tl.minimum(m0 // L, C) // BN) * BN
+    dq = tl.zeros([BM, D], tl.float32)
+    for hh in range(H // G):
+        h = g + hh * G
+        bh = b * H + h
+        dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
+                     mask=m_valid[:, None], other=0.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=float("inf"))
+        delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+        k_ptrs = KE + b * s_ke_b + h * s_ke_h + offs_d[None, :]
+        v_ptrs = VE + b * s_ve_b + h * s_ve_h + offs_d[None, :]
+        for start_n in range(0, n_full, BN):
+            dq = _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m,
+                           scale_log2, s_ke_c, s_ve_c, False, DOT_PREC)
+        for start_n in range(n_full, n_hi, BN):
+            dq = _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m,
+                           scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
+    tl.store(DQI + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :], dq * scale,
+             mask=m_valid[:, None])
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+
+def _configs(pairs):
+    return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in pairs]
+
+
+_FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3)])
+_DKV_CONFIGS = _configs([(64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3)])
+_DQ_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 32, 4, 3)])
+_KEY = ["T", "L", "C", "D"]
+
+fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY)(rat_attn_fwd_kernel)
+dkv_tuned = triton.autotune(_DKV_CONFIGS, key=_KEY)(rat_attn_bwd_dkv_kernel)
+dq_tuned = triton.autotune(_DQ_CONFIGS, key=_KEY)(rat_attn_bwd_dq_kernel)
+
+# the interpreter and untuned launches: small tiles (tl.dot needs 16 rows at least)
+_FIXED = {"BM": 16, "BN": 16, "num_warps": 4}
+
+
+def _dot_prec(dtype) -> str:
+    import torch
+
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype):
+    """y [B,T,H,D] (out_dtype) and lse [B,H,T] (base 2). k_end/v_end: [B, C', H, D] views
+    whose first T // L chunks are the complete chunk ends."""
+    import torch
+
+    B, T, H, D = v_run.shape
+    G = q_rot.shape[2]
+    L = chunk_size
+    C = T // L
+    y = torch.empty(B, T, H, D, device=v_run.device, dtype=out_dtype)
+    lse = torch.empty(B, H, T, device=v_run.device, dtype=torch.float32)
+    args = (q_rot, k_end, v_end, v_run, s_self, y, lse,
+            k_end.stride(0), k_end.stride(1), k_end.stride(2),
+            v_end.stride(0), v_end.stride(1), v_end.stride(2),
+            y.stride(0), y.stride(1), y.stride(2),
+            T, L, C, D**-0.5 * LOG2E)
+    kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype))
+    if y.is_cuda:
+        fwd_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * H)](*args, **kw)
+    else:
+        rat_attn_fwd_kernel[(triton.cdiv(T, 16), B * H)](*args, **kw, **_FIXED)
+    return y, lse
+
+
+def attention_delta(y, dy):
+    import torch
+
+    B, T, H, D = y.shape
+    delta = torch.empty(B, H, T, device=y.device, dtype=torch.float32)
+    BM = 64 if y.is_cuda else 16
+    rat_delta_kernel[(triton.cdiv(T, BM), B * H)](
+        y, dy, delta, y.stride(0), y.stride(1), y.stride(2), dy.stride(0), dy.stride(1),
+        dy.stride(2), T, H=H, D=D, BM=BM, num_warps=4)
+    return delta
+
+
+def attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size):
+    """dk_end, dv_end [B, H, C, D] float32 (C >= 1 rows allocated) and dq_inter [B,T,G,D]
+    float32, all in the rotated frame."""
+    import torch
+
+    B, T, H, D = dy.shape
+    G = q_rot.shape[2]
+    L = chunk_size
+    C = T // L
+    C_alloc = max(C, 1)
+    dev = dy.device
+    dke = torch.empty(B, H, C_alloc, D, device=dev, dtype=torch.float32)
+    dve = torch.empty(B, H, C_alloc, D, device=dev, dtype=torch.float32)
+    dqi = torch.empty(B, T, G, D, device=dev, dtype=torch.float32)
+    scale = D**-0.5
+    strides = (k_end.stride(0), k_end.stride(1), k_end.stride(2),
+               v_end.stride(0), v_end.stride(1), v_end.stride(2),
+               dy.stride(0), dy.stride(1), dy.stride(2))
+    kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype))
+    if C == 0:
+        dqi.zero_()
+        return dke, dve, dqi
+    dkv_args = (q_rot, k_end, v_end, dy, lse, delta, dke, dve, *strides,
+                T, L, C, C_alloc, scale, scale * LOG2E)
+    dq_args = (q_rot, k_end, v_end, dy, lse, delta, dqi, *strides, T, L, C, scale, scale * LOG2E)
+    if dev.type == "cuda":
+        dkv_tuned[lambda m: (triton.cdiv(C, m["BN"]), B * H)](*dkv_args, **kw)
+        dq_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * G)](*dq_args, **kw)
+    else:
+        rat_attn_bwd_dkv_kernel[(triton.cdiv(C, 16), B * H)](*dkv_args, **kw, **_FIXED)
+        rat_attn_bwd_dq_kernel[(triton.cdiv(T, 16), B * G)](*dq_args, **kw, **_FIXED)
+    return dke, dve, dqi

@@ -1,0 +1,209 @@
+"""RAT's decode step in Triton: the running-state update fused with a split-K
+(flash-decoding) attention over the cache.
+
+Cache layout (reference.py): k_cache, v_cache [B, C_max, H, D]; slot c < pos // L holds
+the end of chunk c (key RoPE-rotated at c); slot pos // L holds the running, un-rotated
+state of the chunk in progress. One program per (batch, head, split): split 0 also updates
+the running state, writes slot pos // L and puts the token's own key into its softmax as
+the initial state; every split scans its share of slots 0..pos//L - 1. The position is read
+on the device when given as a tensor, and the grid depends only on the cache capacity, so
+the step can be captured in a CUDA graph. A combine kernel merges the splits' (m, l, acc).
+"""
+
+# fmt: off
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit(do_not_specialize=["pos_int"])
+def rat_decode_kernel(
+    Q, K, V, GL, BIAS, KC, VC, POS, pos_int, INV_FREQ, PM, PL, PACC, Y,
+    s_q_b, s_q_g, s_k_b, s_k_g, s_v_b, s_v_h, s_gl_b, s_gl_h,
+    s_kc_b, s_kc_c, s_kc_h, s_vc_b, s_vc_c, s_vc_h, s_y_b, s_y_h,
+    L, slots_per_split, n_splits, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BN: tl.constexpr,
+    ROPE: tl.constexpr, POS_PTR: tl.constexpr, SPLIT: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h % G
+    if POS_PTR:
+        pos = tl.load(POS).to(tl.int32)
+    else:
+        pos = pos_int
+    c = pos // L
+    cols = tl.arange(0, D2)
+    q_lo = tl.load(Q + b * s_q_b + g * s_q_g + cols).to(tl.float32)
+    q_hi = tl.load(Q + b * s_q_b + g * s_q_g + D2 + cols).to(tl.float32)
+    if ROPE:
+        ang = c.to(tl.float32) * tl.load(INV_FREQ + cols)
+        cos = tl.cos(ang)
+        sin = tl.sin(ang)
+        qr_lo = q_lo * cos - q_hi * sin
+        qr_hi = q_hi * cos + q_lo * sin
+    else:
+        qr_lo = q_lo
+        qr_hi = q_hi
+    m = tl.full([], float("-inf"), tl.float32)
+    l_sum = tl.full([], 0.0, tl.float32)
+    acc_lo = tl.zeros([D2], tl.float32)
+    acc_hi = tl.zeros([D2], tl.float32)
+    if pid_s == 0:
+        gl_ptr = GL + b * s_gl_b + h * s_gl_h + cols
+        gate_lo = tl.sigmoid(tl.load(gl_ptr).to(tl.float32)
+                             + tl.load(BIAS + h * 2 * D2 + cols).to(tl.float32))
+        gate_hi = tl.sigmoid(tl.load(gl_ptr + D2).to(tl.float32)
+                             + tl.load(BIAS + h * 2 * D2 + D2 + cols).to(tl.float32))
+        go_on = (cols * 0 + pos % L) != 0  # not a chunk start: continue the state
+        kc_ptr = KC + b * s_kc_b + c * s_kc_c + h * s_kc_h + cols
+        vc_ptr = VC + b * s_vc_b + c * s_vc_c + h * s_vc_h + cols
+        k_ptr = K + b * s_k_b + g * s_k_g + cols
+        v_ptr = V + b * s_v_b + h * s_v_h + cols
+        kn_lo = (1.0 - gate_lo) * tl.load(k_ptr).to(tl.float32) \
+            + gate_lo * tl.load(kc_ptr, mask=go_on, other=0.0).to(tl.float32)
+        kn_hi = (1.0 - gate_hi) * tl.load(k_ptr + D2).to(tl.float32) \
+            + gate_hi * tl.load(kc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
+        vn_lo = (1.0 - gate_lo) * tl.load(v_ptr).to(tl.float32) \
+            + gate_lo * tl.load(vc_ptr, mask=go_on, other=0.0).to(tl.float32)
+        vn_hi = (1.0 - gate_hi) * tl.load(v_ptr + D2).to(tl.float32) \
+            + gate_hi * tl.load(vc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
+        if ROPE:
+            ks_lo = kn_lo * cos - kn_hi * sin
+            ks_hi = kn_hi * cos + kn_lo * sin
+        else:
+            ks_lo = kn_lo
+            ks_hi = kn_hi
+        complete = ((pos + 1) % L) == 0  # the chunk ends here: store the rotated key
+        tl.store(kc_ptr, tl.where(complete, ks_lo, kn_lo).to(KC.dtype.element_ty))
+        tl.store(kc_ptr + D2, tl.where(complete, ks_hi, kn_hi).to(KC.dtype.element_ty))
+        tl.store(vc_ptr, vn_lo.to(VC.dtype.element_ty))
+        tl.store(vc_ptr + D2, vn_hi.to(VC.dtype.element_ty))
+        m = tl.sum(qr_lo * ks_lo + qr_hi * ks_hi, axis=0) * scale_log2
+        l_sum = tl.full([], 1.0, tl.float32)
+        acc_lo = vn_lo
+        acc_hi = vn_hi
+    lo = pid_s * slots_per_split
+    hi = tl.minimum(c, lo + slots_per_split)
+    offs_n = tl.arange(0, BN)
+    k_base = KC + b * s_kc_b + h * s_kc_h + cols[None, :]
+    v_base = VC + b * s_vc_b + h * s_vc_h + cols[None, :]
+    for start in range(lo, hi, BN):
+        offs = start + offs_n
+        valid = offs < hi
+        kp = k_base + offs[:, None].to(tl.int64) * s_kc_c
+        vp = v_base + offs[:, None].to(tl.int64) * s_vc_c
+        k_lo = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
+        k_hi = tl.load(kp + D2, mask=valid[:, None], other=0.0).to(tl.float32)
+        s = tl.sum(qr_lo[None, :] * k_lo + qr_hi[None, :] * k_hi, axis=1) * scale_log2
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, axis=0)
+        v_lo = tl.load(vp, mask=valid[:, None], other=0.0).to(tl.float32)
+        v_hi = tl.load(vp + D2, mask=valid[:, None], other=0.0).to(tl.float32)
+        acc_lo = acc_lo * alpha + tl.sum(p[:, None] * v_lo, axis=0)
+        acc_hi = acc_hi * alpha + tl.sum(p[:, None] * v_hi, axis=0)
+        m = m_new
+    if SPLIT:
+        idx = pid_bh * n_splits + pid_s
+        tl.store(PM + idx, m)
+        tl.store(PL + idx, l_sum)
+        tl.store(PACC + idx * 2 * D2 + cols, acc_lo)
+        tl.store(PACC + idx * 2 * D2 + D2 + cols, acc_hi)
+    else:
+        y_ptr = Y + b * s_y_b + h * s_y_h + cols
+        tl.store(y_ptr, (acc_lo / l_sum).to(Y.dtype.element_ty))
+        tl.store(y_ptr + D2, (acc_hi / l_sum).to(Y.dtype.element_ty))
+
+
+@triton.jit
+def rat_decode_combine_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
+                              H: tl.constexpr, D: tl.constexpr, NS: tl.constexpr):
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_s = tl.arange(0, NS)
+    offs_d = tl.arange(0, D)
+    valid = offs_s < n_splits
+    base = pid_bh * n_splits
+    ms = tl.load(PM + base + offs_s, mask=valid, other=float("-inf"))
+    m = tl.max(ms, axis=0)
+    w = tl.where(valid, tl.exp2(ms - m), 0.0)
+    l_sum = tl.sum(w * tl.load(PL + base + offs_s, mask=valid, other=0.0), axis=0)
+    acc = tl.load(PACC + (base + offs_s[:, None]) * D + offs_d[None, :], mask=valid[:, None],
+                  other=0.0)
+    y = tl.sum(w[:, None] * acc, axis=0) / l_sum
+    tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty))
+
+
+_INV_FREQ: dict = {}
+
+
+def inv_freq(head_dim: int, theta: float, device):
+    """RoPE inverse frequencies [D/2] float32, by the reference's formula (cached)."""
+    import torch
+
+    key = (head_dim, float(theta), str(device))
+    if key not in _INV_FREQ:
+        ar = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+        _INV_FREQ[key] = 1.0 / (theta ** (ar / head_dim))
+    return _INV_FREQ[key]
+
+
+def num_splits(batch_heads: int, slots: int, device, block: int) -> int:
+    """Splits over the cache so that the grid covers the GPU a few times over; fixed by the
+    cache capacity (not the position), so a captured graph stays valid for every step."""
+    import torch
+
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if (
+        device.type == "cuda") else 4
+    want = triton.cdiv(4 * sms, batch_heads)
+    return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
+
+
+def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, pos_int,
+                chunk_size, rope, rope_theta, n_splits=None):
+    """Launch one decode step; returns y [B, H, D] in v's dtype."""
+    import torch
+
+    B, H, D = v.shape
+    G = q.shape[1]
+    dev = v.device
+    C_max = k_cache.shape[1]
+    BN = 64 if dev.type == "cuda" else 16
+    if n_splits is None:
+        n_splits = num_splits(B * H, C_max, dev, BN)
+    slots_per_split = triton.cdiv(C_max, n_splits)
+    y = torch.empty(B, H, D, device=dev, dtype=v.dtype)
+    split = n_splits > 1
+    if split:
+        pm = torch.empty(B * H * n_splits, device=dev, dtype=torch.float32)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
+    else:
+        pm = pl = pacc = y
+    freqs = inv_freq(D, rope_theta, dev) if rope else y
+    pos_ptr = pos_tensor if pos_tensor is not None else y
+    rat_decode_kernel[(B * H, n_splits)](
+        q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_ptr,
+        pos_int if pos_tensor is None else 0, freqs, pm, pl, pacc, y,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        gate_logits.stride(0), gate_logits.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
+        chunk_size, slots_per_split, n_splits, D**-0.5 * LOG2E,
+        H=H, G=G, D2=D // 2, BN=BN, ROPE=rope, POS_PTR=pos_tensor is not None, SPLIT=split,
+        num_warps=4,
+    )
+    if split:
+        rat_decode_combine_kernel[(B * H,)](
+            pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
+            H=H, D=D, NS=triton.next_power_of_2(n_splits), num_warps=4)
+    return y

@@ -1,0 +1,499 @@
+"""RAT's memory-bound passes in Triton: gates, the intra-chunk scans of k and v, RoPE at the
+chunk index, the token's own score, and the chunk ends; and their backward (reverse scan).
+
+Layout: a program owns a segment of whole chunks (SEG tokens) of one batch row and one qk
+group, and loops over the heads of that group (so q and k are read once per group and dq, dk
+are summed over the group's heads in registers). A segment is cut into tiles of BT tokens;
+inside a tile the gated recurrence runs as one `tl.associative_scan` over the token axis,
+and a carry links the tiles of a chunk longer than BT. Channels are held as two halves
+(lo = [0, D/2), hi = [D/2, D)), which makes the rotate-half RoPE an elementwise operation.
+
+The backward needs the adjoint recurrence a_t = ds_t + g_{t+1} a_{t+1}, a reverse scan.
+`associative_scan(reverse=True)` has been reported wrong for non-commutative combines
+(triton-lang/triton#4362), so the reverse scan runs as a forward scan over the tile read in
+reversed token order; the few per-token quantities computed in natural order are flipped.
+With a_t, the gate-logit gradient needs only s_t (no shifted state):
+dlogit_t = (1 - g_t) a_t (s_t - x_t), summed over the key and value scans.
+"""
+
+# fmt: off
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _combine(al1, ah1, kl1, kh1, vl1, vh1, al2, ah2, kl2, kh2, vl2, vh2):
+    # composition of the affine maps s -> a * s + b (left first, then right)
+    return al1 * al2, ah1 * ah2, al2 * kl1 + kl2, ah2 * kh1 + kh2, al2 * vl1 + vl2, ah2 * vh1 + vh2
+
+
+@triton.jit
+def _last_row(x, rows, BT: tl.constexpr):
+    return tl.sum(tl.where(rows[:, None] == BT - 1, x, 0.0), axis=0)
+
+
+@triton.jit
+def _load_halves(ptr_rows, cols, mask, D2: tl.constexpr):
+    lo = tl.load(ptr_rows[:, None] + cols[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    hi = tl.load(ptr_rows[:, None] + D2 + cols[None, :], mask=mask[:, None], other=0.0)
+    return lo, hi.to(tl.float32)
+
+
+@triton.jit
+def _store_halves(ptr_rows, cols, lo, hi, mask, D2: tl.constexpr):
+    ty = ptr_rows.dtype.element_ty
+    tl.store(ptr_rows[:, None] + cols[None, :], lo.to(ty), mask=mask[:, None])
+    tl.store(ptr_rows[:, None] + D2 + cols[None, :], hi.to(ty), mask=mask[:, None])
+
+
+@triton.jit
+def _gate(GL, BIAS, b, h, t, mask, cols, s_gl_b, s_gl_t, s_gl_h, D2: tl.constexpr):
+    gl_lo, gl_hi = _load_halves(GL + b * s_gl_b + t * s_gl_t + h * s_gl_h, cols, mask, D2)
+    bias_lo = tl.load(BIAS + h * 2 * D2 + cols).to(tl.float32)
+    bias_hi = tl.load(BIAS + h * 2 * D2 + D2 + cols).to(tl.float32)
+    return tl.sigmoid(gl_lo + bias_lo[None, :]), tl.sigmoid(gl_hi + bias_hi[None, :])
+
+
+@triton.jit
+def _cos_sin(COS, SIN, t, L, mask, cols, D2: tl.constexpr, ROPE: tl.constexpr):
+    # RoPE angles at the chunk index t // L, from a [C, D/2] float32 table
+    if ROPE:
+        c = t // L
+        cos = tl.load(COS + c[:, None] * D2 + cols[None, :], mask=mask[:, None], other=1.0)
+        sin = tl.load(SIN + c[:, None] * D2 + cols[None, :], mask=mask[:, None], other=0.0)
+    else:
+        cos = tl.full([t.shape[0], D2], 1.0, tl.float32)
+        sin = tl.zeros([t.shape[0], D2], tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def _scan_tile(GL, BIAS, K, V, b, g, h, t, valid, L, cols,
+               s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+               ck_lo, ck_hi, cv_lo, cv_hi, D2: tl.constexpr):
+    """Forward scan of one tile in natural token order, continuing from the carries."""
+    gate_lo, gate_hi = _gate(GL, BIAS, b, h, t, valid, cols, s_gl_b, s_gl_t, s_gl_h, D2)
+    k_lo, k_hi = _load_halves(K + b * s_k_b + t * s_k_t + g * s_k_g, cols, valid, D2)
+    v_lo, v_hi = _load_halves(V + b * s_v_b + t * s_v_t + h * s_v_h, cols, valid, D2)
+    keep = ((t % L) != 0) & valid  # the state resets at every chunk start
+    a_lo = tl.where(keep[:, None], gate_lo, 0.0)
+    a_hi = tl.where(keep[:, None], gate_hi, 0.0)
+    A_lo, A_hi, sk_lo, sk_hi, sv_lo, sv_hi = tl.associative_scan(
+        (a_lo, a_hi, (1.0 - gate_lo) * k_lo, (1.0 - gate_hi) * k_hi,
+         (1.0 - gate_lo) * v_lo, (1.0 - gate_hi) * v_hi),
+        0, _combine)
+    sk_lo += A_lo * ck_lo[None, :]
+    sk_hi += A_hi * ck_hi[None, :]
+    sv_lo += A_lo * cv_lo[None, :]
+    sv_hi += A_hi * cv_hi[None, :]
+    return sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi
+
+
+@triton.jit
+def _rot(x_lo, x_hi, cos, sin, ROPE: tl.constexpr):
+    if ROPE:
+        y_lo = x_lo * cos - x_hi * sin
+        y_hi = x_hi * cos + x_lo * sin
+    else:
+        y_lo = x_lo
+        y_hi = x_hi
+    return y_lo, y_hi
+
+
+@triton.jit
+def _unrot(x_lo, x_hi, cos, sin, ROPE: tl.constexpr):
+    # the transpose of _rot
+    if ROPE:
+        y_lo = x_lo * cos + x_hi * sin
+        y_hi = x_hi * cos - x_lo * sin
+    else:
+        y_lo = x_lo
+        y_hi = x_hi
+    return y_lo, y_hi
+
+
+@triton.jit
+def rat_scan_fwd_kernel(
+    Q, K, V, GL, BIAS, COS, SIN,
+    QR, VR, SS, KE, VE,
+    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h,
+    T, L, SEG, n_tiles,
+    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
+    ROPE: tl.constexpr, CORE: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """Grid (segments, B * G). Writes q_rot [B,T,G,D], v_run [B,T,H,D], the own score
+    q_rot . k_rot [B,H,T] (CORE), the chunk ends (rotated k, v) into KE/VE, and with PARTIAL
+    the running un-rotated state of an incomplete last chunk into its slot (cache layout)."""
+    pid_s = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = (pid_bg // G).to(tl.int64)
+    g = pid_bg % G
+    D: tl.constexpr = 2 * D2
+    rows = tl.arange(0, BT)
+    cols = tl.arange(0, D2)
+    seg0 = pid_s * SEG
+    for hh in range(H // G):
+        h = g + hh * G
+        ck_lo = tl.zeros([D2], tl.float32)
+        ck_hi = tl.zeros([D2], tl.float32)
+        cv_lo = tl.zeros([D2], tl.float32)
+        cv_hi = tl.zeros([D2], tl.float32)
+        for j in range(n_tiles):
+            r = j * BT + rows
+            t = seg0 + r
+            valid = (r < SEG) & (t < T)
+            sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
+                GL, BIAS, K, V, b, g, h, t, valid, L, cols,
+                s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+                ck_lo, ck_hi, cv_lo, cv_hi, D2)
+            cos, sin = _cos_sin(COS, SIN, t, L, valid, cols, D2, ROPE)
+            kr_lo, kr_hi = _rot(sk_lo, sk_hi, cos, sin, ROPE)
+            c = t // L
+            is_end = valid & ((t + 1) % L == 0)
+            _store_halves(KE + b * s_ke_b + c * s_ke_c + h * s_ke_h, cols, kr_lo, kr_hi, is_end, D2)
+            _store_halves(VE + b * s_ve_b + c * s_ve_c + h * s_ve_h, cols, sv_lo, sv_hi, is_end, D2)
+            if PARTIAL:
+                is_part = valid & (t == T - 1) & ((t + 1) % L != 0)
+                _store_halves(KE + b * s_ke_b + c * s_ke_c + h * s_ke_h, cols, sk_lo, sk_hi,
+                              is_part, D2)
+                _store_halves(VE + b * s_ve_b + c * s_ve_c + h * s_ve_h, cols, sv_lo, sv_hi,
+                              is_part, D2)
+            if CORE:
+                q_lo, q_hi = _load_halves(Q + b * s_q_b + t * s_q_t + g * s_q_g, cols, valid, D2)
+                qr_lo, qr_hi = _rot(q_lo, q_hi, cos, sin, ROPE)
+                if hh == 0:
+                    _store_halves(QR + ((b * T + t) * G + g) * D, cols, qr_lo, qr_hi, valid, D2)
+                ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1)
+                tl.store(SS + (b * H + h) * T + t, ss, mask=valid)
+                _store_halves(VR + ((b * T + t) * H + h) * D, cols, sv_lo, sv_hi, valid, D2)
+            ck_lo = _last_row(sk_lo, rows, BT)
+            ck_hi = _last_row(sk_hi, rows, BT)
+            cv_lo = _last_row(sv_lo, rows, BT)
+            cv_hi = _last_row(sv_hi, rows, BT)
+
+
+@triton.jit
+def _bwd_tile(
+    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
+    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+    s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h, s_dgl_b, s_dgl_t, s_dgl_h,
+    ck_lo, ck_hi, cv_lo, cv_hi, ak_lo_c, ak_hi_c, av_lo_c, av_hi_c,
+    H: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr, ROPE: tl.constexpr,
+):
+    """One head, one tile. Stores dv and dgate_logits; returns dq of the own-key term
+    (rotated frame, natural order), this head's dk (reversed order), the adjoint carries
+    for the tile before, and the tile's bias-gradient sums."""
+    D: tl.constexpr = 2 * D2
+    bh = b * H + h
+    r_n = j * BT + rows
+    t_n = seg0 + r_n
+    valid_n = (r_n < SEG) & (t_n < T)
+    r_r = j * BT + (BT - 1 - rows)
+    t_r = seg0 + r_r
+    valid_r = (r_r < SEG) & (t_r < T)
+
+    # natural order: states, the own score, its weight p and score gradient ds
+    sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
+        GL, BIAS, K, V, b, g, h, t_n, valid_n, L, cols,
+        s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+        ck_lo, ck_hi, cv_lo, cv_hi, D2)
+    cos_n, sin_n = _cos_sin(COS, SIN, t_n, L, valid_n, cols, D2, ROPE)
+    kr_lo, kr_hi = _rot(sk_lo, sk_hi, cos_n, sin_n, ROPE)
+    q_lo, q_hi = _load_halves(Q + b * s_q_b + t_n * s_q_t + g * s_q_g, cols, valid_n, D2)
+    qr_lo, qr_hi = _rot(q_lo, q_hi, cos_n, sin_n, ROPE)
+    lse = tl.load(LSE + bh * T + t_n, mask=valid_n, other=0.0)
+    delta = tl.load(DELTA + bh * T + t_n, mask=valid_n, other=0.0)
+    ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1) * scale_log2
+    p = tl.where(valid_n, tl.exp2(ss - lse), 0.0)
+    dy_lo, dy_hi = _load_halves(DY + b * s_dy_b + t_n * s_dy_t + h * s_dy_h, cols, valid_n, D2)
+    ds = p * (tl.sum(dy_lo * sv_lo + dy_hi * sv_hi, axis=1) - delta)
+    dq_lo = (scale * ds)[:, None] * kr_lo
+    dq_hi = (scale * ds)[:, None] * kr_hi
+    ek_lo = tl.flip(sk_lo - k_lo, 0)
+    ek_hi = tl.flip(sk_hi - k_hi, 0)
+    ev_lo = tl.flip(sv_lo - v_lo, 0)
+    ev_hi = tl.flip(sv_hi - v_hi, 0)
+    p_r = tl.flip(p, 0)
+    ds_r = tl.flip(ds, 0)
+
+    # reversed order: gradients of the running states, then the adjoint scan
+    cos_r, sin_r = _cos_sin(COS, SIN, t_r, L, valid_r, cols, D2, ROPE)
+    q_lo, q_hi = _load_halves(Q + b * s_q_b + t_r * s_q_t + g * s_q_g, cols, valid_r, D2)
+    qr_lo, qr_hi = _rot(q_lo, q_hi, cos_r, sin_r, ROPE)
+    is_end = valid_r & ((t_r + 1) % L == 0)
+    end_off = (bh * C_alloc + t_r // L) * D
+    dke_lo, dke_hi = _load_halves(DKE + end_off, cols, is_end, D2)
+    dve_lo, dve_hi = _load_halves(DVE + end_off, cols, is_end, D2)
+    dsk_lo, dsk_hi = _unrot((scale * ds_r)[:, None] * qr_lo + dke_lo,
+                            (scale * ds_r)[:, None] * qr_hi + dke_hi, cos_r, sin_r, ROPE)
+    dy_lo, dy_hi = _load_halves(DY + b * s_dy_b + t_r * s_dy_t + h * s_dy_h, cols, valid_r, D2)
+    dsv_lo = p_r[:, None] * dy_lo + dve_lo
+    dsv_hi = p_r[:, None] * dy_hi + dve_hi
+    gate_lo, gate_hi = _gate(GL, BIAS, b, h, t_r, valid_r, cols, s_gl_b, s_gl_t, s_gl_h, D2)
+    t1 = t_r + 1
+    ok1 = valid_r & ((t1 % L) != 0) & (t1 < T)
+    g1_lo, g1_hi = _gate(GL, BIAS, b, h, t1, ok1, cols, s_gl_b, s_gl_t, s_gl_h, D2)
+    A_lo, A_hi, ak_lo, ak_hi, av_lo, av_hi = tl.associative_scan(
+        (tl.where(ok1[:, None], g1_lo, 0.0), tl.where(ok1[:, None], g1_hi, 0.0),
+         dsk_lo, dsk_hi, dsv_lo, dsv_hi),
+        0, _combine)
+    ak_lo += A_lo * ak_lo_c[None, :]
+    ak_hi += A_hi * ak_hi_c[None, :]
+    av_lo += A_lo * av_lo_c[None, :]
+    av_hi += A_hi * av_hi_c[None, :]
+    _store_halves(DV + b * s_dv_b + t_r * s_dv_t + h * s_dv_h, cols,
+                  (1.0 - gate_lo) * av_lo, (1.0 - gate_hi) * av_hi, valid_r, D2)
+    dgl_lo = tl.where(valid_r[:, None], (1.0 - gate_lo) * (av_lo * ev_lo + ak_lo * ek_lo), 0.0)
+    dgl_hi = tl.where(valid_r[:, None], (1.0 - gate_hi) * (av_hi * ev_hi + ak_hi * ek_hi), 0.0)
+    _store_halves(DGL + b * s_dgl_b + t_r * s_dgl_t + h * s_dgl_h, cols, dgl_lo, dgl_hi,
+                  valid_r, D2)
+    return (dq_lo, dq_hi, (1.0 - gate_lo) * ak_lo, (1.0 - gate_hi) * ak_hi,
+            _last_row(ak_lo, rows, BT), _last_row(ak_hi, rows, BT),
+            _last_row(av_lo, rows, BT), _last_row(av_hi, rows, BT),
+            tl.sum(dgl_lo, axis=0), tl.sum(dgl_hi, axis=0))
+
+
+@triton.jit
+def rat_scan_bwd_kernel(
+    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DQI,
+    DQ, DK, DV, DGL, DBP, DKA, SCR,
+    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+    s_dy_b, s_dy_t, s_dy_h, s_dq_b, s_dq_t, s_dq_g, s_dk_b, s_dk_t, s_dk_g,
+    s_dv_b, s_dv_t, s_dv_h, s_dgl_b, s_dgl_t, s_dgl_h,
+    T, L, SEG, n_tiles, n_seg, C_alloc, scale, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
+    ROPE: tl.constexpr, SINGLE: tl.constexpr,
+):
+    """Grid (segments, B * G). Inputs besides the forward's: dy, lse and delta [B,H,T],
+    the attention's gradients of the chunk ends DKE/DVE [B,H,C,D] (fp32, rotated frame) and
+    its dq DQI [B,T,G,D] (fp32, rotated frame, summed over the group's heads). Writes dq, dk,
+    dv, dgate_logits and per-segment bias-gradient sums DBP [B*n_seg, H, D]. With SINGLE
+    (one tile per segment) dq and dk are summed in registers; otherwise through DQI and DKA
+    (fp32 [B,T,G,D], zeroed), with the tile carries kept in SCR."""
+    pid_s = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = (pid_bg // G).to(tl.int64)
+    g = pid_bg % G
+    D: tl.constexpr = 2 * D2
+    rows = tl.arange(0, BT)
+    cols = tl.arange(0, D2)
+    seg0 = pid_s * SEG
+    prog = b * n_seg + pid_s
+    zero = tl.zeros([D2], tl.float32)
+    if SINGLE:
+        t_n = seg0 + rows
+        valid_n = (rows < SEG) & (t_n < T)
+        t_r = seg0 + (BT - 1 - rows)
+        valid_r = ((BT - 1 - rows) < SEG) & (t_r < T)
+        dq_lo, dq_hi = _load_halves(DQI + ((b * T + t_n) * G + g) * D, cols, valid_n, D2)
+        dk_lo = tl.zeros([BT, D2], tl.float32)
+        dk_hi = tl.zeros([BT, D2], tl.float32)
+        for hh in range(H // G):
+            h = g + hh * G
+            dq1_lo, dq1_hi, dk1_lo, dk1_hi, a0, a1, a2, a3, db_lo, db_hi = _bwd_tile(
+                Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
+                b, g, h, seg0, 0, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+                s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h,
+                s_gl_b, s_gl_t, s_gl_h, s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h,
+                s_dgl_b, s_dgl_t, s_dgl_h,
+                zero, zero, zero, zero, zero, zero, zero, zero, H, D2, BT, ROPE)
+            dq_lo += dq1_lo
+            dq_hi += dq1_hi
+            dk_lo += dk1_lo
+            dk_hi += dk1_hi
+            tl.store(DBP + (prog * H + h) * D + cols, db_lo)
+            tl.store(DBP + (prog * H + h) * D + D2 + cols, db_hi)
+        cos, sin = _cos_sin(COS, SIN, t_n, L, valid_n, cols, D2, ROPE)
+        dq_lo, dq_hi = _unrot(dq_lo, dq_hi, cos, sin, ROPE)
+        _store_halves(DQ + b * s_dq_b + t_n * s_dq_t + g * s_dq_g, cols, dq_lo, dq_hi, valid_n, D2)
+        _store_halves(DK + b * s_dk_b + t_r * s_dk_t + g * s_dk_g, cols, dk_lo, dk_hi, valid_r, D2)
+    else:
+        for hh in range(H // G):
+            h = g + hh * G
+            scr = SCR + (prog * H + h) * n_tiles * 4 * D2
+            ck_lo = zero
+            ck_hi = zero
+            cv_lo = zero
+            cv_hi = zero
+            for j in range(n_tiles):
+                tl.store(scr + (j * 4 + 0) * D2 + cols, ck_lo)
+                tl.store(scr + (j * 4 + 1) * D2 + cols, ck_hi)
+                tl.store(scr + (j * 4 + 2) * D2 + cols, cv_lo)
+                tl.store(scr + (j * 4 + 3) * D2 + cols, cv_hi)
+                r = j * BT + rows
+                t = seg0 + r
+                valid = (r < SEG) & (t < T)
+                sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
+                    GL, BIAS, K, V, b, g, h, t, valid, L, cols,
+                    s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+                    ck_lo, ck_hi, cv_lo, cv_hi, D2)
+                ck_lo = _last_row(sk_lo, rows, BT)
+                ck_hi = _last_row(sk_hi, rows, BT)
+                cv_lo = _last_row(sv_lo, rows, BT)
+                cv_hi = _last_row(sv_hi, rows, BT)
+            tl.debug_barrier()
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            db_lo = zero
+            db_hi = zero
+            for jj in range(n_tiles):
+                j = n_tiles - 1 - jj
+                ck_lo = tl.load(scr + (j * 4 + 0) * D2 + cols)
+                ck_hi = tl.load(scr + (j * 4 + 1) * D2 + cols)
+                cv_lo = tl.load(scr + (j * 4 + 2) * D2 + cols)
+                cv_hi = tl.load(scr + (j * 4 + 3) * D2 + cols)
+                dq1_lo, dq1_hi, dk1_lo, dk1_hi, a0, a1, a2, a3, db1_lo, db1_hi = _bwd_tile(
+                    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
+                    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+                    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h,
+                    s_gl_b, s_gl_t, s_gl_h, s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h,
+                    s_dgl_b, s_dgl_t, s_dgl_h,
+                    ck_lo, ck_hi, cv_lo, cv_hi, a0, a1, a2, a3, H, D2, BT, ROPE)
+                db_lo += db1_lo
+                db_hi += db1_hi
+                r_n = j * BT + rows
+                t_n = seg0 + r_n
+                valid_n = (r_n < SEG) & (t_n < T)
+                p_n = DQI + ((b * T + t_n) * G + g) * D
+                o_lo, o_hi = _load_halves(p_n, cols, valid_n, D2)
+                _store_halves(p_n, cols, o_lo + dq1_lo, o_hi + dq1_hi, valid_n, D2)
+                r_r = j * BT + (BT - 1 - rows)
+                t_r = seg0 + r_r
+                valid_r = (r_r < SEG) & (t_r < T)
+                p_r = DKA + ((b * T + t_r) * G + g) * D
+                o_lo, o_hi = _load_halves(p_r, cols, valid_r, D2)
+                _store_halves(p_r, cols, o_lo + dk1_lo, o_hi + dk1_hi, valid_r, D2)
+            tl.store(DBP + (prog * H + h) * D + cols, db_lo)
+            tl.store(DBP + (prog * H + h) * D + D2 + cols, db_hi)
+            tl.debug_barrier()
+        for j in range(n_tiles):
+            r = j * BT + rows
+            t = seg0 + r
+            valid = (r < SEG) & (t < T)
+            dq_lo, dq_hi = _load_halves(DQI + ((b * T + t) * G + g) * D, cols, valid, D2)
+            cos, sin = _cos_sin(COS, SIN, t, L, valid, cols, D2, ROPE)
+            dq_lo, dq_hi = _unrot(dq_lo, dq_hi, cos, sin, ROPE)
+            _store_halves(DQ + b * s_dq_b + t * s_dq_t + g * s_dq_g, cols, dq_lo, dq_hi, valid, D2)
+            dk_lo, dk_hi = _load_halves(DKA + ((b * T + t) * G + g) * D, cols, valid, D2)
+            _store_halves(DK + b * s_dk_b + t * s_dk_t + g * s_dk_g, cols, dk_lo, dk_hi, valid, D2)
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+
+def tile_plan(T: int, L: int) -> tuple[int, int, int]:
+    """(BT, SEG, n_tiles): tile rows, tokens per program segment (whole chunks), tiles per
+    segment. Chunks up to 64 tokens fit one tile (several short chunks share one); longer
+    chunks are cut into tiles of 32 linked by carries."""
+    p2 = triton.next_power_of_2(L)
+    if p2 <= 64:
+        BT = max(16, p2)
+        return BT, L * (BT // L), 1
+    BT = 32
+    return BT, L, triton.cdiv(min(L, T), BT)
+
+
+def _num_warps(BT: int) -> int:
+    return 4 if BT <= 16 else 8
+
+
+def rope_table(n_chunks: int, head_dim: int, theta: float, device) -> tuple:
+    """cos, sin [n_chunks, D/2] float32 at chunk indices 0..n_chunks-1 (the reference's own
+    formula, so the angles agree bit for bit)."""
+    import torch
+
+    from archlab.blocks.rope import rope_cos_sin
+
+    cos, sin = rope_cos_sin(torch.arange(max(n_chunks, 1), device=device), head_dim, theta)
+    half = head_dim // 2
+    return cos[:, :half].contiguous(), sin[:, :half].contiguous()
+
+
+def scan_forward(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta,
+                 k_end=None, v_end=None, core=True, partial=False):
+    """Launch the forward pass. k_end/v_end: [B, C', H, D] views to write the chunk ends
+    into (allocated [B, H, C, D] underneath when None). Returns (q_rot, v_run, s_self,
+    k_end, v_end); the first three are None unless `core`."""
+    import torch
+
+    B, T, H, D = v.shape
+    G = k.shape[2]
+    L = chunk_size
+    dev = v.device
+    BT, SEG, n_tiles = tile_plan(T, L)
+    n_seg = triton.cdiv(T, SEG)
+    C_alloc = max(T // L, 1)
+    if k_end is None:
+        k_end = torch.empty(B, H, C_alloc, D, device=dev, dtype=k.dtype).transpose(1, 2)
+        v_end = torch.empty(B, H, C_alloc, D, device=dev, dtype=v.dtype).transpose(1, 2)
+    if core:
+        q_rot = torch.empty(B, T, G, D, device=dev, dtype=q.dtype)
+        v_run = torch.empty(B, T, H, D, device=dev, dtype=v.dtype)
+        s_self = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+    else:
+        q, q_rot, v_run, s_self = k, k, v, k_end
+    cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (k, k)
+    rat_scan_fwd_kernel[(n_seg, B * G)](
+        q, k, v, gate_logits, gate_bias, cos, sin,
+        q_rot, v_run, s_self, k_end, v_end,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
+        k_end.stride(0), k_end.stride(1), k_end.stride(2),
+        v_end.stride(0), v_end.stride(1), v_end.stride(2),
+        T, L, SEG, n_tiles,
+        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope, CORE=core, PARTIAL=partial,
+        num_warps=_num_warps(BT),
+    )
+    if not core:
+        return None, None, None, k_end, v_end
+    return q_rot, v_run, s_self, k_end, v_end
+
+
+def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_end, dq_inter,
+                  chunk_size, rope, rope_theta):
+    """Launch the backward pass. dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
+    fp32 [B, T, G, D] contiguous (overwritten when a chunk spans several tiles).
+    Returns dq, dk, dv, dgate_logits, dgate_bias."""
+    import torch
+
+    B, T, H, D = v.shape
+    G = k.shape[2]
+    L = chunk_size
+    dev = v.device
+    BT, SEG, n_tiles = tile_plan(T, L)
+    n_seg = triton.cdiv(T, SEG)
+    single = n_tiles == 1
+    dq = torch.empty(q.shape, device=dev, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=dev, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=dev, dtype=v.dtype)
+    dgl = torch.empty(gate_logits.shape, device=dev, dtype=gate_logits.dtype)
+    dbp = torch.empty(B * n_seg, H, D, device=dev, dtype=torch.float32)
+    if single:
+        dka, scr = dbp, dbp
+    else:
+        dka = torch.zeros(B, T, G, D, device=dev, dtype=torch.float32)
+        scr = torch.empty(B * n_seg, H, n_tiles, 4, D // 2, device=dev, dtype=torch.float32)
+    cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (dbp, dbp)
+    scale = D**-0.5
+    rat_scan_bwd_kernel[(n_seg, B * G)](
+        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, dk_end, dv_end, dq_inter,
+        dq, dk, dv, dgl, dbp, dka, scr,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        dgl.stride(0), dgl.stride(1), dgl.stride(2),
+        T, L, SEG, n_tiles, n_seg, dk_end.shape[2], scale, scale * 1.4426950408889634,
+        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope, SINGLE=single,
+        num_warps=_num_warps(BT),
+    )
+    dbias = dbp.sum(0).reshape(H * D).to(gate_bias.dtype)
+    return dq, dk, dv, dgl, dbias
