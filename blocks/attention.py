@@ -1,11 +1,29 @@
-"""`attention` (A): causal multi-head softmax attention with GQA/MQA, RoPE, optional qk-norm."""
+"""`attention` (A): causal multi-head softmax attention with GQA/MQA, RoPE, optional qk-norm.
+
+Backends: `reference` (explicit float32 matmuls and masked softmax), `sdpa`
+(torch's scaled_dot_product_attention, any device), `flex` (compiled flex_attention, CUDA
+only); `auto` is sdpa. FLOP conventions are in `_attention_common`.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from archlab.blocks.base import Backend, BlockParams
+import torch
 from pydantic import Field
+from torch import nn
+
+from archlab.blocks import _attention_common as common
+from archlab.blocks.base import (
+    Backend,
+    BackendUnavailable,
+    BlockParams,
+    FlopCount,
+    LayerCache,
+    resolve_backend,
+)
+from archlab.blocks.rope import apply_rope, rope_cos_sin
+from archlab.config import ModelConfig
 
 KIND = "attention"
 SYMBOL = "A"
@@ -46,4 +64,168 @@ EXAMPLES = [
     {"kind": "attention", "heads": 4},
     {"kind": "attention", "heads": 4, "kv_heads": 2, "qk_norm": True, "bias": True},
     {"kind": "attention", "heads": 4, "kv_heads": 1, "head_dim": 8, "rope": False},
+    {"kind": "attention", "heads": 2, "kv_heads": 1, "head_dim": 6, "qk_norm": True, "bias": True},
 ]
+
+
+class Block(nn.Module):
+    """Causal attention over x [B, T, d_model]: the mixer alone (no norm, no residual).
+
+    `local_attention` reuses this class: a `window` in the params limits each token to
+    itself and the `window - 1` tokens before it, and the cache becomes a ring buffer of
+    min(max_len, window) positions. Keys are cached after RoPE. The decode `step` has one
+    query, so it runs `reference` for the reference backend and sdpa otherwise (flex's
+    block-sparse kernel has no single-query path). A block that asks for `flex` has no
+    backend until `select_backend` is called with a CUDA device.
+    """
+
+    PREFERENCE: tuple[str, ...] = ("sdpa", "reference", "flex")  # order tried by `auto`
+
+    def __init__(self, params: Params, model: ModelConfig) -> None:
+        super().__init__()
+        self.params = params
+        self.window: int | None = getattr(params, "window", None)
+        self.heads, self.kv_heads, self.head_dim = common.head_dims(params, model.d_model)
+        self.norm_eps = model.norm_eps
+        d, inner = model.d_model, self.heads * self.head_dim
+        kv_inner = self.kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d, inner, bias=params.bias)
+        self.k_proj = nn.Linear(d, kv_inner, bias=params.bias)
+        self.v_proj = nn.Linear(d, kv_inner, bias=params.bias)
+        self.o_proj = nn.Linear(inner, d, bias=params.bias)
+        if params.qk_norm:
+            self.q_norm = nn.Parameter(torch.ones(self.head_dim))
+            self.k_norm = nn.Parameter(torch.ones(self.head_dim))
+        self.reset_parameters()
+        self.backend: str | None = None
+        if params.backend != "flex":  # flex runs on CUDA only: select_backend(cuda) picks it
+            self.select_backend(torch.device("cpu"))
+
+    def reset_parameters(self) -> None:
+        """Projections ~ N(0, 0.02), biases 0, qk-norm weights 1."""
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            nn.init.normal_(proj.weight, std=0.02)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+        if self.params.qk_norm:
+            nn.init.ones_(self.q_norm)
+            nn.init.ones_(self.k_norm)
+
+    def select_backend(self, device: torch.device | str) -> str:
+        """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
+        device = torch.device(device)
+        can_run = {"reference": True, "sdpa": True, "flex": common.flex_available(device)}
+        available = {name: can_run[name] for name in self.PREFERENCE}
+        self.backend = resolve_backend(self.params.backend, device, available)
+        return self.backend
+
+    def _project(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
+        """q [B, T, H, dh], k and v [B, T, K, dh], with qk-norm and RoPE applied."""
+        if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
+            raise BackendUnavailable(
+                f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
+                "(select_backend(device) chooses one for the device)"
+            )
+        B, T, _ = x_BTD.shape
+        q = self.q_proj(x_BTD).view(B, T, self.heads, self.head_dim)
+        k = self.k_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        v = self.v_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        if self.params.qk_norm:
+            q = common.rms_norm(q, self.q_norm, self.norm_eps)
+            k = common.rms_norm(k, self.k_norm, self.norm_eps)
+        if self.params.rope:
+            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def _attend_sequence(self, q_BTHD, k_BTKD, v_BTKD) -> torch.Tensor:
+        if self.backend == "flex":
+            return common.flex_attention(q_BTHD, k_BTKD, v_BTKD, self.window)
+        if self.backend == "sdpa" and self.window is None:
+            return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, causal=True)
+        mask_TT = common.window_mask(q_BTHD.shape[1], self.window, q_BTHD.device)
+        if self.backend == "sdpa":
+            return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, mask_TS=mask_TT)
+        return common.reference_attention(q_BTHD, k_BTKD, v_BTKD, mask_TT)
+
+    def _out(self, y_BTHD: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(y_BTHD.flatten(2))
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] -> [B, T, d_model], causal over T."""
+        positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
+        return self._out(self._attend_sequence(*self._project(x_BTD, positions)))
+
+    def allocate_cache(
+        self,
+        batch: int,
+        max_len: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LayerCache:
+        """Empty k, v caches [B, slots, K, dh]; slots = max_len, or min(max_len, window)."""
+        slots = max_len if self.window is None else min(max_len, self.window)
+        w = self.q_proj.weight
+        shape = (batch, slots, self.kv_heads, self.head_dim)
+        kw = {"device": device or w.device, "dtype": dtype or w.dtype}
+        return LayerCache({"k": torch.zeros(shape, **kw), "v": torch.zeros(shape, **kw)})
+
+    def _check_room(self, cache: LayerCache, end: int) -> int:
+        """Slots of the cache; raises if position `end - 1` cannot be stored (a ring buffer
+        holding a whole window never runs out)."""
+        slots = cache["k"].shape[1]
+        if end > slots and slots != self.window:
+            raise ValueError(f"the cache holds {slots} positions; position {end - 1} does not fit")
+        return slots
+
+    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Run the prompt [B, T, d_model] (cache empty before) and store its last keys/values."""
+        if cache.length:
+            raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        T = x_BTD.shape[1]
+        slots = self._check_room(cache, T)
+        q, k, v = self._project(x_BTD, torch.arange(T, device=x_BTD.device))
+        y = self._attend_sequence(q, k, v)
+        kept = min(T, slots)
+        ring = torch.arange(T - kept, T, device=x_BTD.device) % slots
+        cache["k"][:, ring] = k[:, T - kept :].to(cache["k"].dtype)
+        cache["v"][:, ring] = v[:, T - kept :].to(cache["v"].dtype)
+        cache.length = T
+        return self._out(y)
+
+    def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Decode one token [B, 1, d_model] at position cache.length against the cache."""
+        pos = cache.length
+        slots = self._check_room(cache, pos + 1)
+        q, k, v = self._project(x_B1D, torch.tensor([pos], device=x_B1D.device))
+        cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
+        cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
+        valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
+        keys, values = cache["k"][:, :valid].to(q.dtype), cache["v"][:, :valid].to(q.dtype)
+        if self.backend == "reference":
+            y = common.reference_attention(q, keys, values, None)
+        else:
+            y = common.sdpa_attention(q, keys, values)
+        cache.length = pos + 1
+        return self._out(y)
+
+
+def param_count(params: Params, d_model: int) -> int:
+    """Exact parameters: q/k/v/o weights, biases if `bias`, two head_dim weights if qk_norm."""
+    return common.param_count(params, d_model)
+
+
+def flops(params: Params, d_model: int, batch: int, seq_len: int) -> FlopCount:
+    """Forward FLOPs over batch x seq_len tokens; T(T+1)/2 visible pairs per sequence."""
+    return common.cost(params, d_model, batch, seq_len, common.visible_pairs(seq_len, None))
+
+
+def decode_flops(params: Params, d_model: int, batch: int, t: int) -> FlopCount:
+    """FLOPs of one new token at position t: it sees t + 1 keys."""
+    return common.cost(params, d_model, batch, 1, t + 1)
+
+
+def cache_bytes(params: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
+    """k and v for every position: 2 * B * T * kv_heads * head_dim * dtype_bytes."""
+    _, K, dh = common.head_dims(params, d_model)
+    return 2 * batch * seq_len * K * dh * dtype_bytes
