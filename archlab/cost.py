@@ -197,19 +197,36 @@ def metric_function(plan: Plan, metric: str, batch: int = 1) -> Callable[[int], 
     evaluated once and multiplied by their count)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    m, d, dbytes = plan.model, plan.model.d_model, plan.model.dtype_bytes
     groups: dict[tuple, list] = {}
     for b in plan.blocks:
-        groups.setdefault((b.kind, b.params), [b, 0])[1] += 1
-    m = plan.model
+        groups.setdefault((b.kind, b.params), [BLOCKS[b.kind], b.params, 0])[2] += 1
+    items = list(groups.values())
+    if metric in ("fwd_flops", "train_flops"):
+        k = 3 if metric == "train_flops" else 1
 
-    def figure(c: KindCost) -> int:
-        return c.train_flops if metric == "train_flops" else getattr(c, metric)
+        def f(T: int) -> int:
+            total = linear_flops(batch * T, d, m.vocab_size)
+            for mod, p, count in items:
+                total += count * mod.flops(p, d, batch, T).matmul
+            return k * total
 
-    def f(T: int) -> int:
-        total = figure(head_cost(m, batch, T))
-        for b, count in groups.values():
-            total += count * figure(block_cost(b, m, batch, T))
-        return total
+    elif metric == "decode_flops":
+
+        def f(T: int) -> int:
+            total = linear_flops(batch, d, m.vocab_size)
+            for mod, p, count in items:
+                total += count * mod.decode_flops(p, d, batch, T).matmul
+            return total
+
+    else:
+        weights = spec_cost(plan, batch, 1).weight_bytes if metric == "decode_bytes" else 0
+
+        def f(T: int) -> int:
+            total = weights
+            for mod, p, count in items:
+                total += count * mod.cache_bytes(p, d, batch, T, dbytes)
+            return total
 
     return f
 
