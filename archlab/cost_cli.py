@@ -130,7 +130,7 @@ def _breakdown(rows_in: list[tuple[str, str, KindCost]], total: Cost) -> str:
 
 
 def _by_kind(c: Cost) -> str:
-    rows = [(k, k, v) for k, v in c.by_kind.items()]
+    rows = [(k, "", v) for k, v in c.by_kind.items()]
     return _breakdown([*rows, ("embedding+head", "", c.head)], c)
 
 
