@@ -21,13 +21,14 @@ from archlab.errors import SpecError, SpecIssue, format_path
 from archlab.expressions import ExpressionError, as_int, evaluate
 from archlab.loader import Source, load_source
 from archlab.plan import Plan, PlannedBlock, make_plan
+from archlab.sharing import resolve_sharing
 from archlab.spec import (
     EXPRESSION_NAMES,
     LANGUAGE_VERSION,
     TOP_LEVEL_KEYS,
     numeric_kind,
 )
-from archlab.stack import Param, RawBlock, block_from_item, check_fields, expand, suggest
+from archlab.stack import Param, RawBlock, block_from_item, check_fields, expand, suggest, topology
 
 
 @dataclass
@@ -181,6 +182,8 @@ def apply_defaults_and_patches(
     source = doc.source
     for b in blocks:
         b.params = {**doc.defaults.get(b.kind, {}), **b.params}
+        for branch in b.branches:
+            branch.params = {**doc.defaults.get(branch.kind, {}), **branch.params}
     at = source.data.get("at") or {}
     if not isinstance(at, dict):
         errors.append(source.issue(("at",), "must be a mapping of block index -> patch"))
@@ -204,24 +207,25 @@ def apply_defaults_and_patches(
             )
             continue
         target = blocks[index % n]
-        if isinstance(patch, dict) and "kind" not in patch:
+        if isinstance(patch, dict) and "kind" not in patch and "parallel" not in patch:
             patch_block = RawBlock(
-                target.kind, check_fields(source, target.kind, patch, path, errors), path
+                target.kind,
+                check_fields(source, target.kind, patch, path, errors),
+                path,
+                **topology(source, patch, path, errors, in_parallel=False),
             )
         else:
             patch_block = block_from_item(source, patch, path, errors)
         if patch_block is None:
             continue
-        if patch_block.kind != target.kind:
-            defaults = doc.defaults.get(patch_block.kind, {})
-            blocks[index % n] = RawBlock(
-                patch_block.kind,
-                {**defaults, **patch_block.params},
-                path,
-                kind_path=patch_block.kind_path,
-            )
+        if patch_block.kind != target.kind or patch_block.branches:
+            for part in (patch_block, *patch_block.branches):
+                part.params = {**doc.defaults.get(part.kind, {}), **part.params}
+            blocks[index % n] = patch_block
         else:
             target.params = {**target.params, **patch_block.params}
+            target.name = patch_block.name or target.name
+            target.share = patch_block.share or target.share
     return blocks
 
 
@@ -229,49 +233,62 @@ def resolve(
     doc: Document, blocks: list[RawBlock], errors: list[SpecIssue], model: ModelConfig
 ) -> list[PlannedBlock]:
     """Evaluate expressions, validate each block's params, run cross-field checks."""
-    source = doc.source
     names = {k: getattr(model, k) for k in EXPRESSION_NAMES}
     out = []
     for index, b in enumerate(blocks):
-        mod = BLOCKS[b.kind]
-        where = f" ({b.kind} block{' ' + b.note if b.note else ''})"
-        values, bad = {"kind": b.kind}, False
-        for key, (value, path) in b.params.items():
-            number = numeric_kind(mod.Params.model_fields[key].annotation)
-            if number is not None and isinstance(value, str):
-                try:
-                    value = evaluate(value, names)
-                    value = as_int(value) if number is int else float(value)
-                except ExpressionError as e:
-                    errors.append(source.issue(path, str(e)))
-                    bad = True
-                    continue
-            values[key] = value
-        if bad:
+        branches = [_resolve_params(doc.source, x, names, model, errors) for x in b.branches]
+        if None in branches:
             continue
-        try:
-            params = mod.Params.model_validate(values)
-        except ValidationError as e:
-            for err in e.errors():
-                key = err["loc"][0] if err["loc"] else None
-                if key in b.params:
-                    errors.append(source.issue(b.params[key][1], pydantic_message(err)))
-                else:
-                    message = pydantic_message(err)
-                    if err["type"] == "missing":
-                        message = (
-                            f"required field `{key}` is missing{where}; set it on the "
-                            f"block or in `defaults.{b.kind}`"
-                        )
-                    errors.append(source.issue(b.origin, message))
-            continue
-        problems = mod.check(params, model.d_model)
-        for key, message in problems:
-            path = b.params[key][1] if key in b.params else b.origin
-            errors.append(source.issue(path, message + ("" if key in b.params else where)))
-        if not problems:
-            out.append(PlannedBlock(index, b.kind, params, format_path(b.origin)))
+        params = _resolve_params(doc.source, b, names, model, errors, branches)
+        if params is not None:
+            name = b.name[0] if b.name else None
+            out.append(PlannedBlock(index, b.kind, params, format_path(b.origin), name))
     return out
+
+
+def _resolve_params(source, b: RawBlock, names, model, errors, branches=()):
+    """One block's validated Params, or None after appending its errors."""
+    mod = BLOCKS[b.kind]
+    where = f" ({b.kind} block{' ' + b.note if b.note else ''})"
+    values, bad = {"kind": b.kind}, False
+    for key, (value, path) in b.params.items():
+        number = numeric_kind(mod.Params.model_fields[key].annotation)
+        if number is not None and isinstance(value, str):
+            try:
+                value = evaluate(value, names)
+                value = as_int(value) if number is int else float(value)
+            except ExpressionError as e:
+                errors.append(source.issue(path, str(e)))
+                bad = True
+                continue
+        values[key] = value
+    if b.kind == "parallel":
+        values["branches"] = list(branches)
+    if bad:
+        return None
+    try:
+        params = mod.Params.model_validate(values)
+    except ValidationError as e:
+        for err in e.errors():
+            key = err["loc"][0] if err["loc"] else None
+            if key in b.params:
+                errors.append(source.issue(b.params[key][1], pydantic_message(err)))
+            else:
+                message = pydantic_message(err)
+                if err["type"] == "missing":
+                    message = (
+                        f"required field `{key}` is missing{where}; set it on the "
+                        f"block or in `defaults.{b.kind}`"
+                    )
+                errors.append(source.issue(b.origin, message))
+        return None
+    if b.kind == "parallel":
+        return params  # each branch was checked on its own
+    problems = mod.check(params, model.d_model)
+    for key, message in problems:
+        path = b.params[key][1] if key in b.params else b.origin
+        errors.append(source.issue(path, message + ("" if key in b.params else where)))
+    return None if problems else params
 
 
 # --- the whole pipeline ------------------------------------------------------------------
@@ -291,6 +308,8 @@ def compile_spec(spec: str | Path | dict | Source) -> Plan:
         blocks = apply_defaults_and_patches(doc, blocks, errors)
         model = doc.model or doc.partial_model
         planned = resolve(doc, blocks, errors, model) if model is not None else []
+        if len(planned) == len(blocks):
+            planned = resolve_sharing(source, blocks, planned, model, errors)
     except RecursionError:
         raise SpecError([SpecIssue(str(spec)[:80], 0, 0, "", "spec nested too deeply")]) from None
     if errors:

@@ -41,11 +41,12 @@ def suggest(word: str, choices) -> str:
 
 
 def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, Param]:
-    """Unknown fields of a kind's params are errors; returns params with their paths."""
-    fields = BLOCKS[kind].Params.model_fields
+    """Unknown fields of a kind's params are errors; returns params with their paths.
+    `kind` and the topology keys (`name`, `share_cache`) are not params."""
+    fields = [f for f in BLOCKS[kind].Params.model_fields if f != "branches"]
     out = {}
     for key, value in params.items():
-        if key == "kind":
+        if key == "kind" or key in TOPOLOGY_KEYS:
             continue
         if key not in fields:
             errors.append(source.issue(base + (key,), "unknown field" + suggest(key, fields)))
@@ -54,24 +55,125 @@ def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, P
     return out
 
 
-def block_from_item(source: Source, item: Any, path: tuple, errors) -> RawBlock | None:
-    """A kind name or a {kind: ..., params} mapping -> RawBlock."""
+def topology(source: Source, item: dict, path: tuple, errors, in_parallel: bool) -> dict:
+    """The `name` and `share_cache` keys of a block mapping, checked for their type."""
+    out: dict[str, Param] = {}
+    if "name" in item:
+        name = item["name"]
+        if not isinstance(name, str) or not name.isidentifier():
+            errors.append(
+                source.issue(
+                    path + ("name",),
+                    f"a block name is an identifier (letters, digits, _) (got {name!r})",
+                )
+            )
+        else:
+            out["name"] = (name, path + ("name",))
+    if "share_cache" in item:
+        share = item["share_cache"]
+        if in_parallel:
+            errors.append(
+                source.issue(
+                    path + ("share_cache",),
+                    "`share_cache` is not supported inside a parallel block",
+                )
+            )
+        elif isinstance(share, bool) or not isinstance(share, int | str):
+            errors.append(
+                source.issue(
+                    path + ("share_cache",),
+                    f"must be a block index or a block name (got {share!r})",
+                )
+            )
+        else:
+            out["share"] = (share, path + ("share_cache",))
+    return out
+
+
+def block_from_item(
+    source: Source, item: Any, path: tuple, errors, in_parallel: bool = False
+) -> RawBlock | None:
+    """A kind name, a {kind: ..., params} mapping or a {parallel: [...]} block -> RawBlock."""
     if isinstance(item, str):
+        if item == "parallel":
+            errors.append(
+                source.issue(
+                    path, "write a parallel block as {parallel: [branches...], merge: mean}"
+                )
+            )
+            return None
         if item in BLOCKS:
             return RawBlock(item, {}, path, kind_path=path)
         errors.append(source.issue(path, f"unknown block kind {item!r}" + suggest(item, BLOCKS)))
         return None
+    if isinstance(item, dict) and "parallel" in item and "kind" not in item:
+        if in_parallel:
+            errors.append(source.issue(path, "parallel blocks do not nest"))
+            return None
+        return _parallel_from_item(source, item, path, errors)
     if not isinstance(item, dict) or "kind" not in item:
-        errors.append(source.issue(path, "a block is a kind name or a mapping with `kind`"))
-        return None
-    kind = item["kind"]
-    if not isinstance(kind, str) or kind not in BLOCKS:
         errors.append(
-            source.issue(path + ("kind",), f"unknown block kind {kind!r}" + suggest(kind, BLOCKS))
+            source.issue(
+                path, "a block is a kind name, a mapping with `kind`, or {parallel: [...]}"
+            )
         )
         return None
+    kind = item["kind"]
+    if not isinstance(kind, str) or kind not in BLOCKS or kind == "parallel":
+        hint = (
+            " (write a parallel block as {parallel: [branches...]})"
+            if kind == "parallel"
+            else suggest(kind, BLOCKS)
+        )
+        errors.append(source.issue(path + ("kind",), f"unknown block kind {kind!r}{hint}"))
+        return None
     params = check_fields(source, kind, item, path, errors)
-    return RawBlock(kind, params, path, kind_path=path + ("kind",))
+    return RawBlock(
+        kind,
+        params,
+        path,
+        kind_path=path + ("kind",),
+        **topology(source, item, path, errors, in_parallel),
+    )
+
+
+def _parallel_from_item(source: Source, item: dict, path: tuple, errors) -> RawBlock | None:
+    for key in item:
+        if key not in PARALLEL_KEYS:
+            errors.append(
+                source.issue(
+                    path + (key,), "unknown key in a parallel block" + suggest(key, PARALLEL_KEYS)
+                )
+            )
+    raw = item["parallel"]
+    if not isinstance(raw, list) or not raw:
+        errors.append(
+            source.issue(
+                path + ("parallel",), "a parallel block needs a non-empty list of branches"
+            )
+        )
+        return None
+    branches = []
+    for i, branch_item in enumerate(raw):
+        bpath = path + ("parallel", i)
+        branch = block_from_item(source, branch_item, bpath, errors, in_parallel=True)
+        if branch is not None and not BLOCKS[branch.kind].IS_MIXER:
+            errors.append(source.issue(bpath, f"a parallel branch is a mixer, not {branch.kind!r}"))
+        elif branch is not None:
+            branches.append(branch)
+    if len(branches) != len(raw):
+        return None
+    params = check_fields(
+        source, "parallel", {k: v for k, v in item.items() if k == "merge"}, path, errors
+    )
+    return RawBlock(
+        "parallel",
+        params,
+        path,
+        kind_path=path + ("parallel",),
+        branches=branches,
+        **topology(source, item, path, errors, False),
+    )
 
 
 # --- expansion ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from types import ModuleType
 
-from archlab.blocks import attention, local_attention, mlp, rat, rnn, ssm
+from archlab.blocks import attention, local_attention, mlp, parallel, rat, rnn, ssm
 
 BLOCKS: dict[str, ModuleType] = {
     "attention": attention,
@@ -11,6 +11,7 @@ BLOCKS: dict[str, ModuleType] = {
     "rnn": rnn,
     "ssm": ssm,
     "mlp": mlp,
+    "parallel": parallel,
 }
 
 __all__ = ["BLOCKS"]

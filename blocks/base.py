@@ -61,9 +61,13 @@ class LayerCache:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     length: int = 0
+    children: list[LayerCache] = field(default_factory=list)  # a parallel block's branches
+    source: LayerCache | None = None  # the cache this block reads (`share_cache`), not owns
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """Bytes this block owns (a shared source's tensors are not counted)."""
+        own = sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return own + sum(c.nbytes() for c in self.children)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
