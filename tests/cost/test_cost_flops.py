@@ -161,3 +161,29 @@ def test_ssm_flops(params, T):
     ops = {str(k): v for ops in [fc.get_flop_counts()["Global"]] for k, v in ops.items()}
     matmul_counted = sum(v for k, v in ops.items() if "convolution" not in k)
     assert abs(matmul_counted - ours) <= 0.01 * ours
+
+
+DECODE_CASES = [
+    ("attention", {"heads": 4, "kv_heads": 2, "backend": "reference"}),
+    ("local_attention", {"heads": 4, "window": 5, "backend": "reference"}),
+    ("rat", {"heads": 4, "chunk_size": 4, "backend": "reference"}),
+    ("rnn", {}),
+    ("ssm", {"d_state": 8, "head_dim": 8, "chunk_size": 4, "backend": "reference"}),
+    ("mlp", {"activation": "swiglu"}),
+]
+
+
+@pytest.mark.parametrize("kind,params", DECODE_CASES)
+@pytest.mark.parametrize("B,T", [(1, 7), (2, 12), (3, 13)])
+def test_decode_flops_match_the_step(kind, params, B, T):
+    """One `step` at position T after a prefill of T tokens, counted by FlopCounterMode."""
+    mod, p, block = _block(kind, params, T + 1)
+    cache = block.allocate_cache(B, T + 1, device=torch.device("cpu"), dtype=torch.float32)
+    with torch.no_grad():
+        block.prefill(torch.randn(B, T, D), cache)
+        fc = counted(lambda x: block.step(x, cache), torch.randn(B, 1, D))
+    ours = mod.decode_flops(p, D, B, T).matmul
+    if kind == "ssm":  # the state update h += (dt x) B^T is an elementwise outer product
+        s = mod.Sizes(p, D)
+        ours -= 2 * B * s.heads * s.head_dim * s.d_state
+    assert fc.get_total_flops() == ours
