@@ -161,7 +161,7 @@ def spec_cost(plan: Plan, batch: int = 1, seq_len: int | None = None) -> Cost:
     """Sum every block's analytic cost over the plan at batch x seq_len tokens
     (seq_len defaults to the spec's max_seq_len)."""
     m = plan.model
-    T = seq_len or m.max_seq_len
+    T = m.max_seq_len if seq_len is None else seq_len
     if batch < 1 or T < 1:
         raise ValueError(f"batch and seq_len must be >= 1 (got {batch}, {T})")
     head = head_cost(m, batch, T)

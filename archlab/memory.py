@@ -94,7 +94,7 @@ def train_memory(
     """Estimate training memory at batch x seq_len (seq_len defaults to max_seq_len).
     `master_weights` (default: dtype is not float32) adds an fp32 copy of the weights."""
     m = plan.model
-    T = seq_len or m.max_seq_len
+    T = m.max_seq_len if seq_len is None else seq_len
     if batch < 1 or T < 1:
         raise ValueError(f"batch and seq_len must be >= 1 (got {batch}, {T})")
     n, dbytes = param_count(plan), m.dtype_bytes
