@@ -125,16 +125,34 @@ def param_count(plan: Plan) -> int:
     return total
 
 
-def block_cost(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int) -> KindCost:
-    """One residual block (its pre-norm, mixer and residual add) at batch x seq_len."""
+def block_cost(
+    block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int, shared_read: int = 0
+) -> KindCost:
+    """One residual block (its pre-norm, mixer and residual add) at batch x seq_len;
+    `shared_read`: bytes of another block's cache that its decode step reads (share_cache)."""
     mod, d, dbytes = BLOCKS[block.kind], model.d_model, model.dtype_bytes
     wrap = NORM_FLOPS_PER_ELEMENT + RESIDUAL_FLOPS_PER_ELEMENT  # per element of the stream
     f = mod.flops(block.params, d, batch, seq_len) + FlopCount(0, wrap * batch * seq_len * d)
     dec = mod.decode_flops(block.params, d, batch, seq_len) + FlopCount(0, wrap * batch * d)
     cache = mod.cache_bytes(block.params, d, batch, seq_len, dbytes)
     params = mod.param_count(block.params, d) + norm_params(model)
-    return KindCost(
-        1, params, f.matmul, f.other, cache, dec.matmul, dec.other, params * dbytes + cache
+    read = params * dbytes + cache + shared_read
+    return KindCost(1, params, f.matmul, f.other, cache, dec.matmul, dec.other, read)
+
+
+def shared_sources(plan: Plan) -> dict[int, PlannedBlock]:
+    """Block index -> the block whose cache it reads instead of its own (`share_cache`)."""
+    by_index = {b.index: b for b in plan.blocks}
+    return {
+        b.index: by_index[b.shares_cache_of]
+        for b in plan.blocks
+        if getattr(b, "shares_cache_of", None) is not None
+    }
+
+
+def _cache_of(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int) -> int:
+    return BLOCKS[block.kind].cache_bytes(
+        block.params, model.d_model, batch, seq_len, model.dtype_bytes
     )
 
 
@@ -169,26 +187,18 @@ def spec_cost(plan: Plan, batch: int = 1, seq_len: int | None = None) -> Cost:
     total.add(head)
     by_kind: dict[str, KindCost] = {}
     by_block = []
+    sources = shared_sources(plan)
+    weight_bytes = head.decode_bytes
     for b in plan.order():
-        one = block_cost(b, m, batch, T)
+        src = sources.get(b.index)
+        one = block_cost(b, m, batch, T, 0 if src is None else _cache_of(src, m, batch, T))
         by_block.append(one)
         by_kind.setdefault(b.kind, KindCost()).add(one)
         total.add(one)
-    weight_bytes = total.decode_bytes - total.cache_bytes
+        weight_bytes += one.params * m.dtype_bytes
+    totals = {f.name: getattr(total, f.name) for f in fields(KindCost) if f.name != "blocks"}
     return Cost(
-        batch,
-        T,
-        total.params,
-        total.fwd_flops,
-        total.fwd_other_flops,
-        total.cache_bytes,
-        total.decode_flops,
-        total.decode_other_flops,
-        total.decode_bytes,
-        weight_bytes,
-        by_kind,
-        by_block,
-        head,
+        batch, T, **totals, weight_bytes=weight_bytes, by_kind=by_kind, by_block=by_block, head=head
     )
 
 
@@ -198,9 +208,10 @@ def metric_function(plan: Plan, metric: str, batch: int = 1) -> Callable[[int], 
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     m, d, dbytes = plan.model, plan.model.d_model, plan.model.dtype_bytes
-    groups: dict[tuple, list] = {}
+    groups: dict[str, list] = {}
     for b in plan.blocks:
-        groups.setdefault((b.kind, b.params), [BLOCKS[b.kind], b.params, 0])[2] += 1
+        key = b.params.model_dump_json()  # (params with lists are not hashable)
+        groups.setdefault(key, [BLOCKS[b.kind], b.params, 0])[2] += 1
     items = list(groups.values())
     if metric in ("fwd_flops", "train_flops"):
         k = 3 if metric == "train_flops" else 1
@@ -221,9 +232,10 @@ def metric_function(plan: Plan, metric: str, batch: int = 1) -> Callable[[int], 
 
     else:
         weights = spec_cost(plan, batch, 1).weight_bytes if metric == "decode_bytes" else 0
+        reads = list(shared_sources(plan).values()) if metric == "decode_bytes" else []
 
         def f(T: int) -> int:
-            total = weights
+            total = weights + sum(_cache_of(src, m, batch, T) for src in reads)
             for mod, p, count in items:
                 total += count * mod.cache_bytes(p, d, batch, T, dbytes)
             return total
@@ -258,10 +270,11 @@ def structure(plan: Plan) -> tuple[set[int], int]:
     lcm of the chunk sizes, whose floor/ceil(T / chunk) pieces are linear in k there)."""
     windows, period = set(), 1
     for b in plan.blocks:
-        if b.kind == "local_attention":
-            windows.add(b.params.window)
-        elif b.kind in ("rat", "ssm"):
-            period = lcm(period, b.params.chunk_size)
+        for p in getattr(b.params, "branches", None) or [b.params]:  # a parallel block's
+            if p.kind == "local_attention":
+                windows.add(p.window)
+            elif p.kind in ("rat", "ssm"):
+                period = lcm(period, p.chunk_size)
     return windows, period
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from archlab.blocks import BLOCKS
+from archlab.blocks.base import BlockParams
 from archlab.config import ModelConfig
 from archlab.cost import param_count
-from archlab.plan import Plan, PlannedBlock
+from archlab.plan import Plan
 
 FP32 = 4
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq
@@ -47,10 +48,14 @@ class TrainMemory:
         return {**asdict(self), "total": self.total, "estimate": True}
 
 
-def _mixer_activations(block: PlannedBlock, d: int, T: int) -> tuple[int, int]:
+def _mixer_activations(p: BlockParams, d: int, T: int) -> tuple[int, int]:
     """(elements in the model dtype, bytes in float32) that one sequence of T tokens keeps
     for the backward pass of one mixer (without its pre-norm)."""
-    p, kind = block.params, block.kind
+    kind = p.kind
+    if kind == "parallel":  # every branch, plus the concatenation a `concat` merge projects
+        parts = [_mixer_activations(b, d, T) for b in p.branches]
+        concat = T * len(p.branches) * d if p.merge == "concat" else 0
+        return sum(e for e, _ in parts) + concat, sum(f for _, f in parts)
     if kind in ("attention", "local_attention"):
         H, dh = p.heads, p.head_dim or d // p.heads
         K = p.kv_heads or H
@@ -82,7 +87,7 @@ def activation_bytes(plan: Plan, batch: int, seq_len: int) -> int:
     d, T, V, dbytes = m.d_model, seq_len, m.vocab_size, m.dtype_bytes
     per_seq = 0
     for b in plan.blocks:
-        elems, fp32 = _mixer_activations(b, d, T)
+        elems, fp32 = _mixer_activations(b.params, d, T)
         per_seq += (elems + 2 * T * d) * dbytes + fp32  # + the norm's input and output
     per_seq += (2 * T * d + T * V) * dbytes + FP32 * T * V  # final norm, logits, softmax
     return batch * per_seq

@@ -110,3 +110,68 @@ def test_bad_sizes_raise():
         spec_cost(plan, 0, 16)
     with pytest.raises(ValueError):
         metric_function(plan, "speed")
+
+
+PARALLEL = {
+    "name": "parallel-hybrid",
+    "model": {"d_model": 32, "vocab_size": 64, "max_seq_len": 64, "dtype": "float32"},
+    "stack": [
+        {
+            "parallel": [
+                {"kind": "local_attention", "heads": 4, "window": 6},
+                {"kind": "ssm", "d_state": 8, "head_dim": 8, "chunk_size": 4},
+            ],
+            "merge": "concat",
+        },
+        "mlp",
+        {"parallel": [{"kind": "rat", "heads": 2, "chunk_size": 3}, {"kind": "rnn"}]},
+    ],
+}
+
+
+def test_parallel_blocks_params_and_cache():
+    plan = archlab.compile(PARALLEL)
+    model = archlab.build(plan, device="cpu")
+    assert spec_cost(plan).params == sum(p.numel() for p in model.parameters())
+    for batch, T in [(1, 1), (2, 7), (3, 40)]:
+        assert spec_cost(plan, batch, T).cache_bytes == model.allocate_cache(batch, T).nbytes()
+
+
+def test_parallel_crossover_and_memory():
+    from archlab.cost import crossovers, structure
+    from archlab.memory import train_memory
+
+    plan, other = archlab.compile(PARALLEL), archlab.compile(ROOT / "specs/tiny/attention.yaml")
+    assert structure(plan) == ({6}, 12)
+    for metric in ("train_flops", "cache_bytes", "decode_bytes"):
+        runs = crossovers(plan, other, metric)
+        fa, fb = metric_function(plan, metric), metric_function(other, metric)
+        for T in range(1, 400):
+            s = next(r.sign for r in runs if r.start <= T and (r.end is None or T <= r.end))
+            d = fa(T) - fb(T)
+            assert s == (d > 0) - (d < 0), (metric, T)
+    assert train_memory(plan, 2, 64).activations > 0
+
+
+def test_shared_cache_is_read_not_owned():
+    from archlab.blocks import attention
+
+    if "share_cache" not in attention.Params.model_fields:
+        pytest.skip("share_cache is not supported by the attention block yet")
+    spec = {
+        "name": "shared",
+        "model": {"d_model": 32, "vocab_size": 64, "dtype": "float32"},
+        "stack": [
+            {"kind": "attention", "heads": 4, "name": "src"},
+            "mlp",
+            {"kind": "attention", "heads": 4, "share_cache": "src"},
+            "mlp",
+        ],
+    }
+    plan = archlab.compile(spec)
+    model = archlab.build(plan, device="cpu")
+    c = spec_cost(plan, 2, 16)
+    assert c.params == sum(p.numel() for p in model.parameters())
+    assert c.cache_bytes == model.allocate_cache(2, 16).nbytes() == 2 * 2 * 16 * 32 * 4
+    # the sharer's decode step reads the source's cache as well
+    assert c.decode_bytes == c.weight_bytes + 2 * c.cache_bytes
