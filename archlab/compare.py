@@ -1,0 +1,423 @@
+"""Tables, CSV/JSON documents, plots and the Markdown report of `profile` and `compare`.
+
+Analytic figures come from the cost model on the specs as written (batch 1); measured
+ones from `archlab.profile` results (on the CPU: scaled-down copies, labelled so).
+Ratios are this spec's figure over the first spec's at the same T. Crossovers are the
+sequence lengths where the cost model says a spec becomes cheaper or dearer than the
+first one (`archlab.cost.crossovers`); the plots mark those inside their range.
+Plots need matplotlib (`pip install "archlab[plot]"`); without it the rest still works.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from archlab.cost import spec_cost
+from archlab.plan import Plan
+from archlab.profile import SCHEMA, Result
+from archlab.render import human, table
+
+COMPARE_SCHEMA = "archlab.compare/1"
+TIMED = ("train", "prefill", "decode")
+# the cost figure that a mode's time follows (decode is bound by the bytes it reads)
+MODE_METRIC = {"train": "train_flops", "prefill": "fwd_flops", "decode": "decode_bytes",
+               "cache": "cache_bytes"}
+METRIC_TEXT = {"train_flops": "train FLOPs", "fwd_flops": "forward FLOPs",
+               "decode_bytes": "decode bytes", "cache_bytes": "cache"}
+
+
+# ---- profile output --------------------------------------------------------------------
+
+
+def seconds_text(t: float) -> str:
+    """0.0123 -> '12.3 ms' (3 significant digits, s / ms / us)."""
+    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if t >= scale or unit == "us":
+            return f"{t / scale:.3g} {unit}"
+    return f"{t} s"
+
+
+def _time_text(r: Result) -> str:
+    if r.status != "ok":
+        return r.status.upper()
+    return f"{seconds_text(r.timing.median_s)} ±{100 * r.timing.spread / 2:.0f}%"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def result_row(r: Result) -> list:
+    """The table row of one result."""
+    ok = r.status == "ok"
+    cache = "-" if r.cache_bytes_measured is None else (
+        f"{human(r.cache_bytes_measured, 'B', 1024)}"
+        + ("" if r.cache_bytes_measured == r.cache_bytes_analytic
+           else f" (model {human(r.cache_bytes_analytic or 0, 'B', 1024)})"))
+    frac = r.bw_frac if r.mode in ("decode", "throughput") else r.flops_frac
+    notes = "; ".join(([r.error] if r.error else []) + (["graph"] if r.cuda_graph else []))
+    return [r.spec, r.target if r.target != "model" else "", r.mode, r.batch, r.seq_len,
+            _time_text(r), human(r.tokens_per_s) if ok else "-",
+            f"{r.tflops:.3g}" if ok else "-", f"{r.gbps:.3g}" if ok and r.gbps else "-",
+            _pct(frac) if ok else "-",
+            human(r.peak_memory_bytes, "B", 1024) if r.peak_memory_bytes else "-", cache,
+            ",".join(f"{k}:{v}" for k, v in r.backends.items() if k != "mlp"), notes]
+
+
+PROFILE_HEADERS = ["spec", "target", "mode", "B", "T", "time", "tok/s", "TFLOP/s", "GB/s",
+                   "%peak", "peak mem", "cache", "backend", "notes"]
+
+
+def results_table(results: list[Result]) -> str:
+    """The aligned text table of a sweep. %peak is of the matmul peak for train and
+    prefill, of the copy bandwidth for decode and throughput."""
+    return table(PROFILE_HEADERS, [result_row(r) for r in results],
+                 right={3, 4, 5, 6, 7, 8, 9, 10})
+
+
+def results_document(results: list[Result], peaks: dict | None, notes: list[str],
+                     settings: dict) -> dict:
+    """The JSON document of a sweep (schema `archlab.profile/1`, docs/profile.md)."""
+    return {"schema": SCHEMA, "device": peaks, "settings": settings, "notes": notes,
+            "results": [r.to_dict() for r in results]}
+
+
+def flat(r: Result) -> dict:
+    """One CSV row: timing fields flattened, dicts and lists as text."""
+    d = asdict(r)
+    timing = d.pop("timing") or {}
+    for k in ("median_s", "p10_s", "p90_s", "min_s", "max_s", "runs"):
+        d[k] = timing.get(k)
+    d["backends"] = ";".join(f"{k}={v}" for k, v in r.backends.items())
+    d["notes"] = "; ".join(r.notes)
+    d["extra"] = json.dumps(r.extra) if r.extra else ""
+    return d
+
+
+def write_csv(results: list[Result], path: str) -> None:
+    """CSV of the results to `path` ('-' for stdout)."""
+    rows = [flat(r) for r in results]
+    if not rows:
+        return
+    out = sys.stdout if path == "-" else open(path, "w", newline="")  # noqa: SIM115
+    try:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+# ---- analytic comparison ---------------------------------------------------------------
+
+
+def analytic_rows(plans: list[Plan], seqs: list[int]) -> list[dict]:
+    """Cost-model figures of each spec at each T (batch 1), with ratios to the first."""
+    rows = []
+    for T in seqs:
+        base = None
+        for plan in plans:
+            c = spec_cost(plan, batch=1, seq_len=T)
+            row = {"spec": plan.name, "seq_len": T, "params": c.params,
+                   "fwd_flops": c.fwd_flops, "train_flops": c.train_flops,
+                   "cache_bytes": c.cache_bytes, "decode_flops": c.decode_flops,
+                   "decode_bytes": c.decode_bytes}
+            base = base or row
+            row["ratio"] = {k: row[k] / base[k] if base[k] else None
+                            for k in row if k not in ("spec", "seq_len")}
+            rows.append(row)
+    return rows
+
+
+def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
+    """Where each spec's `metric` crosses the first spec's (cost model, batch 1): T is the
+    first length of the new order; `cheaper` says whether the spec is cheaper from there."""
+    from archlab.cost import crossovers
+
+    points = []
+    for plan in plans[1:]:
+        try:
+            runs = crossovers(plan, plans[0], metric)
+        except Exception:  # noqa: BLE001 - a spec outside the exact method: no marks
+            continue
+        for before, after in zip(runs, runs[1:], strict=False):
+            if after.sign in (-1, 1) and before.sign != after.sign:
+                points.append({"spec": plan.name, "versus": plans[0].name, "metric": metric,
+                               "seq_len": after.start, "cheaper": after.sign == -1})
+    return points
+
+
+def ratio_text(value: float | None, ratio: float | None, fmt) -> str:
+    if value is None:
+        return "-"
+    return fmt(value) + ("" if ratio is None or math.isclose(ratio, 1) else f" (x{ratio:.2g})")
+
+
+def measured_index(results: list[Result]) -> dict:
+    return {(r.spec, r.mode, r.seq_len): r for r in results}
+
+
+def compare_rows(plans: list[Plan], seqs: list[int], analytic: list[dict],
+                 results: list[Result] | None) -> tuple[list[str], list[list]]:
+    """Headers and rows of the side-by-side table (one row per spec and T)."""
+    headers = ["spec", "T", "params", "train FLOPs", "cache", "decode bytes"]
+    if results is not None:
+        headers += ["train", "prefill", "decode"]
+    got = measured_index(results or [])
+    rows = []
+    for row in analytic:
+        q = row["ratio"]
+        cells = [row["spec"], row["seq_len"], ratio_text(row["params"], q["params"], human),
+                 ratio_text(row["train_flops"], q["train_flops"], human),
+                 ratio_text(row["cache_bytes"], q["cache_bytes"],
+                            lambda v: human(v, "B", 1024)),
+                 ratio_text(row["decode_bytes"], q["decode_bytes"],
+                            lambda v: human(v, "B", 1024))]
+        for mode in TIMED if results is not None else ():
+            r, base = got.get((row["spec"], mode, row["seq_len"])), \
+                got.get((plans[0].name, mode, row["seq_len"]))
+            if r is None or r.status != "ok":
+                cells.append("-" if r is None else r.status.upper())
+                continue
+            ok = base is not None and base.status == "ok"
+            ratio = r.timing.median_s / base.timing.median_s if ok else None
+            cells.append(ratio_text(r.timing.median_s * 1e3, ratio, lambda v: f"{v:.3g} ms"))
+        rows.append(cells)
+    return headers, rows
+
+
+def throughput_rows(results: list[Result]) -> list[list]:
+    done = [r for r in results if r.mode == "throughput"]
+    base = next((r for r in done if r.status == "ok"), None)
+    rows = []
+    for r in done:
+        if r.status != "ok":
+            rows.append([r.spec, "-", r.status.upper(), "-", "-"])
+            continue
+        ratio = r.tokens_per_s / base.tokens_per_s if base else None
+        rows.append([r.spec, r.batch, ratio_text(r.tokens_per_s, ratio, lambda v: f"{v:,.0f}"),
+                     f"{r.gbps:.3g}" if r.gbps else "-", _pct(r.bw_frac)])
+    return rows
+
+
+THROUGHPUT_HEADERS = ["spec", "batch", "tokens/s", "GB/s", "%bw"]
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, title: str, intro: list[str], sections: list[tuple[str, str]],
+                 plots: list[Path]) -> None:
+    """A short Markdown report: intro lines, titled sections, the plots embedded."""
+    text = [f"# {title}", "", *intro, ""]
+    for head, body in sections:
+        text += [f"## {head}", "", body, ""]
+    if plots:
+        text += ["## Plots", ""]
+        text += [f"![{p.stem}]({p.name})\n" for p in plots if p.suffix == ".png"]
+    path.write_text("\n".join(text))
+
+
+# ---- plots -----------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plots_available() -> bool:
+    """True when matplotlib can be imported."""
+    return _pyplot() is not None
+
+
+def _grid(seqs: list[int]) -> list[int]:
+    lo, hi = min(min(seqs), 256), max(max(seqs), 131072)
+    n = 40
+    return sorted({round(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)})
+
+
+def _style(ax, xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> None:
+    if xs and max(xs) / max(min(xs), 1e-30) >= 8:
+        ax.set_xscale("log", base=2)
+    positive = [y for y in ys if y and y > 0]
+    if positive and max(positive) / min(positive) >= 20:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _lines(ax, series: dict[str, tuple[list, list]], markers: bool) -> None:
+    """One line per spec, labelled at its right end (no legend needed)."""
+    ends = []
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        if not pts:
+            continue
+        line, = ax.plot(*zip(*pts, strict=True), marker="os^Dv<>"[i % 7] if markers else None,
+                        lw=1.6, ms=4)
+        ends.append((pts[-1], name, line.get_color()))
+    ends.sort(key=lambda e: e[0][1])
+    last_y, dy = None, 0
+    for (x, y), name, color in ends:
+        close = last_y is not None and y > 0 and last_y > 0 and abs(math.log(y / last_y)) < 0.15
+        dy = dy + 9 if close else 0
+        last_y = y
+        ax.annotate(name, (x, y), xytext=(5, dy), textcoords="offset points", color=color,
+                    fontsize=8, va="center")
+    ax.margins(x=0.25)
+
+
+def _crossings(ax, points: list[dict], xs: list[float]) -> None:
+    """A dashed vertical line at each crossover inside the plotted range, with its text."""
+    if not xs:
+        return
+    for k, p in enumerate(q for q in points if min(xs) <= q["seq_len"] <= max(xs)):
+        ax.axvline(p["seq_len"], color="0.4", ls="--", lw=0.8)
+        word = "cheaper" if p["cheaper"] else "dearer"
+        ax.text(p["seq_len"], 0.97 - 0.12 * (k % 4), f" {p['spec']} {word} than\n"
+                f" {p['versus']} from T={p['seq_len']:,}\n ({METRIC_TEXT[p['metric']]}, model)",
+                transform=ax.get_xaxis_transform(), fontsize=6.5, va="top", color="0.25")
+
+
+def _save(fig, out: Path, stem: str, plt) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Result] | None,
+                measured_plans: list[Plan] | None, measured_note: str) -> list[Path]:
+    """latency (per mode), cache, flops and throughput plots as PNG and SVG in `out`;
+    [] without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    from archlab.cost import metric_function
+
+    paths: list[Path] = []
+    grid = _grid(seqs)
+    for metric, stem, ylabel, unit in (("cache_bytes", "cache", "inference cache (bytes)", 1),
+                                       ("train_flops", "flops", "train FLOPs (fwd + bwd)", 1)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series = {p.name: (grid, [metric_function(p, metric)(t) / unit for t in grid])
+                  for p in plans}
+        _lines(ax, series, markers=False)
+        _style(ax, grid, [y for _, ys in series.values() for y in ys], "sequence length T",
+               ylabel, f"{METRIC_TEXT[metric]} against T, batch 1 (cost model, specs as "
+               "written)")
+        _crossings(ax, crossover_points(plans, metric), grid)
+        paths += _save(fig, out, stem, plt)
+    if results:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        mplans = measured_plans or plans
+        for ax, mode in zip(axes, TIMED, strict=True):
+            series = {}
+            for p in mplans:
+                rs = [r for r in results if r.spec == p.name and r.mode == mode]
+                series[p.name] = ([r.seq_len for r in rs],
+                                  [r.timing.median_s * 1e3 if r.status == "ok" else None
+                                   for r in rs])
+            _lines(ax, series, markers=True)
+            batch = {r.batch for r in results if r.mode == mode}
+            _style(ax, seqs, [y for _, ys in series.values() for y in ys if y],
+                   "context position T" if mode == "decode" else "sequence length T",
+                   "median time (ms)", f"{mode}, batch {'/'.join(map(str, sorted(batch)))}")
+            _crossings(ax, crossover_points(mplans, MODE_METRIC[mode]), seqs)
+        fig.suptitle(f"Measured latency ({measured_note})", fontsize=10)
+        paths += _save(fig, out, "latency", plt)
+        done = [r for r in results if r.mode == "throughput" and r.status == "ok"]
+        if done:
+            fig, ax = plt.subplots(figsize=(1.6 * len(done) + 3, 4.5))
+            bars = ax.bar([r.spec for r in done], [r.tokens_per_s for r in done],
+                          color=[f"C{i}" for i in range(len(done))])
+            for bar, r in zip(bars, done, strict=True):
+                ax.annotate(f"{r.tokens_per_s:,.0f} tok/s\nbatch {r.batch}",
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8)
+            r0 = done[0]
+            ax.set_ylabel("generated tokens per second")
+            ax.set_title(f"Generation throughput: {r0.extra['generate']} tokens after "
+                         f"{r0.extra['prompt']}, largest batch that fits ({measured_note})",
+                         fontsize=9)
+            ax.margins(y=0.2)
+            paths += _save(fig, out, "throughput", plt)
+    return paths
+
+
+# ---- the compare command's output ------------------------------------------------------
+
+
+def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | None,
+                    measured_plans: list[Plan] | None, notes: list[str], peaks: dict | None,
+                    out: Path | None) -> tuple[str, dict]:
+    """The text (tables, crossovers, notes) and the JSON document of a comparison; with
+    `out`, also plots, compare.json, compare.csv (measured results) and report.md there."""
+    analytic = analytic_rows(plans, seqs)
+    headers, rows = compare_rows(plans, seqs, analytic, results)
+    if results is not None:
+        headers = headers[:6] + [f"{h} (measured)" for h in headers[6:]]
+    points = [p for m in ("train_flops", "cache_bytes", "decode_bytes")
+              for p in crossover_points(plans, m)]
+    measured_note = next((n.split(" (", 1)[0] + " model" for n in notes
+                          if "scaled-down" in n), "specs as written")
+    intro = [f"{len(plans)} specs; ratios (xN) are to {plans[0].name} at the same T; "
+             "analytic columns: cost model, specs as written, batch 1"]
+    if results is not None and peaks:
+        intro.append(f"measured on {peaks['device']} (torch {peaks['torch']})")
+    intro += notes
+    lines = [*intro, "", table(headers, rows, right=set(range(1, len(headers)))), ""]
+    tput = throughput_rows(results or [])
+    if tput:
+        r0 = next(r for r in results if r.mode == "throughput")
+        lines += [f"throughput: {r0.extra['generate']} tokens after {r0.extra['prompt']}, "
+                  "largest batch that fits", table(THROUGHPUT_HEADERS, tput, right={1, 2, 3, 4}),
+                  ""]
+    cross_text = [f"{p['spec']} becomes {'cheaper' if p['cheaper'] else 'dearer'} than "
+                  f"{p['versus']} in {METRIC_TEXT[p['metric']]} from T = {p['seq_len']:,}"
+                  for p in points]
+    lines += ["crossovers (cost model):"] + [f"  {c}" for c in cross_text or ["none"]]
+    doc = {"schema": COMPARE_SCHEMA,
+           "specs": [{"name": p.name, "file": p.file} for p in plans], "seq": seqs,
+           "analytic": analytic, "crossovers": points, "notes": notes,
+           "measured": None if results is None else results_document(results, peaks, notes, {}),
+           "files": []}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = write_plots(out, plans, seqs, results, measured_plans, measured_note)
+        if not plots_available():
+            lines.append('no plots: matplotlib is missing (pip install "archlab[plot]")')
+        if results:
+            write_csv(results, str(out / "compare.csv"))
+        sections = [("Side by side", markdown_table(headers, rows))]
+        if tput:
+            sections.append(("Generation throughput", markdown_table(THROUGHPUT_HEADERS, tput)))
+        sections.append(("Crossovers (cost model)",
+                         "\n".join(f"- {c}" for c in cross_text) or "none"))
+        write_report(out / "report.md", "archlab compare: " + " vs ".join(p.name for p in plans),
+                     [f"{n}.  " for n in intro],
+                     sections, plots)
+        doc["files"] = [str(p) for p in [*plots, out / "report.md", out / "compare.json"]]
+        (out / "compare.json").write_text(json.dumps(doc, indent=2, default=str))
+        lines.append(f"wrote {out / 'report.md'}, {len(plots)} plot files, compare.json")
+    return "\n".join(lines), doc

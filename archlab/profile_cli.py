@@ -1,0 +1,481 @@
+"""`archlab profile` and `archlab compare`: sizes, targets, the sweep and its output.
+
+`register(subparsers)` adds both sub-commands to the `archlab` parser. Sizes default by
+device: on CUDA the specs run as written; on the CPU each spec is replaced by a clearly
+labelled scaled-down copy (`Scale`: d_model 256, its head size kept, vocabulary 4096,
+the fewest whole repeats of the stack's period with at least 4 blocks, float32) at small
+T and batch, so that `archlab compare --measure` finishes in about a minute anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from archlab.blocks import BLOCKS
+from archlab.plan import Plan, make_plan
+from archlab.profile import MODES, LayerTarget, ModelTarget, Result, Settings, measure
+from archlab.throughput import device_peaks, measure_throughput
+
+CPU_DEFAULTS = {"seq": "256", "compare_seq": "128,256,512", "batch": 1, "tokens": None,
+                "decode_batch": 4, "repeats": 3, "warmup": 1, "max_time": 5.0,
+                "prompt": 64, "generate": 16, "max_batch": 256, "batch_step": 1,
+                "memory_limit": 0.0625, "gen_sample": 0}
+GPU_DEFAULTS = {"seq": None, "compare_seq": "1k,4k,16k", "batch": None, "tokens": 16384,
+                "decode_batch": 64, "repeats": 10, "warmup": 3, "max_time": 3.0,
+                "prompt": 3072, "generate": 1024, "max_batch": 8192, "batch_step": 16,
+                "memory_limit": None, "gen_sample": 0}
+
+
+def _usage_error():
+    from archlab.cli import UsageError
+
+    return UsageError
+
+
+# ---- scaled-down copies ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A scaled-down copy of a spec: `d_model`, `vocab_size`, at least `min_blocks`
+    blocks as whole repeats of the stack's period (at most `max_blocks`, else the first
+    `min_blocks`; 0 keeps every block). Head sizes are kept (heads = d_model // head_dim,
+    kv_heads and qk_groups shrunk to divide them), MLP widths scale with d_model, chunk
+    sizes and windows are unchanged."""
+
+    d_model: int = 256
+    vocab_size: int = 4096
+    min_blocks: int = 4
+    max_blocks: int = 16
+
+
+def stack_period(plan: Plan) -> int:
+    """The shortest p such that the block list is its first p blocks repeated."""
+    keys = [(b.kind, b.params) for b in plan.order()]
+    n = len(keys)
+    return next(p for p in range(1, n + 1)
+                if n % p == 0 and all(keys[i] == keys[i % p] for i in range(n)))
+
+
+def _scale_params(data: dict, d_old: int, d_new: int) -> dict:
+    out = dict(data)
+    if isinstance(out.get("heads"), int):
+        heads = out["heads"]
+        head_dim = min(out.get("head_dim") or d_old // heads, d_new)
+        new_heads = max(1, d_new // head_dim)
+        out["heads"], out["head_dim"] = new_heads, head_dim
+        if out.get("kv_heads"):
+            kv = max(1, out["kv_heads"] * new_heads // heads)
+            out["kv_heads"] = math.gcd(new_heads, kv)
+        if isinstance(out.get("qk_groups"), int):
+            out["qk_groups"] = math.gcd(new_heads, out["qk_groups"])
+    if isinstance(out.get("hidden"), int):
+        out["hidden"] = max(8, round(out["hidden"] * d_new / d_old / 8) * 8)
+    for k, v in out.items():
+        if isinstance(v, list):
+            out[k] = [_scale_params(x, d_old, d_new) if isinstance(x, dict) else x for x in v]
+    return out
+
+
+def scale_plan(plan: Plan, scale: Scale, dtype: str) -> tuple[Plan, str]:
+    """A smaller copy of `plan` (see `Scale`) in `dtype`, and a one-line description.
+    Raises ValueError when a block cannot be scaled (its checks fail)."""
+    m, order = plan.model, plan.order()
+    d_new, n = min(scale.d_model, m.d_model), len(order)
+    keep = n
+    if scale.min_blocks:
+        p = stack_period(plan)
+        keep = min(n, p * -(-scale.min_blocks // p))
+        keep = keep if keep <= scale.max_blocks else min(n, scale.min_blocks)
+    blocks = []
+    for i, b in enumerate(order[:keep]):
+        params = type(b.params).model_validate(
+            _scale_params(b.params.model_dump(), m.d_model, d_new))
+        problems = BLOCKS[b.kind].check(params, d_new)
+        if problems:
+            raise ValueError(f"cannot scale block {b.index} ({b.kind}) of {plan.name} to "
+                             f"d_model {d_new}: {problems[0][0]}: {problems[0][1]}")
+        blocks.append(dataclasses.replace(b, index=i, params=params))
+    vocab = min(scale.vocab_size, m.vocab_size)
+    model = m.model_copy(update={"d_model": d_new, "vocab_size": vocab, "dtype": dtype})
+    heads = sorted({f"{b.params.heads}x{b.params.head_dim}" for b in blocks
+                    if getattr(b.params, "heads", None)})
+    text = (f"d_model {d_new}" + (f", heads {'/'.join(heads)}" if heads else "")
+            + f", vocab {vocab}, {keep} of {n} blocks, {dtype}")
+    return make_plan(plan.name, plan.description, plan.file, model, blocks), text
+
+
+def with_dtype(plan: Plan, dtype: str) -> Plan:
+    """The same plan, run (and costed) in `dtype`."""
+    if plan.model.dtype == dtype:
+        return plan
+    return dataclasses.replace(plan, model=plan.model.model_copy(update={"dtype": dtype}))
+
+
+# ---- options ---------------------------------------------------------------------------
+
+
+def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
+    """Options shared by profile and compare (defaults depend on the device)."""
+    g = p.add_argument_group("sizes (defaults: small on the CPU, real on CUDA)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="default: the spec's on CUDA, float32 on the CPU")
+    g.add_argument("--seq", default=None, help=f"sequence lengths, e.g. 4k,32k ({what})")
+    g.add_argument("--batch", type=int, default=None, help="sequences per train/prefill run")
+    g.add_argument("--tokens", type=int, default=None,
+                   help="tokens per train/prefill run: batch = tokens // T (CUDA: 16384)")
+    g.add_argument("--decode-batch", type=int, default=None, help="CPU 4, CUDA 64")
+    g.add_argument("--full-size", action="store_true", help="on the CPU too: no scaling")
+    g.add_argument("--scale", action="store_true", help="on CUDA too: the scaled-down copy")
+    g.add_argument("--d-model", type=int, default=256, help="d_model of the scaled copy")
+    g.add_argument("--vocab", type=int, default=4096, help="vocabulary of the scaled copy")
+    g.add_argument("--blocks", type=int, default=4,
+                   help="at least this many blocks in the scaled copy (0: all)")
+    t = p.add_argument_group("timing")
+    t.add_argument("--repeats", type=int, default=None, help="timed runs (CPU 3, CUDA 10)")
+    t.add_argument("--warmup", type=int, default=None, help="runs before timing (CPU 1, CUDA 3)")
+    t.add_argument("--max-time", type=float, default=None,
+                   help="seconds of timed runs per case, after 3 runs (CPU 5, CUDA 3)")
+    t.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
+    t.add_argument("--optimizer", action="store_true", help="train: include an AdamW step")
+    t.add_argument("--refresh-peaks", action="store_true", help="measure the device again")
+    h = p.add_argument_group("throughput (Table 1 of the RAT paper)")
+    h.add_argument("--prompt", type=int, default=None, help="context tokens (CPU 64, CUDA 3072)")
+    h.add_argument("--generate", type=int, default=None, help="tokens (CPU 16, CUDA 1024)")
+    h.add_argument("--gen-batch", type=int, default=None, help="skip the search: this batch")
+    h.add_argument("--max-batch", type=int, default=None, help="search limit (CPU 256)")
+    h.add_argument("--batch-step", type=int, default=None, help="search granularity (CUDA 16)")
+    h.add_argument("--memory-limit", type=float, default=None,
+                   help="GiB for cache + weights in the search (CPU 0.0625; CUDA: none)")
+    h.add_argument("--gen-sample", type=int, default=None,
+                   help="time N decode positions and estimate the G steps (0: run all G)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="JSON on stdout")
+    o.add_argument("--csv", metavar="FILE", default=None, help="CSV to FILE ('-': stdout)")
+    o.add_argument("--out", metavar="DIR", default=None, help="write results (and plots) here")
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise _usage_error()(f"unknown mode {bad[0] if bad else text!r} "
+                             f"(choose from {', '.join(MODES)} or all)")
+    return modes
+
+
+def parse_layer(text: str) -> tuple[str, dict]:
+    """'rat:chunk_size=64,qk_groups=1' -> ('rat', {'chunk_size': 64, 'qk_groups': 1})."""
+    kind, _, rest = text.partition(":")
+    if kind not in BLOCKS:
+        raise _usage_error()(f"--layer {text}: unknown kind {kind!r} "
+                             f"(choose from {', '.join(BLOCKS)})")
+    overrides: dict = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise _usage_error()(f"--layer {text}: expected key=value, got {item!r}")
+        low = value.lower()
+        overrides[key] = (True if low == "true" else False if low == "false" else
+                          int(value) if value.lstrip("-").isdigit() else
+                          float(value) if _is_float(value) else value)
+    return kind, overrides
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class Sizes:
+    """Everything a sweep needs to know besides the specs and modes."""
+
+    device: torch.device
+    dtype: str | None
+    scale: Scale | None
+    seqs: list[int]
+    batch: int | None
+    tokens: int | None
+    decode_batch: int
+    settings: Settings
+    prompt: int
+    generate: int
+    gen_batch: int | None
+    max_batch: int
+    batch_step: int
+    memory_limit: int | None
+    gen_sample: int
+    refresh_peaks: bool
+
+    def batch_for(self, seq_len: int) -> int:
+        return self.batch or (max(1, self.tokens // seq_len) if self.tokens else 1)
+
+
+def resolve_sizes(args, compare: bool = False) -> Sizes:
+    """Device-dependent defaults filled in from `args`; UsageError for bad values."""
+    from archlab.cli import parse_lengths
+
+    err = _usage_error()
+    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    name = "cpu" if name == "auto" else name
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise err(f"--device {args.device}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise err(f"--device {args.device}: no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise err(f"--device {args.device}: only cpu and cuda are supported")
+    d = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+
+    def pick(key: str):
+        value = getattr(args, key, None)
+        return d[key] if value is None else value
+
+    for key in ("batch", "tokens", "decode_batch", "repeats", "prompt", "generate",
+                "gen_batch", "max_batch", "batch_step"):
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise err(f"--{key.replace('_', '-')} must be >= 1 (got {value})")
+    for key in ("warmup", "gen_sample", "blocks"):
+        if (getattr(args, key, None) or 0) < 0:
+            raise err(f"--{key.replace('_', '-')} must be >= 0")
+    if args.d_model < 1 or args.vocab < 1:
+        raise err("--d-model and --vocab must be >= 1")
+    scaled = (device.type == "cpu" and not args.full_size) or args.scale
+    seq_text = args.seq or d["compare_seq" if compare else "seq"]
+    seqs = parse_lengths(seq_text) if seq_text else []
+    limit = pick("memory_limit")
+    settings = Settings(pick("warmup"), pick("repeats"), pick("max_time"),
+                        cuda_graphs=not args.no_graphs, optimizer=args.optimizer)
+    return Sizes(device, args.dtype or ("float32" if scaled and device.type == "cpu" else None),
+                 Scale(args.d_model, args.vocab, args.blocks) if scaled else None, seqs,
+                 args.batch, None if args.batch else pick("tokens"), pick("decode_batch"),
+                 settings, pick("prompt"), pick("generate"), args.gen_batch, pick("max_batch"),
+                 pick("batch_step"), None if limit is None else int(limit * 2**30),
+                 pick("gen_sample"), args.refresh_peaks)
+
+
+def prepare(plan: Plan, sizes: Sizes) -> tuple[Plan, str | None]:
+    """The plan as it will run: scaled down (with its description) or in the run dtype."""
+    if sizes.scale is not None:
+        try:
+            return scale_plan(plan, sizes.scale, sizes.dtype or plan.model.dtype)
+        except ValueError as e:
+            raise _usage_error()(f"{e} (use --full-size or another --d-model)") from None
+    return with_dtype(plan, sizes.dtype or plan.model.dtype), None
+
+
+def layer_block(plan: Plan, kind: str, overrides: dict):
+    """The first block of `kind` in `plan` with `overrides` applied (None if it has none)."""
+    block = next((b for b in plan.order() if b.kind == kind), None)
+    if block is None:
+        return None
+    try:
+        params = type(block.params).model_validate({**block.params.model_dump(), **overrides})
+    except ValueError as e:
+        raise _usage_error()(f"--layer {kind}: {str(e).splitlines()[0]}: {e}") from None
+    problems = BLOCKS[kind].check(params, plan.model.d_model)
+    if problems:
+        raise _usage_error()(f"--layer {kind}: {problems[0][0]}: {problems[0][1]}")
+    return dataclasses.replace(block, params=params)
+
+
+# ---- the sweep -------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on a terminal's stderr; one line per case elsewhere."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        self.total, self.done, self.quiet = total, 0, quiet
+        self.tty = sys.stderr.isatty()
+
+    def start(self, label: str) -> None:
+        if self.quiet:
+            return
+        n = self.done
+        if self.tty:
+            bar = "#" * (20 * n // max(1, self.total))
+            sys.stderr.write(f"\r[{bar:<20}] {n}/{self.total} {label[:60]:<60}")
+        else:
+            sys.stderr.write(f"[{n + 1}/{self.total}] {label}\n")
+        sys.stderr.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.tty and not self.quiet and self.done == self.total:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+
+
+def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[str, dict]],
+          quiet: bool = False) -> tuple[list[Result], dict | None, list[str]]:
+    """Measure every (spec or layer) x mode x T case; returns results, peaks and notes."""
+    notes: list[str] = []
+    dtype = sizes.dtype
+    prepared = [prepare(p, sizes) for p in plans]
+    jobs = []  # (make target, [(mode, batch, T)])
+    for plan, scaled in prepared:
+        if layers:
+            for kind, overrides in layers:
+                block = layer_block(plan, kind, overrides)
+                if block is not None:
+                    jobs.append((lambda p=plan, b=block, s=scaled:
+                                 LayerTarget(p, b, sizes.device, s), [m for m in modes]))
+        else:
+            jobs.append((lambda p=plan, s=scaled: ModelTarget(p, sizes.device, s), modes))
+    if layers and not jobs:
+        raise _usage_error()("no spec has a block of the --layer kind(s) given")
+    cases = sum(len(sizes.seqs) * len([m for m in ms if m != "throughput"])
+                + ("throughput" in ms) for _, ms in jobs)
+    run_dtype = dtype or plans[0].model.dtype
+    peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
+    progress, results = Progress(cases, quiet), []
+    for make, job_modes in jobs:
+        target = make()
+        for mode in job_modes:
+            if mode == "throughput":
+                progress.start(f"{target.plan.name} {target.label} throughput (batch search)")
+                results.append(measure_throughput(
+                    target, sizes.prompt, sizes.generate, sizes.settings, peaks,
+                    max_batch=sizes.max_batch, step=sizes.batch_step,
+                    memory_limit=sizes.memory_limit, batch=sizes.gen_batch,
+                    sample=sizes.gen_sample))
+                progress.advance()
+                continue
+            for T in sizes.seqs:
+                B = sizes.decode_batch if mode == "decode" else sizes.batch_for(T)
+                progress.start(f"{target.plan.name} {target.label} {mode} B={B} T={T}")
+                results.append(measure(target, mode, B, T, sizes.settings, peaks))
+                progress.advance()
+        del target
+    if sizes.scale is not None:
+        desc = prepared[0][1]
+        notes.append(f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
+                     "per spec in 'scaled'); use --full-size for the specs as written")
+    return results, peaks, notes
+
+
+# ---- the commands ----------------------------------------------------------------------
+
+
+def _settings_dict(sizes: Sizes) -> dict:
+    d = dataclasses.asdict(sizes)
+    d["device"] = str(sizes.device)
+    return d
+
+
+def _plans(specs: list[str]) -> list[Plan]:
+    from archlab import compile
+    from archlab.cli import _existing
+
+    return [compile(_existing(s)) for s in specs]
+
+
+def _default_seqs(sizes: Sizes, plans: list[Plan]) -> None:
+    if not sizes.seqs:
+        sizes.seqs = sorted({p.model.max_seq_len for p in plans})
+
+
+def _emit(text: str, args) -> None:
+    print(text, file=sys.stderr if args.json or args.csv == "-" else sys.stdout)
+
+
+def cmd_profile(args) -> int:
+    """`archlab profile`: measure the cases, print a table (or JSON / CSV)."""
+    from archlab.compare import results_document, results_table, write_csv
+
+    plans = _plans(args.specs)
+    modes = parse_modes(args.mode)
+    layers = [parse_layer(t) for t in args.layer]
+    if layers and "throughput" in modes:
+        raise _usage_error()("--mode throughput times whole models; it does not take --layer")
+    sizes = resolve_sizes(args)
+    _default_seqs(sizes, plans)
+    results, peaks, notes = sweep(plans, modes, sizes, layers)
+    doc = results_document(results, peaks, notes, _settings_dict(sizes))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(doc, indent=2, default=str))
+        write_csv(results, str(out / "profile.csv"))
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    if args.csv:
+        write_csv(results, args.csv)
+    if not args.json and args.csv != "-":
+        print(f"device: {peaks['device']}, torch {peaks['torch']}; measured peaks "
+              f"{peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['dtype']} matmul), "
+              f"{peaks['copy_gbps']:.4g} GB/s (copy)")
+        for n in notes:
+            print(n)
+        print(results_table(results))
+        extra = sorted({f"{r.spec} {r.mode}: {n}" for r in results for n in r.notes
+                        if "graph" in n or "OOM" in n or "estimated" in n})
+        for n in extra:
+            print(f"note: {n}")
+    if args.out:
+        _emit(f"wrote {Path(args.out) / 'profile.json'} and profile.csv", args)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """`archlab compare`: analytic (and with --measure, measured) side by side."""
+    from archlab.compare import compare_outputs, write_csv
+
+    plans = _plans(args.specs)
+    sizes = resolve_sizes(args, compare=True)
+    if sizes.device.type == "cuda" and args.gen_sample is None:
+        sizes.gen_sample = 32  # keeps the GPU comparison to minutes: estimate, labelled
+    _default_seqs(sizes, plans)
+    results, peaks, notes, measured = None, None, [], None
+    if args.measure:
+        modes = parse_modes(args.mode)
+        results, peaks, notes = sweep(plans, modes, sizes, [])
+        measured = [prepare(p, sizes)[0] for p in plans]
+    text, doc = compare_outputs(plans, sizes.seqs, results, measured, notes, peaks,
+                                Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    if args.csv and results:
+        write_csv(results, args.csv)
+    if not args.json and args.csv != "-":
+        print(text)
+        if not args.out:
+            print("(--out DIR writes the plots and a Markdown report)")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `profile` and `compare` sub-commands to the `archlab` parser."""
+    p = subparsers.add_parser(
+        "profile", help="measured speed and memory: train, prefill, decode, throughput")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--mode", default="train,prefill,decode",
+                   help=f"comma-separated, from {', '.join(MODES)}, or all")
+    p.add_argument("--layer", action="append", default=[], metavar="KIND[:k=v,...]",
+                   help="time one block of that kind alone (repeatable), e.g. rat:chunk_size=64")
+    add_size_options(p, "CPU 256; CUDA each spec's max_seq_len")
+    p.set_defaults(func=cmd_profile)
+
+    p = subparsers.add_parser(
+        "compare", help="specs side by side: parameters, FLOPs, cache (--measure: speed)")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--measure", action="store_true", help="also time train, prefill, decode "
+                   "and throughput (on the CPU: scaled-down copies)")
+    p.add_argument("--mode", default="all", help="modes measured with --measure")
+    add_size_options(p, "CPU 128,256,512; CUDA 1k,4k,16k")
+    p.set_defaults(func=cmd_compare)
