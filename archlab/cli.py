@@ -243,6 +243,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="JSON Schema of the spec language (for editors)")
     p.add_argument("--json", action="store_true", help="(the schema is always JSON)")
     p.set_defaults(func=cmd_schema)
+    from archlab.profile_cli import register
+    register(sub)
     return parser
 
 
