@@ -40,6 +40,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
 from archlab.blocks.base import (
     Backend,
     BackendUnavailable,
@@ -49,12 +52,9 @@ from archlab.blocks.base import (
     linear_flops,
     resolve_backend,
 )
+from archlab.config import ModelConfig
 from archlab.kernels.ssd.fla_backend import INSTALL_HINT, fla_importable, ssd_fla
 from archlab.kernels.ssd.reference import ssd_chunked, ssd_step
-from pydantic import Field
-from torch import nn
-
-from archlab.config import ModelConfig
 
 KIND = "ssm"
 SYMBOL = "M"
@@ -177,12 +177,13 @@ class Block(nn.Module):
         self.backend = resolve_backend(self.params.backend, device, available)
         return self.backend
 
-    def _scan(self, x, dt, A, Bm, Cm, state_BHPN):
-        """SSD by the selected backend: (y [B, T, H, P], final state [B, H, P, N] float32)."""
+    def _scan(self, x, dt, A, Bm, Cm, state_BHPN, keep_state: bool):
+        """SSD by the selected backend: (y [B, T, H, P], final state [B, H, P, N] float32,
+        None from triton unless `keep_state`)."""
         if self.backend == "triton":
             if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
                 raise BackendUnavailable(f"ssm backend 'triton' cannot run on {x.device}")
-            return ssd_fla(x, dt, A, Bm, Cm, state_BHPN, output_final_state=True)
+            return ssd_fla(x, dt, A, Bm, Cm, state_BHPN, output_final_state=keep_state)
         if self.backend != "reference":
             raise BackendUnavailable("no ssm backend selected: call select_backend(device)")
         return ssd_chunked(x, dt, A, Bm, Cm, self.params.chunk_size, state_BHPN)
@@ -205,7 +206,7 @@ class Block(nn.Module):
         y = y_HP.float() + self.D.float()[:, None] * x_HP.float()
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def _sequence(self, x_BTD, conv_state_BCK=None, ssm_state_BHPN=None):
+    def _sequence(self, x_BTD, conv_state_BCK=None, ssm_state_BHPN=None, keep_state=False):
         """The parallel pass; returns (out, new conv state, final SSM state)."""
         z, xBC, dt_raw = self._split(self.in_proj(x_BTD))
         K = self.sizes.kernel
@@ -216,7 +217,7 @@ class Block(nn.Module):
             padded = torch.cat([conv_state_BCK.to(xBC.dtype), xBC_BCT], dim=-1)
         conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.sizes.conv_dim)
         x, dt, A, Bm, Cm = self._ssm_inputs(F.silu(conv).transpose(1, 2), dt_raw)
-        y, final = self._scan(x, dt, A, Bm, Cm, ssm_state_BHPN)
+        y, final = self._scan(x, dt, A, Bm, Cm, ssm_state_BHPN, keep_state)
         return self._output(y, x, z), padded[:, :, padded.shape[-1] - (K - 1) :], final
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
@@ -243,7 +244,7 @@ class Block(nn.Module):
     def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Run x [B, T, d_model] in one parallel pass, continuing from the cache's states
         (zero for a fresh cache), and leave the final states in the cache."""
-        out, conv, ssm = self._sequence(x_BTD, cache["conv"], cache["ssm"])
+        out, conv, ssm = self._sequence(x_BTD, cache["conv"], cache["ssm"], keep_state=True)
         cache["conv"].copy_(conv)
         cache["ssm"].copy_(ssm)
         cache.length += x_BTD.shape[1]
