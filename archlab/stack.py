@@ -3,6 +3,7 @@ blocks) -> a flat list of RawBlocks, each param with the YAML path it was writte
 
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,24 +288,16 @@ def _expand(source, items, paths, symbols) -> list[RawBlock]:
         if text is not None:
             ppath = _pattern_path(item, path)
             for sym, _offset in patterns.parse(text, set(symbols)).expand():
-                base = symbols[sym]
-                out.append(
-                    RawBlock(
-                        base.kind,
-                        dict(base.params),
-                        ppath,
-                        note=f"from symbol {sym!r}",
-                        kind_path=base.kind_path or ppath,
-                    )
-                )
+                block = copy.deepcopy(symbols[sym])
+                block.origin, block.note = ppath, f"from symbol {sym!r}"
+                block.kind_path = block.kind_path or ppath
+                out.append(block)
         elif isinstance(item, dict) and "repeat" in item:
             inner = item["stack"]
             inner_paths = [path + ("stack", i) for i in range(len(inner))]
             once = _expand(source, inner, inner_paths, symbols)
             for _ in range(item["repeat"]):
-                out.extend(
-                    RawBlock(b.kind, dict(b.params), b.origin, b.note, b.kind_path) for b in once
-                )
+                out.extend(copy.deepcopy(once))
         else:
             out.append(block_from_item(source, item, path, []))
     return out
