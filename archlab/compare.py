@@ -136,20 +136,22 @@ def analytic_rows(plans: list[Plan], seqs: list[int]) -> list[dict]:
 
 
 def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
-    """Where each spec's `metric` crosses the first spec's (cost model, batch 1): T is the
-    first length of the new order; `cheaper` says whether the spec is cheaper from there."""
+    """Where two specs' `metric` cross (cost model, batch 1), for every pair: `seq_len` is
+    the first T of the new order, `cheaper` whether `spec` is cheaper than `versus` from
+    there. Pairs outside the exact method (`CrossoverError`) give no points."""
     from archlab.cost import crossovers
 
     points = []
-    for plan in plans[1:]:
-        try:
-            runs = crossovers(plan, plans[0], metric)
-        except Exception:  # noqa: BLE001 - a spec outside the exact method: no marks
-            continue
-        for before, after in zip(runs, runs[1:], strict=False):
-            if after.sign in (-1, 1) and before.sign != after.sign:
-                points.append({"spec": plan.name, "versus": plans[0].name, "metric": metric,
-                               "seq_len": after.start, "cheaper": after.sign == -1})
+    for i, base in enumerate(plans):
+        for plan in plans[i + 1:]:
+            try:
+                runs = crossovers(plan, base, metric)
+            except Exception:  # noqa: BLE001
+                continue
+            for before, after in zip(runs, runs[1:], strict=False):
+                if after.sign in (-1, 1) and before.sign != after.sign:
+                    points.append({"spec": plan.name, "versus": base.name, "metric": metric,
+                                   "seq_len": after.start, "cheaper": after.sign == -1})
     return points
 
 
@@ -252,12 +254,21 @@ def _grid(seqs: list[int]) -> list[int]:
     return sorted({round(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)})
 
 
-def _style(ax, xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> None:
+def _style(ax, xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str,
+           yunit: str | None = None) -> None:
+    """Log axes where the range calls for it (x: 8x, y: 20x), human tick labels."""
+    from matplotlib.ticker import FuncFormatter
+
     if xs and max(xs) / max(min(xs), 1e-30) >= 8:
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "", 1024)
+                                                   .replace(" ", "").replace("i", "")))
     positive = [y for y in ys if y and y > 0]
     if positive and max(positive) / min(positive) >= 20:
         ax.set_yscale("log")
+    if yunit is not None:
+        base = 1024 if yunit == "B" else 1000
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, yunit, base)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -317,15 +328,14 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
 
     paths: list[Path] = []
     grid = _grid(seqs)
-    for metric, stem, ylabel, unit in (("cache_bytes", "cache", "inference cache (bytes)", 1),
-                                       ("train_flops", "flops", "train FLOPs (fwd + bwd)", 1)):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        series = {p.name: (grid, [metric_function(p, metric)(t) / unit for t in grid])
-                  for p in plans}
+    for metric, stem, ylabel, unit in (("cache_bytes", "cache", "inference cache", "B"),
+                                       ("train_flops", "flops", "train FLOPs (fwd + bwd)", "")):
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        series = {p.name: (grid, [metric_function(p, metric)(t) for t in grid]) for p in plans}
         _lines(ax, series, markers=False)
         _style(ax, grid, [y for _, ys in series.values() for y in ys], "sequence length T",
                ylabel, f"{METRIC_TEXT[metric]} against T, batch 1 (cost model, specs as "
-               "written)")
+               "written); dashed: crossovers", unit)
         _crossings(ax, crossover_points(plans, metric), grid)
         paths += _save(fig, out, stem, plt)
     if results:
@@ -344,7 +354,8 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
                    "context position T" if mode == "decode" else "sequence length T",
                    "median time (ms)", f"{mode}, batch {'/'.join(map(str, sorted(batch)))}")
             _crossings(ax, crossover_points(mplans, MODE_METRIC[mode]), seqs)
-        fig.suptitle(f"Measured latency ({measured_note})", fontsize=10)
+        fig.suptitle(f"Measured latency ({measured_note}); dashed: cost-model crossovers "
+                     "of the measured models", fontsize=10)
         paths += _save(fig, out, "latency", plt)
         done = [r for r in results if r.mode == "throughput" and r.status == "ok"]
         if done:
@@ -352,13 +363,14 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
             bars = ax.bar([r.spec for r in done], [r.tokens_per_s for r in done],
                           color=[f"C{i}" for i in range(len(done))])
             for bar, r in zip(bars, done, strict=True):
-                ax.annotate(f"{r.tokens_per_s:,.0f} tok/s\nbatch {r.batch}",
+                cap = " (search limit)" if r.extra.get("capped") else ""
+                ax.annotate(f"{r.tokens_per_s:,.0f} tok/s\nbatch {r.batch}{cap}",
                             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)
             r0 = done[0]
             ax.set_ylabel("generated tokens per second")
             ax.set_title(f"Generation throughput: {r0.extra['generate']} tokens after "
-                         f"{r0.extra['prompt']}, largest batch that fits ({measured_note})",
+                         f"{r0.extra['prompt']}, largest batch that fits\n({measured_note})",
                          fontsize=9)
             ax.margins(y=0.2)
             paths += _save(fig, out, "throughput", plt)
@@ -370,8 +382,9 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
 
 def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | None,
                     measured_plans: list[Plan] | None, notes: list[str], peaks: dict | None,
-                    out: Path | None) -> tuple[str, dict]:
-    """The text (tables, crossovers, notes) and the JSON document of a comparison; with
+                    out: Path | None, measured_note: str = "") -> tuple[str, dict]:
+    """The text (tables, crossovers, notes) and the JSON document of a comparison
+    (`measured_note` says on what the measurements ran, for the plots' titles); with
     `out`, also plots, compare.json, compare.csv (measured results) and report.md there."""
     analytic = analytic_rows(plans, seqs)
     headers, rows = compare_rows(plans, seqs, analytic, results)
@@ -379,8 +392,6 @@ def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | 
         headers = headers[:6] + [f"{h} (measured)" for h in headers[6:]]
     points = [p for m in ("train_flops", "cache_bytes", "decode_bytes")
               for p in crossover_points(plans, m)]
-    measured_note = next((n.split(" (", 1)[0] + " model" for n in notes
-                          if "scaled-down" in n), "specs as written")
     intro = [f"{len(plans)} specs; ratios (xN) are to {plans[0].name} at the same T; "
              "analytic columns: cost model, specs as written, batch 1"]
     if results is not None and peaks:

@@ -26,8 +26,8 @@ from archlab.throughput import device_peaks, measure_throughput
 
 CPU_DEFAULTS = {"seq": "256", "compare_seq": "128,256,512", "batch": 1, "tokens": None,
                 "decode_batch": 4, "repeats": 3, "warmup": 1, "max_time": 5.0,
-                "prompt": 64, "generate": 16, "max_batch": 256, "batch_step": 1,
-                "memory_limit": 0.0625, "gen_sample": 0}
+                "prompt": 64, "generate": 16, "max_batch": 4096, "batch_step": 1,
+                "memory_limit": 1 / 32, "gen_sample": 0}
 GPU_DEFAULTS = {"seq": None, "compare_seq": "1k,4k,16k", "batch": None, "tokens": 16384,
                 "decode_batch": 64, "repeats": 10, "warmup": 3, "max_time": 3.0,
                 "prompt": 3072, "generate": 1024, "max_batch": 8192, "batch_step": 16,
@@ -146,16 +146,18 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     t.add_argument("--max-time", type=float, default=None,
                    help="seconds of timed runs per case, after 3 runs (CPU 5, CUDA 3)")
     t.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads); 1 is steadiest on a busy machine")
     t.add_argument("--optimizer", action="store_true", help="train: include an AdamW step")
     t.add_argument("--refresh-peaks", action="store_true", help="measure the device again")
     h = p.add_argument_group("throughput (Table 1 of the RAT paper)")
     h.add_argument("--prompt", type=int, default=None, help="context tokens (CPU 64, CUDA 3072)")
     h.add_argument("--generate", type=int, default=None, help="tokens (CPU 16, CUDA 1024)")
     h.add_argument("--gen-batch", type=int, default=None, help="skip the search: this batch")
-    h.add_argument("--max-batch", type=int, default=None, help="search limit (CPU 256)")
+    h.add_argument("--max-batch", type=int, default=None, help="search limit (CPU 4096, CUDA 8192)")
     h.add_argument("--batch-step", type=int, default=None, help="search granularity (CUDA 16)")
     h.add_argument("--memory-limit", type=float, default=None,
-                   help="GiB for cache + weights in the search (CPU 0.0625; CUDA: none)")
+                   help="GiB for cache + weights in the search (CPU 1/32; CUDA: no limit)")
     h.add_argument("--gen-sample", type=int, default=None,
                    help="time N decode positions and estimate the G steps (0: run all G)")
     o = p.add_argument_group("output")
@@ -240,6 +242,10 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
     if device.type not in ("cpu", "cuda"):
         raise err(f"--device {args.device}: only cpu and cuda are supported")
     d = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    if args.threads is not None:
+        if args.threads < 1:
+            raise err(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
 
     def pick(key: str):
         value = getattr(args, key, None)
@@ -287,7 +293,9 @@ def layer_block(plan: Plan, kind: str, overrides: dict):
     try:
         params = type(block.params).model_validate({**block.params.model_dump(), **overrides})
     except ValueError as e:
-        raise _usage_error()(f"--layer {kind}: {str(e).splitlines()[0]}: {e}") from None
+        errors = getattr(e, "errors", lambda: [])()
+        why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errors) or str(e)
+        raise _usage_error()(f"--layer {kind}: {why}") from None
     problems = BLOCKS[kind].check(params, plan.model.d_model)
     if problems:
         raise _usage_error()(f"--layer {kind}: {problems[0][0]}: {problems[0][1]}")
@@ -441,13 +449,16 @@ def cmd_compare(args) -> int:
     if sizes.device.type == "cuda" and args.gen_sample is None:
         sizes.gen_sample = 32  # keeps the GPU comparison to minutes: estimate, labelled
     _default_seqs(sizes, plans)
-    results, peaks, notes, measured = None, None, [], None
+    results, peaks, notes, measured, note = None, None, [], None, ""
     if args.measure:
         modes = parse_modes(args.mode)
         results, peaks, notes = sweep(plans, modes, sizes, [])
-        measured = [prepare(p, sizes)[0] for p in plans]
+        prepared = [prepare(p, sizes) for p in plans]
+        measured = [p for p, _ in prepared]
+        note = (f"{sizes.device.type.upper()}, scaled down: {prepared[0][1]}" if sizes.scale
+                else f"{peaks['device']}, specs as written")
     text, doc = compare_outputs(plans, sizes.seqs, results, measured, notes, peaks,
-                                Path(args.out) if args.out else None)
+                                Path(args.out) if args.out else None, note)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     if args.csv and results:

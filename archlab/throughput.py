@@ -232,7 +232,8 @@ def device_name(device: torch.device) -> str:
                         name)
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{name} ({n} thread{'s' if n > 1 else ''})"
 
 
 def peaks_path() -> str:

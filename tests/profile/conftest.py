@@ -1,0 +1,10 @@
+"""Profiler tests run on the CPU at tiny sizes; device peaks are cached in a temp dir."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg"))

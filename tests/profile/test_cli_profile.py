@@ -1,0 +1,155 @@
+"""`archlab profile` and `archlab compare` on the CPU: JSON schema, CSV, OOM in a sweep,
+usage errors (exit 2, no traceback), plots and the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from archlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "specs" / "tiny"
+PAPER = ROOT / "specs" / "paper"
+FAST = ["--seq", "16,32", "--repeats", "1", "--warmup", "0", "--prompt", "8", "--generate",
+        "2", "--max-batch", "8"]
+
+RESULT_KEYS = {
+    "spec": str, "file": str, "target": str, "mode": str, "batch": int, "seq_len": int,
+    "dtype": str, "device": str, "status": str, "error": (str, type(None)),
+    "timing": (dict, type(None)), "tokens_per_s": (float, type(None)),
+    "flops": (int, type(None)), "tflops": (float, type(None)),
+    "flops_frac": (float, type(None)), "bytes": (int, type(None)),
+    "gbps": (float, type(None)), "bw_frac": (float, type(None)),
+    "peak_memory_bytes": (int, type(None)), "cache_bytes_measured": (int, type(None)),
+    "cache_bytes_analytic": (int, type(None)), "backends": dict,
+    "cuda_graph": (bool, type(None)), "scaled": (str, type(None)), "extra": dict,
+    "notes": list,
+}
+TIMING_KEYS = {"median_s", "p10_s", "p90_s", "min_s", "max_s", "runs"}
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main(list(map(str, argv))) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def check_schema(doc: dict) -> None:
+    assert doc["schema"] == "archlab.profile/1"
+    assert {"device", "matmul_tflops", "copy_gbps", "torch", "dtype"} <= set(doc["device"])
+    assert isinstance(doc["notes"], list) and isinstance(doc["settings"], dict)
+    for r in doc["results"]:
+        assert set(r) == set(RESULT_KEYS)
+        for key, kind in RESULT_KEYS.items():
+            assert isinstance(r[key], kind), (key, r[key])
+        assert r["status"] in ("ok", "oom", "error")
+        if r["status"] == "ok":
+            assert set(r["timing"]) == TIMING_KEYS and r["tokens_per_s"] > 0
+
+
+def test_profile_json_schema_all_modes(capsys):
+    doc = run_json(capsys, "profile", TINY / "rat_swa.yaml", "--mode", "all", "--json", *FAST)
+    check_schema(doc)
+    modes = [r["mode"] for r in doc["results"]]
+    assert modes == ["train", "train", "prefill", "prefill", "decode", "decode", "throughput"]
+    assert all(r["status"] == "ok" for r in doc["results"])
+    assert "scaled-down" in doc["notes"][0] and doc["results"][0]["scaled"]
+    tput = doc["results"][-1]
+    assert tput["extra"]["search"] and tput["batch"] >= 1 and tput["seq_len"] == 8
+
+
+def test_oom_in_a_sweep_goes_on(capsys):
+    doc = run_json(capsys, "profile", TINY / "attention.yaml", "--mode", "prefill,decode",
+                   "--decode-batch", str(1 << 40), "--json", *FAST)
+    check_schema(doc)
+    by_mode = {(r["mode"], r["seq_len"]): r["status"] for r in doc["results"]}
+    assert by_mode == {("prefill", 16): "ok", ("prefill", 32): "ok",
+                       ("decode", 16): "oom", ("decode", 32): "oom"}
+
+
+def test_profile_table_csv_and_out(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["profile", str(TINY / "rat.yaml"), "--mode", "decode", "--out", str(out),
+                 "--csv", str(tmp_path / "x.csv"), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "scaled-down" in text and "decode" in text and "TFLOP/s" in text
+    check_schema(json.loads((out / "profile.json").read_text()))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "x.csv").read_text())))
+    assert len(rows) == 2 and rows[0]["mode"] == "decode" and float(rows[0]["median_s"]) > 0
+    assert (out / "profile.csv").is_file()
+
+
+def test_profile_layers(capsys):
+    doc = run_json(capsys, "profile", TINY / "rat.yaml", TINY / "attention.yaml", "--json",
+                   "--layer", "rat:chunk_size=8", "--layer", "attention", "--mode",
+                   "train,decode", *FAST)
+    check_schema(doc)
+    targets = {r["target"] for r in doc["results"]}
+    assert any("chunk_size=8" in t for t in targets) and any("attention" in t for t in targets)
+    assert len(doc["results"]) == 2 * 2 * 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--mode", "fly"], "unknown mode"),
+    (["--layer", "warp"], "unknown kind"),
+    (["--layer", "rat:chunk_size"], "key=value"),
+    (["--layer", "rat:chunk_size=0"], "--layer rat"),
+    (["--layer", "ssm"], "no spec has"),
+    (["--layer", "rat", "--mode", "throughput"], "whole models"),
+    (["--device", "cuda:0"], None),
+    (["--device", "tpu"], "--device"),
+    (["--seq", "abc"], "bad length"),
+    (["--repeats", "0"], "--repeats"),
+    (["--batch", "-1"], "--batch"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    import torch
+
+    if argv[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    assert main(["profile", str(TINY / "rat.yaml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("archlab: error:") and "Traceback" not in err
+    assert message is None or message in err
+
+
+def test_missing_spec_and_invalid_spec(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nope.yaml")]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {d_model: 8, vocab_size: 10}\nstack: [{kind: rat, heads: 3}]\n")
+    assert main(["profile", str(bad)]) == 1
+    assert "chunk_size" in capsys.readouterr().err
+
+
+def test_compare_analytic_only(tmp_path, capsys):
+    specs = [PAPER / "attention.yaml", PAPER / "rat.yaml", PAPER / "rat_swa.yaml"]
+    doc = run_json(capsys, "compare", *specs, "--seq", "1k,4k", "--json")
+    assert doc["schema"] == "archlab.compare/1" and doc["measured"] is None
+    assert [(r["spec"], r["seq_len"]) for r in doc["analytic"]][:2] == [
+        ("attention-1.3b", 1024), ("rat-l16-1.3b", 1024)]
+    assert doc["analytic"][0]["ratio"]["cache_bytes"] == 1.0
+    assert any(c["metric"] == "train_flops" and c["seq_len"] == 547 for c in doc["crossovers"])
+    assert main(["compare", *map(str, specs), "--seq", "1k,4k"]) == 0
+    text = capsys.readouterr().out
+    assert "rat-l16-1.3b" in text and "(x0.062)" in text and "crossovers" in text
+
+
+def test_compare_measure_writes_plots_and_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cmp"
+    specs = [TINY / "attention.yaml", TINY / "rat.yaml", TINY / "rat_swa.yaml"]
+    assert main(["compare", *map(str, specs), "--measure", "--out", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "(measured)" in text and "throughput" in text and "scaled-down" in text
+    for stem in ("latency", "cache", "flops", "throughput"):
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    report = (out / "report.md").read_text()
+    assert "![latency](latency.png)" in report and "| spec |" in report
+    doc = json.loads((out / "compare.json").read_text())
+    check_schema(doc["measured"])
+    assert len(doc["measured"]["results"]) == 3 * (3 * 2 + 1)
