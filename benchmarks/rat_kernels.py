@@ -1,0 +1,254 @@
+"""Check and time RAT's Triton kernels on a GPU; writes one JSON file.
+
+    python3 benchmarks/rat_kernels.py --out DIR [--sections ceil,check,train,decode]
+
+Setup of the RAT paper: d_model 2048, 16 heads of 128, qk_groups 2, chunk 16, bf16,
+262,144 tokens per batch (64x4096, 16x16384, 4x65536, 2x131072). Inputs are strided views
+into one projection output (z, v, g, q, k). Times are medians of triton.testing.do_bench;
+decode runs one step at batch 512 replayed from a CUDA graph. FLOPs: 4*D per scored
+(query, key) pair per head (forward), twice that for the backward; minimal bytes: every
+input read once and every output written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from archlab.kernels.rat import triton_attention, triton_decode, triton_scan
+from archlab.kernels.rat.triton_ops import rat_core_triton, rat_decode_triton, scored_pairs
+
+H, D, G, L = 16, 128, 2, 16
+WIDTH = 3 * H * D + 2 * G * D
+TRAIN_SHAPES = [(64, 4096), (16, 16384), (4, 65536), (2, 131072)]
+PAPER_TRAIN_MS = {4096: 129.9, 16384: 137.7, 65536: 167.7, 131072: 206.2}  # whole layer
+PAPER_PREFILL_MS = {4096: 36.6, 16384: 39.3, 65536: 48.0, 131072: 58.7}
+PAPER_DECODE_MS = {4096: 0.94, 16384: 1.18, 65536: 4.00}
+DECODE_BATCH = 512
+
+
+def median_ms(fn, **kw):
+    return do_bench(fn, warmup=kw.pop("warmup", 25), rep=kw.pop("rep", 100),
+                    return_mode="median", **kw)
+
+
+def views(proj):
+    HD, GD = H * D, G * D
+    v = proj[..., HD : 2 * HD].unflatten(-1, (H, D))
+    gl = proj[..., 2 * HD : 3 * HD].unflatten(-1, (H, D))
+    q = proj[..., 3 * HD : 3 * HD + GD].unflatten(-1, (G, D))
+    k = proj[..., 3 * HD + GD :].unflatten(-1, (G, D))
+    return q, k, v, gl
+
+
+def ceilings():
+    x = torch.empty(2 * 1024**3 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    t = median_ms(lambda: y.copy_(x))
+    bw = 2 * x.numel() * 2 / (t * 1e-3)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = median_ms(lambda: a @ b)
+    return {"copy_GBps": bw / 1e9, "bf16_matmul_TFLOPs": 2 * 8192**3 / (t * 1e-3) / 1e12}
+
+
+def check():
+    spec = importlib.util.spec_from_file_location(
+        "test_rat_triton", Path(__file__).parent.parent / "tests/kernels/test_rat_triton.py")
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    out = {}
+    for case in [(1, 4096, H, G, D, L, True), (2, 1000, H, G, D, 64, True),
+                 (1, 700, H, G, D, 128, True), (1, 300, H, G, D, 1000, True)]:
+        got, ref, low = tests.run_both(*case, torch.bfloat16, "cuda", seed=case[1])
+        errs = {}
+        ok = True
+        for name, a, b, c in zip(tests.NAMES, got, ref, low, strict=True):
+            e_k, e_r = tests.rel_err(a, b), tests.rel_err(c, b)
+            errs[name] = {"kernel": e_k, "ref_bf16_inputs": e_r}
+            ok &= bool(torch.isfinite(a).all()) and e_k <= 2 * e_r + 2e-3
+        out["core B,T,H,G,D,L,rope=" + ",".join(map(str, case))] = {"pass": ok, "rel_l2": errs}
+    for T_prompt, tp, ns in [(64, False, None), (65, True, None), (79, True, 4)]:
+        err = tests._decode_case("cuda", torch.float32, 3, H, G, D, L, T_prompt, 20, tp, ns)
+        out[f"decode prompt={T_prompt} tensor_pos={tp} splits={ns}"] = {
+            "max_abs_err": err, "pass": err < 1e-4}
+    return out
+
+
+def train_case(B, T, ceil):
+    torch.manual_seed(0)
+    proj = torch.randn(B, T, WIDTH, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(H * D, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v, gl = views(proj)
+    res = {"B": B, "T": T}
+    with torch.no_grad():
+        res["fwd_ms"] = median_ms(lambda: rat_core_triton(q, k, v, gl, bias, L))
+    proj_g = proj.clone().requires_grad_()
+    bias_g = bias.clone().requires_grad_()
+
+    def fwd_bwd():
+        qq, kk, vv, gg = views(proj_g)
+        rat_core_triton(qq, kk, vv, gg, bias_g, L).backward(dy)
+
+    res["fwd_bwd_ms"] = median_ms(fwd_bwd, grad_to_none=[proj_g, bias_g])
+    # the parts, on the same inputs
+    with torch.no_grad():
+        parts = {}
+        parts["scan_fwd"] = median_ms(lambda: triton_scan.scan_forward(
+            q, k, v, gl, bias, L, True, 10000.0))
+        q_rot, v_run, s_self, k_end, v_end = triton_scan.scan_forward(
+            q, k, v, gl, bias, L, True, 10000.0)
+        parts["attn_fwd"] = median_ms(lambda: triton_attention.attention_forward(
+            q_rot, k_end, v_end, v_run, s_self, L, torch.bfloat16))
+        y, lse = triton_attention.attention_forward(q_rot, k_end, v_end, v_run, s_self, L,
+                                                    torch.bfloat16)
+        parts["delta"] = median_ms(lambda: triton_attention.attention_delta(y, dy))
+        delta = triton_attention.attention_delta(y, dy)
+        parts["attn_bwd"] = median_ms(lambda: triton_attention.attention_backward(
+            q_rot, k_end, v_end, dy, lse, delta, L))
+        dke, dve, dqi = triton_attention.attention_backward(q_rot, k_end, v_end, dy, lse, delta, L)
+        parts["scan_bwd"] = median_ms(lambda: triton_scan.scan_backward(
+            q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0))
+        res["parts_ms"] = parts
+    res["autotuned"] = {name: str(fn.best_config) for name, fn in (
+        ("attn_fwd", triton_attention.fwd_tuned), ("attn_dkv", triton_attention.dkv_tuned),
+        ("attn_dq", triton_attention.dq_tuned)) if getattr(fn, "best_config", None)}
+    flops_fwd = 4 * D * H * B * scored_pairs(T, L)
+    in_bytes = B * T * (2 * G * D + 2 * H * D) * 2
+    out_bytes = B * T * H * D * 2
+    bytes_fwd = in_bytes + out_bytes
+    bytes_bwd = in_bytes + 2 * out_bytes + in_bytes  # + y and dy read, grads written
+    res["flops_fwd"] = flops_fwd
+    res["flops_fwd_bwd"] = 3 * flops_fwd
+    res["min_bytes_fwd"] = bytes_fwd
+    res["min_bytes_fwd_bwd"] = bytes_fwd + bytes_bwd
+    for tag, fl, by in (("fwd", flops_fwd, bytes_fwd),
+                        ("fwd_bwd", 3 * flops_fwd, bytes_fwd + bytes_bwd)):
+        ms = res[f"{tag}_ms"]
+        res[f"{tag}_TFLOPs"] = fl / (ms * 1e-3) / 1e12
+        res[f"{tag}_GBps"] = by / (ms * 1e-3) / 1e9
+        floor = max(fl / (ceil["bf16_matmul_TFLOPs"] * 1e12), by / (ceil["copy_GBps"] * 1e9))
+        res[f"{tag}_floor_ms"] = floor * 1e3
+    res["paper_layer_train_ms"] = PAPER_TRAIN_MS[T]
+    res["paper_layer_prefill_ms"] = PAPER_PREFILL_MS[T]
+    return res
+
+
+def decode_case(B, T, ceil, graph=True, n_splits=None):
+    torch.manual_seed(0)
+    C_max = T // L + 1
+    kc = torch.empty(B, C_max, H, D, device="cuda", dtype=torch.bfloat16).normal_()
+    vc = torch.empty_like(kc).normal_()
+    proj = torch.randn(B, WIDTH, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(H * D, device="cuda", dtype=torch.bfloat16)
+    HD, GD = H * D, G * D
+    v = proj[:, HD : 2 * HD].unflatten(-1, (H, D))
+    gl = proj[:, 2 * HD : 3 * HD].unflatten(-1, (H, D))
+    q = proj[:, 3 * HD : 3 * HD + GD].unflatten(-1, (G, D))
+    k = proj[:, 3 * HD + GD :].unflatten(-1, (G, D))
+    pos = torch.tensor(T, device="cuda")  # T tokens cached: the step reads T // L chunk ends
+
+    if n_splits is None:
+        def step():
+            return rat_decode_triton(q, k, v, gl, bias, kc, vc, pos, L)
+    else:
+        def step():
+            return triton_decode.decode_step(q, k, v, gl, bias, kc, vc, pos, -1, L, True,
+                                             10000.0, n_splits)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()
+        ms = median_ms(g.replay, warmup=50, rep=300)
+    else:
+        ms = median_ms(step)
+    c = T // L
+    read = 2 * B * c * H * D * 2 + B * (2 * G * D + 2 * H * D) * 2
+    bound_ms = read / (ceil["copy_GBps"] * 1e9) * 1e3
+    res = {"B": B, "T": T, "ms": ms, "graph": graph,
+           "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
+           "flops": 4 * D * H * B * (c + 1), "min_bytes": read, "GBps": read / (ms * 1e-3) / 1e9,
+           "bound_ms": bound_ms, "x_bound": ms / bound_ms}
+    if B == DECODE_BATCH:
+        res["paper_layer_decode_ms"] = PAPER_DECODE_MS[T]
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sections", default="ceil,check,train,decode")
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    report = {
+        "command": "python3 " + " ".join(sys.argv),
+        "date": date,
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "setup": {"heads": H, "head_dim": D, "qk_groups": G, "chunk": L, "dtype": "bfloat16"},
+    }
+    path = Path(args.out) / f"rat_kernels_{date}.json"
+
+    def save():
+        path.write_text(json.dumps(report, indent=1))
+
+    def section(name, fn):
+        t0 = time.time()
+        try:
+            report[name] = fn()
+        except Exception:  # keep what the other sections measure
+            report[name] = {"error": traceback.format_exc()[-3000:]}
+            print(report[name]["error"], flush=True)
+        print(f"[{name}] {time.time() - t0:.1f}s", flush=True)
+        save()
+
+    ceil = {"copy_GBps": 4300.0, "bf16_matmul_TFLOPs": 790.0}
+    if "ceil" in sections:
+        section("ceilings", ceilings)
+        if "error" not in report["ceilings"]:
+            ceil = report["ceilings"]
+    if "check" in sections:
+        section("check", check)
+    if "train" in sections:
+        section("train", lambda: [train_case(B, T, ceil) for B, T in TRAIN_SHAPES])
+    if "decode" in sections:
+        section("decode", lambda: [decode_case(DECODE_BATCH, T, ceil) for T in (4096, 16384, 65536)]
+                + [decode_case(8, 65536, ceil, n_splits=1), decode_case(8, 65536, ceil)])
+    print(json.dumps(report.get("ceilings", {})))
+    for name, val in (report.get("check") or {}).items():
+        if isinstance(val, dict):
+            print("check", name, "PASS" if val.get("pass") else "FAIL")
+    for r in report.get("train", []) if isinstance(report.get("train"), list) else []:
+        print(f"train B={r['B']} T={r['T']}: fwd {r['fwd_ms']:.2f} ms ({r['fwd_TFLOPs']:.0f} TF/s,"
+              f" floor {r['fwd_floor_ms']:.2f}) fwd+bwd {r['fwd_bwd_ms']:.2f} ms "
+              f"({r['fwd_bwd_TFLOPs']:.0f} TF/s, floor {r['fwd_bwd_floor_ms']:.2f}) parts "
+              + " ".join(f"{k}={v:.2f}" for k, v in r["parts_ms"].items()))
+    for r in report.get("decode", []) if isinstance(report.get("decode"), list) else []:
+        print(f"decode B={r['B']} T={r['T']} splits={r['n_splits']}: {r['ms']:.3f} ms "
+              f"({r['GBps']:.0f} GB/s, {r['x_bound']:.2f}x bound {r['bound_ms']:.3f})")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
