@@ -23,10 +23,15 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m, scale_log2,
-               s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, n_hi, chunk_m,
+               scale_log2, s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+    # k_base/v_base: scalar pointers; tile offsets stay 32-bit (fewer registers)
     offs = start_n + offs_n
-    k = tl.load(k_ptrs + offs[:, None] * s_kc, mask=(offs < n_hi)[:, None], other=0.0)
+    if MASK:
+        k = tl.load(k_base + (offs[:, None] * s_kc + offs_d[None, :]),
+                    mask=(offs < n_hi)[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + (offs[:, None] * s_kc + offs_d[None, :]))
     s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PREC) * scale_log2
     if MASK:
         s = tl.where(offs[None, :] < chunk_m[:, None], s, float("-inf"))
@@ -34,7 +39,11 @@ def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m,
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_ptrs + offs[:, None] * s_vc, mask=(offs < n_hi)[:, None], other=0.0)
+    if MASK:
+        v = tl.load(v_base + (offs[:, None] * s_vc + offs_d[None, :]),
+                    mask=(offs < n_hi)[:, None], other=0.0)
+    else:
+        v = tl.load(v_base + (offs[:, None] * s_vc + offs_d[None, :]))
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
     return acc, l_i, m_new
 
@@ -58,27 +67,27 @@ def rat_attn_fwd_kernel(
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     m_valid = offs_m < T
-    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
+    q = tl.load(QR + (b * T * G + g) * D + (offs_m[:, None] * (G * D) + offs_d[None, :]),
                 mask=m_valid[:, None], other=0.0)
     bh = b * H + h
     m_i = tl.load(SS + bh * T + offs_m, mask=m_valid, other=0.0) * scale_log2
     l_i = tl.full([BM], 1.0, tl.float32)
-    acc = tl.load(VR + ((b * T + offs_m[:, None]) * H + h) * D + offs_d[None, :],
+    acc = tl.load(VR + (b * T * H + h) * D + (offs_m[:, None] * (H * D) + offs_d[None, :]),
                   mask=m_valid[:, None], other=0.0).to(tl.float32)
     chunk_m = offs_m // L
     m0 = pid_m * BM
     n_hi = tl.minimum((tl.minimum(m0 + BM, T) - 1) // L, C)  # keys seen by some row
     n_full = (tl.minimum(m0 // L, C) // BN) * BN  # blocks seen by every row
-    k_ptrs = KE + b * s_ke_b + h * s_ke_h + offs_d[None, :]
-    v_ptrs = VE + b * s_ve_b + h * s_ve_h + offs_d[None, :]
+    k_base = KE + b * s_ke_b + h * s_ke_h
+    v_base = VE + b * s_ve_b + h * s_ve_h
     for start_n in range(0, n_full, BN):
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi,
-                                   chunk_m, scale_log2, s_ke_c, s_ve_c, False, DOT_PREC)
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                                   n_hi, chunk_m, scale_log2, s_ke_c, s_ve_c, False, DOT_PREC)
     for start_n in range(n_full, n_hi, BN):
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, n_hi,
-                                   chunk_m, scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                                   n_hi, chunk_m, scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
     y = acc / l_i[:, None]
-    tl.store(Y + b * s_y_b + offs_m[:, None] * s_y_t + h * s_y_h + offs_d[None, :],
+    tl.store(Y + b * s_y_b + h * s_y_h + (offs_m[:, None] * s_y_t + offs_d[None, :]),
              y.to(Y.dtype.element_ty), mask=m_valid[:, None])
     tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=m_valid)
 
@@ -102,18 +111,16 @@ def rat_delta_kernel(Y, DY, DELTA, s_y_b, s_y_t, s_y_h, s_dy_b, s_dy_t, s_dy_h, 
 
 
 @triton.jit
-def _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n, offs_d, T, L,
-               scale_log2, s_dy_b, s_dy_t, s_dy_h,
-               H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
+def _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m, offs_n, offs_d, T, L,
+               scale_log2, s_dy_t, GD: tl.constexpr, BM: tl.constexpr,
                MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
     m_valid = offs_m < T
-    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
-                mask=m_valid[:, None], other=0.0)
-    dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
-                 mask=m_valid[:, None], other=0.0)
-    lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=float("inf"))
-    delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+    q = tl.load(q_base + (offs_m[:, None] * GD + offs_d[None, :]), mask=m_valid[:, None], other=0.0)
+    dy = tl.load(dy_base + (offs_m[:, None] * s_dy_t + offs_d[None, :]), mask=m_valid[:, None],
+                 other=0.0)
+    lse = tl.load(lse_base + offs_m, mask=m_valid, other=float("inf"))
+    delta = tl.load(delta_base + offs_m, mask=m_valid, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale_log2  # [BN, BM]
     p_t = tl.exp2(s_t - lse[None, :])
     if MASK:
@@ -131,7 +138,7 @@ def rat_attn_bwd_dkv_kernel(
     s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_dy_b, s_dy_t, s_dy_h,
     T, L, C, C_alloc, scale, scale_log2,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, SPLIT_LOOPS: tl.constexpr = 0,
 ):
     """Grid (cdiv(C, BN), B * H). Writes DKE/DVE [B, H, C_alloc, D] float32 (rotated frame)."""
     pid_n = tl.program_id(0)
@@ -143,36 +150,52 @@ def rat_attn_bwd_dkv_kernel(
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     n_valid = offs_n < C
-    k = tl.load(KE + b * s_ke_b + offs_n[:, None] * s_ke_c + h * s_ke_h + offs_d[None, :],
+    k = tl.load(KE + b * s_ke_b + h * s_ke_h + (offs_n[:, None] * s_ke_c + offs_d[None, :]),
                 mask=n_valid[:, None], other=0.0)
-    v = tl.load(VE + b * s_ve_b + offs_n[:, None] * s_ve_c + h * s_ve_h + offs_d[None, :],
+    v = tl.load(VE + b * s_ve_b + h * s_ve_h + (offs_n[:, None] * s_ve_c + offs_d[None, :]),
                 mask=n_valid[:, None], other=0.0)
     k = k.to(QR.dtype.element_ty)
     v = v.to(DY.dtype.element_ty)
     dk = tl.zeros([BN, D], tl.float32)
     dv = tl.zeros([BN, D], tl.float32)
+    q_base = QR + (b * T * G + g) * D
+    dy_base = DY + b * s_dy_b + h * s_dy_h
+    lse_base = LSE + bh * T
+    delta_base = DELTA + bh * T
     first_m = (((pid_n * BN + 1) * L) // BM) * BM  # first query tile that sees a key here
-    # query tiles from here on see every (valid) key of the block
+    # query tiles from full_m on see every (valid) key of the block
     full_m = tl.minimum(((tl.minimum(pid_n * BN + BN, C) * L + BM - 1) // BM) * BM, T)
-    for start_m in range(first_m, full_m, BM):
-        dk, dv = _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n,
-                            offs_d, T, L, scale_log2, s_dy_b, s_dy_t, s_dy_h,
-                            H, G, D, BM, True, DOT_PREC)
-    for start_m in range(full_m, T, BM):
-        dk, dv = _dkv_block(dk, dv, k, v, QR, DY, LSE, DELTA, b, g, h, bh, start_m, offs_n,
-                            offs_d, T, L, scale_log2, s_dy_b, s_dy_t, s_dy_h,
-                            H, G, D, BM, False, DOT_PREC)
-    out = (bh * C_alloc + offs_n[:, None]) * D + offs_d[None, :]
+    if SPLIT_LOOPS:
+        for start_m in range(first_m, full_m, BM):
+            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
+                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, True,
+                                DOT_PREC)
+        for start_m in range(full_m, T, BM):
+            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
+                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, False,
+                                DOT_PREC)
+    else:
+        for start_m in range(first_m, T, BM):
+            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
+                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, True,
+                                DOT_PREC)
+    out = bh * C_alloc * D + (offs_n[:, None] * D + offs_d[None, :])
     tl.store(DKE + out, dk * scale, mask=n_valid[:, None])
     tl.store(DVE + out, dv, mask=n_valid[:, None])
 
 
 @triton.jit
-def _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m, scale_log2,
-              s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+def _dq_block(dq, q, dy, lse, delta, k_base, v_base, start_n, offs_n, offs_d, n_hi, chunk_m,
+              scale_log2, s_kc, s_vc, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     offs = start_n + offs_n
-    k = tl.load(k_ptrs + offs[:, None] * s_kc, mask=(offs < n_hi)[:, None], other=0.0)
-    v = tl.load(v_ptrs + offs[:, None] * s_vc, mask=(offs < n_hi)[:, None], other=0.0)
+    if MASK:
+        k = tl.load(k_base + (offs[:, None] * s_kc + offs_d[None, :]),
+                    mask=(offs < n_hi)[:, None], other=0.0)
+        v = tl.load(v_base + (offs[:, None] * s_vc + offs_d[None, :]),
+                    mask=(offs < n_hi)[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + (offs[:, None] * s_kc + offs_d[None, :]))
+        v = tl.load(v_base + (offs[:, None] * s_vc + offs_d[None, :]))
     k = k.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
     p = tl.exp2(s - lse[:, None])
@@ -202,30 +225,27 @@ def rat_attn_bwd_dq_kernel(
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     m_valid = offs_m < T
-    q = tl.load(QR + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :],
-                mask=m_valid[:, None], other=0.0)
+    q_off = (b * T * G + g) * D
+    tile = offs_m[:, None] * (G * D) + offs_d[None, :]
+    q = tl.load(QR + q_off + tile, mask=m_valid[:, None], other=0.0)
     chunk_m = offs_m // L
     m0 = pid_m * BM
     n_hi = tl.minimum((tl.minimum(m0 + BM, T) - 1) // L, C)
-    n_full = (tl.minimum(m0 // L, C) // BN) * BN
     dq = tl.zeros([BM, D], tl.float32)
     for hh in range(H // G):
         h = g + hh * G
         bh = b * H + h
-        dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
+        dy = tl.load(DY + b * s_dy_b + h * s_dy_h + (offs_m[:, None] * s_dy_t + offs_d[None, :]),
                      mask=m_valid[:, None], other=0.0)
         lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=float("inf"))
         delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
-        k_ptrs = KE + b * s_ke_b + h * s_ke_h + offs_d[None, :]
-        v_ptrs = VE + b * s_ve_b + h * s_ve_h + offs_d[None, :]
-        for start_n in range(0, n_full, BN):
-            dq = _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m,
-                           scale_log2, s_ke_c, s_ve_c, False, DOT_PREC)
-        for start_n in range(n_full, n_hi, BN):
-            dq = _dq_block(dq, q, dy, lse, delta, k_ptrs, v_ptrs, start_n, offs_n, n_hi, chunk_m,
-                           scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
-    tl.store(DQI + ((b * T + offs_m[:, None]) * G + g) * D + offs_d[None, :], dq * scale,
-             mask=m_valid[:, None])
+        k_base = KE + b * s_ke_b + h * s_ke_h
+        v_base = VE + b * s_ve_b + h * s_ve_h
+        # one loop, masked throughout: two loops (unmasked, then masked) spill registers here
+        for start_n in range(0, n_hi, BN):
+            dq = _dq_block(dq, q, dy, lse, delta, k_base, v_base, start_n, offs_n, offs_d, n_hi,
+                           chunk_m, scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
+    tl.store(DQI + q_off + tile, dq * scale, mask=m_valid[:, None])
 
 
 # --- launchers ---------------------------------------------------------------------------
@@ -236,9 +256,10 @@ def _configs(pairs):
             for bm, bn, w, st in pairs]
 
 
-_FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3)])
-_DKV_CONFIGS = _configs([(64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3)])
-_DQ_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 32, 4, 3)])
+# candidates without (or with few) register spills on sm_90, by ptxas's resource report
+_FWD_CONFIGS = _configs([(128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3)])
+_DKV_CONFIGS = _configs([(64, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2)])
+_DQ_CONFIGS = _configs([(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 2), (64, 32, 8, 3)])
 _KEY = ["T", "L", "C", "D"]
 
 fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY)(rat_attn_fwd_kernel)
