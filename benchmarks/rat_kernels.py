@@ -31,7 +31,6 @@ from archlab.kernels.rat.triton_ops import rat_core_triton, rat_decode_triton, s
 
 H, D, G, L = 16, 128, 2, 16
 WIDTH = 3 * H * D + 2 * G * D
-TRAIN_SHAPES = [(64, 4096), (16, 16384), (4, 65536), (2, 131072)]
 PAPER_TRAIN_MS = {4096: 129.9, 16384: 137.7, 65536: 167.7, 131072: 206.2}  # whole layer
 PAPER_PREFILL_MS = {4096: 36.6, 16384: 39.3, 65536: 48.0, 131072: 58.7}
 PAPER_DECODE_MS = {4096: 0.94, 16384: 1.18, 65536: 4.00}
@@ -141,8 +140,8 @@ def train_case(B, T, ceil):
         res[f"{tag}_GBps"] = by / (ms * 1e-3) / 1e9
         floor = max(fl / (ceil["bf16_matmul_TFLOPs"] * 1e12), by / (ceil["copy_GBps"] * 1e9))
         res[f"{tag}_floor_ms"] = floor * 1e3
-    res["paper_layer_train_ms"] = PAPER_TRAIN_MS[T]
-    res["paper_layer_prefill_ms"] = PAPER_PREFILL_MS[T]
+    res["paper_layer_train_ms"] = PAPER_TRAIN_MS.get(T)
+    res["paper_layer_prefill_ms"] = PAPER_PREFILL_MS.get(T)
     return res
 
 
@@ -188,7 +187,7 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
            "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
            "flops": 4 * D * H * B * (c + 1), "min_bytes": read, "GBps": read / (ms * 1e-3) / 1e9,
            "bound_ms": bound_ms, "x_bound": ms / bound_ms}
-    if B == DECODE_BATCH:
+    if B == DECODE_BATCH and T in PAPER_DECODE_MS:
         res["paper_layer_decode_ms"] = PAPER_DECODE_MS[T]
     return res
 
@@ -197,7 +196,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default="ceil,check,train,decode")
+    ap.add_argument("--train", default="64x4096,16x16384,4x65536,2x131072")
+    ap.add_argument("--decode-T", default="4096,16384,65536")
     args = ap.parse_args()
+    train_shapes = [tuple(map(int, s.split("x"))) for s in args.train.split(",") if s]
+    decode_T = [int(t) for t in args.decode_T.split(",") if t]
     sections = args.sections.split(",")
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     report = {
@@ -231,10 +234,11 @@ def main():
     if "check" in sections:
         section("check", check)
     if "train" in sections:
-        section("train", lambda: [train_case(B, T, ceil) for B, T in TRAIN_SHAPES])
+        section("train", lambda: [train_case(B, T, ceil) for B, T in train_shapes])
     if "decode" in sections:
-        section("decode", lambda: [decode_case(DECODE_BATCH, T, ceil) for T in (4096, 16384, 65536)]
-                + [decode_case(8, 65536, ceil, n_splits=1), decode_case(8, 65536, ceil)])
+        section("decode", lambda: [decode_case(DECODE_BATCH, T, ceil) for T in decode_T]
+                + [decode_case(8, max(decode_T), ceil, n_splits=1),
+                   decode_case(8, max(decode_T), ceil)])
     print(json.dumps(report.get("ceilings", {})))
     for name, val in (report.get("check") or {}).items():
         if isinstance(val, dict):
