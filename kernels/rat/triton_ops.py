@@ -229,7 +229,7 @@ def _check_cache(v: Tensor, k_cache: Tensor, v_cache: Tensor, slots: int) -> Non
 @torch.library.custom_op("archlab::rat_decode", mutates_args=("k_cache", "v_cache"))
 def rat_decode_op(
     q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor, k_cache: Tensor,
-    v_cache: Tensor, pos_tensor: Optional[Tensor], pos_int: int, chunk_size: int, rope: bool,
+    v_cache: Tensor, pos_tensor: Optional[Tensor], pos_int: int, chunk_size: int, rope: bool,  # noqa: UP045
     rope_theta: float,
 ) -> Tensor:
     q, k, v, gate_logits = map(_last_dim_contiguous, (q, k, v, gate_logits))
