@@ -138,7 +138,7 @@ def rat_attn_bwd_dkv_kernel(
     s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_dy_b, s_dy_t, s_dy_h,
     T, L, C, C_alloc, scale, scale_log2,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, SPLIT_LOOPS: tl.constexpr = 0,
+    BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Grid (cdiv(C, BN), B * H). Writes DKE/DVE [B, H, C_alloc, D] float32 (rotated frame)."""
     pid_n = tl.program_id(0)
@@ -163,22 +163,10 @@ def rat_attn_bwd_dkv_kernel(
     lse_base = LSE + bh * T
     delta_base = DELTA + bh * T
     first_m = (((pid_n * BN + 1) * L) // BM) * BM  # first query tile that sees a key here
-    # query tiles from full_m on see every (valid) key of the block
-    full_m = tl.minimum(((tl.minimum(pid_n * BN + BN, C) * L + BM - 1) // BM) * BM, T)
-    if SPLIT_LOOPS:
-        for start_m in range(first_m, full_m, BM):
-            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
-                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, True,
-                                DOT_PREC)
-        for start_m in range(full_m, T, BM):
-            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
-                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, False,
-                                DOT_PREC)
-    else:
-        for start_m in range(first_m, T, BM):
-            dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
-                                offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, True,
-                                DOT_PREC)
+    # one loop, masked throughout (an unmasked second loop made ptxas spill registers)
+    for start_m in range(first_m, T, BM):
+        dk, dv = _dkv_block(dk, dv, k, v, q_base, dy_base, lse_base, delta_base, start_m,
+                            offs_n, offs_d, T, L, scale_log2, s_dy_t, G * D, BM, True, DOT_PREC)
     out = bh * C_alloc * D + (offs_n[:, None] * D + offs_d[None, :])
     tl.store(DKE + out, dk * scale, mask=n_valid[:, None])
     tl.store(DVE + out, dv, mask=n_valid[:, None])
