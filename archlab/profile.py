@@ -395,6 +395,8 @@ def measure(target: Target, mode: str, batch: int, seq_len: int, settings: Setti
     except Exception as e:  # noqa: BLE001 - every failure is a result, the sweep goes on
         r.status, r.error = ("oom" if is_oom(e) else "error"), _short(e)
         r.timing = None
+    if r.status != "ok":
+        target.module.zero_grad(set_to_none=True)  # a backward cut short leaves gradients
     r.peak_memory_bytes = _cuda_peak(device) if r.status == "ok" else None
     free_memory(device)
     return r

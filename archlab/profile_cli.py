@@ -305,6 +305,18 @@ def layer_block(plan: Plan, kind: str, overrides: dict):
 # ---- the sweep -------------------------------------------------------------------------
 
 
+def allow_recompiles(limit: int = 64) -> None:
+    """A sweep runs many shapes: let torch.compile'd kernels (flex attention, compiled with
+    dynamic=False) recompile per shape instead of falling back to eager after 8."""
+    try:
+        import torch._dynamo.config as config
+
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), limit))
+    except (ImportError, AttributeError):
+        pass
+
+
 class Progress:
     """A one-line progress bar on a terminal's stderr; one line per case elsewhere."""
 
@@ -350,6 +362,8 @@ def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[
     cases = sum(len(sizes.seqs) * len([m for m in ms if m != "throughput"])
                 + ("throughput" in ms) for _, ms in jobs)
     run_dtype = dtype or plans[0].model.dtype
+    if sizes.device.type == "cuda":
+        allow_recompiles()
     peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
     progress, results = Progress(cases, quiet), []
     for make, job_modes in jobs:
@@ -447,7 +461,7 @@ def cmd_compare(args) -> int:
     plans = _plans(args.specs)
     sizes = resolve_sizes(args, compare=True)
     if sizes.device.type == "cuda" and args.gen_sample is None:
-        sizes.gen_sample = 32  # keeps the GPU comparison to minutes: estimate, labelled
+        sizes.gen_sample = 16  # keeps the GPU comparison to minutes: estimated, and labelled
     _default_seqs(sizes, plans)
     results, peaks, notes, measured, note = None, None, [], None, ""
     if args.measure:

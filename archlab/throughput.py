@@ -92,6 +92,15 @@ def fits_oracle(target: ModelTarget, total_len: int, memory_limit: int | None) -
     device = target.device
     weights = weights_bytes(target.plan)
 
+    def attempt(batch: int) -> bool:
+        cache = target.allocate_cache(batch, total_len)
+        set_length(target, cache, total_len - 1)
+        ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        with torch.no_grad():
+            target.step(ids, cache).argmax(-1)
+        synchronize(device)
+        return True
+
     def fits(batch: int) -> bool:
         if memory_limit is not None:
             need = target.allocate_cache(batch, total_len, device="meta").nbytes() + weights
@@ -99,24 +108,20 @@ def fits_oracle(target: ModelTarget, total_len: int, memory_limit: int | None) -
                 return False
         if device.type != "cuda":
             return True
-        cache = None
-        try:
-            cache = target.allocate_cache(batch, total_len)
-            set_length(target, cache, total_len - 1)
-            ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
-            with torch.no_grad():
-                target.step(ids, cache).argmax(-1)
-            synchronize(device)
-            return True
-        except Exception as e:  # noqa: BLE001
-            if not is_oom(e):
-                raise
-            return False
-        finally:
-            del cache
-            free_memory(device)
+        ok = _unless_oom(attempt, batch)
+        free_memory(device)  # after the failed attempt's frames are gone
+        return ok
 
     return fits
+
+
+def _unless_oom(fn: Callable[[int], bool], batch: int) -> bool:
+    try:
+        return fn(batch)
+    except Exception as e:  # noqa: BLE001
+        if not is_oom(e):
+            raise
+        return False
 
 
 def _positions(prompt: int, generate: int, n: int) -> list[int]:
@@ -132,6 +137,7 @@ def _time_generation(target: ModelTarget, batch: int, prompt: int, generate: int
     target.module.eval()
     with torch.no_grad():
         if sample:
+            few = Settings(min(settings.warmup, 1), min(settings.repeats, 3), settings.max_time_s)
             medians = []
             for p in _positions(prompt, generate, sample):
 
@@ -139,7 +145,7 @@ def _time_generation(target: ModelTarget, batch: int, prompt: int, generate: int
                     set_length(target, cache, p)
                     target.step(first, cache).argmax(-1)
 
-                medians.append(time_fn(one, device, settings).median_s)
+                medians.append(time_fn(one, device, few).median_s)
             total = generate * sum(medians) / len(medians)
             r.timing = Timing(total, total, total, total, total, 1)
             r.notes.append(f"generation time estimated from {len(medians)} positions")
@@ -184,16 +190,16 @@ def measure_throughput(target: ModelTarget, prompt: int, generate: int, settings
             r.batch = batch
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            try:
-                _time_generation(target, batch, prompt, generate, settings, sample,
-                                 gen_repeats, r)
+            oom = not _unless_oom(lambda b: _time_generation(
+                target, b, prompt, generate, settings, sample, gen_repeats, r) or True, batch)
+            if not oom:
                 break
-            except Exception as e:  # noqa: BLE001
-                if not is_oom(e) or attempt == 2 or batch <= step:
-                    raise
-                free_memory(device)
-                batch = max(step, (batch * 9 // 10) // step * step)
-                r.notes.append(f"OOM while timing; retried at batch {batch}")
+            free_memory(device)
+            if attempt == 2 or batch <= step:
+                r.status, r.error = "oom", f"out of memory while timing at batch {batch}"
+                return r
+            batch = max(step, (batch * 9 // 10) // step * step)
+            r.notes.append(f"OOM while timing; retried at batch {batch}")
         positions = range(prompt, total, max(1, generate // 64))
         costs = [target.analytic(batch, t) for t in positions]
         flops = generate * sum(c["decode_flops"] for c in costs) // len(costs)
