@@ -173,7 +173,7 @@ def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
         block.load_state_dict(base.state_dict())
         block = block.to("cuda", dtype)
         assert block.select_backend("cuda") == backend
-        x = u.to(dtype).requires_grad_(with_grads)
+        x = u.detach().to(dtype).clone().requires_grad_(with_grads)  # a fresh leaf
         with torch.set_grad_enabled(with_grads):
             y = block(x)
         runs[name] = {"out": y.detach()}
