@@ -189,7 +189,7 @@ def compare_rows(plans: list[Plan], seqs: list[int], analytic: list[dict],
                 continue
             ok = base is not None and base.status == "ok"
             ratio = r.timing.median_s / base.timing.median_s if ok else None
-            cells.append(ratio_text(r.timing.median_s * 1e3, ratio, lambda v: f"{v:.3g} ms"))
+            cells.append(ratio_text(r.timing.median_s, ratio, seconds_text))
         rows.append(cells)
     return headers, rows
 

@@ -122,8 +122,11 @@ def free_memory(device: torch.device) -> None:
     """Collect garbage and return cached CUDA blocks (after an OOM or between cases)."""
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a broken context: the next case reports the error
+            pass
 
 
 def synchronize(device: torch.device) -> None:
@@ -165,6 +168,8 @@ def graph_of(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[
     try:
         fn()
     except RuntimeError as e:
+        if is_oom(e):
+            raise
         return fn, f"the step synchronises with the host ({str(e).splitlines()[0][:120]})"
     finally:
         torch.cuda.set_sync_debug_mode(previous)
@@ -179,7 +184,9 @@ def graph_of(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
     except RuntimeError as e:
-        torch.cuda.synchronize(device)
+        if is_oom(e):
+            raise
+        free_memory(device)
         return fn, f"capture failed ({str(e).splitlines()[0][:120]})"
     return graph.replay, ""
 

@@ -388,6 +388,9 @@ def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[
         desc = prepared[0][1]
         notes.append(f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
                      "per spec in 'scaled'); use --full-size for the specs as written")
+    timed = [r.timing for r in results if r.timing is not None and r.timing.runs >= 3]
+    if sizes.device.type == "cpu" and sum(t.spread > 0.5 for t in timed) > len(timed) / 4:
+        notes.append("timings are noisy (is the machine busy?); --threads 1 steadies them")
     return results, peaks, notes
 
 
