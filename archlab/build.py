@@ -21,17 +21,37 @@ def make_norm(model: ModelConfig) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """x + mixer(norm(x)), with the same wrapping for prefill and step."""
+    """x + mixer(norm(x)), with the same wrapping for prefill and step.
 
-    def __init__(self, norm: nn.Module, mixer: nn.Module):
+    Cache sharing: a block whose keys/values later blocks read (`exports`) hands them on
+    through the `shared` dict (block index -> what its mixer returned with return_kv); a
+    block with `share_cache` (`reads`) takes its source's from there."""
+
+    def __init__(self, norm: nn.Module, mixer: nn.Module, index: int, exports: bool = False):
         super().__init__()
         self.norm, self.mixer = norm, mixer
+        self.index, self.exports = index, exports
+        self.reads: int | None = getattr(getattr(mixer, "params", None), "share_cache", None)
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        return x_BTD + self.mixer(self.norm(x_BTD))
+    def _kwargs(self, shared: dict | None) -> dict:
+        if self.reads is not None:
+            return {"shared_kv": shared[self.reads]}
+        return {"return_kv": True} if self.exports else {}
 
-    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        return x_BTD + self.mixer.prefill(self.norm(x_BTD), cache)
+    def _keep(self, out, shared: dict | None) -> torch.Tensor:
+        if self.exports and self.reads is None:
+            out, shared[self.index] = out
+        return out
+
+    def forward(self, x_BTD: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
+        out = self.mixer(self.norm(x_BTD), **self._kwargs(shared))
+        return x_BTD + self._keep(out, shared)
+
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared: dict | None = None
+    ) -> torch.Tensor:
+        out = self.mixer.prefill(self.norm(x_BTD), cache, **self._kwargs(shared))
+        return x_BTD + self._keep(out, shared)
 
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         return x_B1D + self.mixer.step(self.norm(x_B1D), cache)
@@ -59,8 +79,10 @@ class ArchModel(nn.Module):
         self.plan = plan
         m = plan.model
         self.embedding = nn.Embedding(m.vocab_size, m.d_model)
+        sources = {b.shares_cache_of for b in plan.blocks} - {None}
         self.blocks = nn.ModuleList(
-            ResidualBlock(make_norm(m), BLOCKS[b.kind].Block(b.params, m)) for b in plan.order()
+            ResidualBlock(make_norm(m), BLOCKS[b.kind].Block(b.params, m), i, i in sources)
+            for i, b in enumerate(plan.order())
         )
         self.final_norm = make_norm(m)
         self.lm_head = nn.Linear(m.d_model, m.vocab_size, bias=False)
@@ -85,27 +107,29 @@ class ArchModel(nn.Module):
         return self.lm_head(self.final_norm(x_BTD))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_ids)
+        x, shared = self.embedding(input_ids), {}
         for block in self.blocks:
-            x = block(x)
+            x = block(x, shared)
         return self._head(x)
 
     def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> ModelCache:
         """Caches for decoding up to `max_len` tokens (prompt + generated)."""
         p = next(self.parameters())
         device, dtype = device or p.device, dtype or p.dtype
-        return ModelCache(
-            [
-                b.mixer.allocate_cache(batch_size, max_len, device=device, dtype=dtype)
-                for b in self.blocks
-            ]
-        )
+        layers = [
+            b.mixer.allocate_cache(batch_size, max_len, device=device, dtype=dtype)
+            for b in self.blocks
+        ]
+        for block, layer in zip(self.blocks, layers, strict=True):
+            if block.reads is not None:
+                layer.source = layers[block.reads]
+        return ModelCache(layers)
 
     def prefill(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         """Run the prompt [B, T] through the model, filling the (empty) cache."""
-        x = self.embedding(input_ids)
+        x, shared = self.embedding(input_ids), {}
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
-            x = block.prefill(x, layer_cache)
+            x = block.prefill(x, layer_cache, shared)
         return self._head(x)
 
     def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:

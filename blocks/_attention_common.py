@@ -33,6 +33,7 @@ class AttentionParams(Protocol):
     rope: bool
     qk_norm: bool
     bias: bool
+    share_cache: int | None
 
 
 def head_dims(p: AttentionParams, d_model: int) -> tuple[int, int, int]:
@@ -47,17 +48,26 @@ def visible_pairs(seq_len: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (seq_len - window) * window
 
 
+def own_kv_heads(p: AttentionParams, d_model: int) -> int:
+    """kv heads this block projects itself: none when it reads another block's (sharing)."""
+    return 0 if p.share_cache is not None else head_dims(p, d_model)[1]
+
+
 def param_count(p: AttentionParams, d_model: int) -> int:
-    """Parameters of the q/k/v/o projections, their biases and the qk-norm weights."""
-    H, K, dh = head_dims(p, d_model)
+    """Parameters of the q/(k/v)/o projections, their biases and the qk-norm weights; a
+    block that shares another's cache has no k/v projections and no k-norm weight."""
+    H, _, dh = head_dims(p, d_model)
+    K = own_kv_heads(p, d_model)
     weights = 2 * d_model * H * dh + 2 * d_model * K * dh
     biases = (H * dh + 2 * K * dh + d_model) if p.bias else 0
-    return weights + biases + (2 * dh if p.qk_norm else 0)
+    norms = dh * (2 if K else 1) if p.qk_norm else 0
+    return weights + biases + norms
 
 
 def cost(p: AttentionParams, d_model: int, batch: int, tokens: int, pairs: int) -> FlopCount:
     """FLOPs for `tokens` new tokens per sequence whose queries see `pairs` keys in all."""
-    H, K, dh = head_dims(p, d_model)
+    H, _, dh = head_dims(p, d_model)
+    K = own_kv_heads(p, d_model)
     proj = 2 * linear_flops(tokens, d_model, H * dh) + 2 * linear_flops(tokens, d_model, K * dh)
     products = 2 * 2 * dh * pairs * H
     qk_elems = tokens * (H + K) * dh

@@ -40,6 +40,13 @@ class Params(BlockParams):
     qk_norm: bool = False
     bias: bool = False
     backend: Backend = "auto"
+    share_cache: int | None = Field(
+        default=None,
+        ge=0,
+        description="index of the earlier block whose keys/values this block reads (the "
+        "compiler resolves `share_cache: N | name` to it); the block then has no k/v "
+        "projections and no cache of its own",
+    )
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
@@ -89,13 +96,16 @@ class Block(nn.Module):
         self.norm_eps = model.norm_eps
         d, inner = model.d_model, self.heads * self.head_dim
         kv_inner = self.kv_heads * self.head_dim
+        self.shares = params.share_cache is not None  # reads block share_cache's k/v
         self.q_proj = nn.Linear(d, inner, bias=params.bias)
-        self.k_proj = nn.Linear(d, kv_inner, bias=params.bias)
-        self.v_proj = nn.Linear(d, kv_inner, bias=params.bias)
+        if not self.shares:
+            self.k_proj = nn.Linear(d, kv_inner, bias=params.bias)
+            self.v_proj = nn.Linear(d, kv_inner, bias=params.bias)
         self.o_proj = nn.Linear(inner, d, bias=params.bias)
         if params.qk_norm:
             self.q_norm = nn.Parameter(torch.ones(self.head_dim))
-            self.k_norm = nn.Parameter(torch.ones(self.head_dim))
+            if not self.shares:
+                self.k_norm = nn.Parameter(torch.ones(self.head_dim))
         self.reset_parameters()
         self.backend: str | None = None
         if params.backend != "flex":  # flex runs on CUDA only: select_backend(cuda) picks it
@@ -103,13 +113,20 @@ class Block(nn.Module):
 
     def reset_parameters(self) -> None:
         """Projections ~ N(0, 0.02), biases 0, qk-norm weights 1."""
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+        for proj in (
+            self.q_proj,
+            getattr(self, "k_proj", None),
+            getattr(self, "v_proj", None),
+            self.o_proj,
+        ):
+            if proj is None:
+                continue
             nn.init.normal_(proj.weight, std=0.02)
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
-        if self.params.qk_norm:
-            nn.init.ones_(self.q_norm)
-            nn.init.ones_(self.k_norm)
+        for norm in (getattr(self, "q_norm", None), getattr(self, "k_norm", None)):
+            if norm is not None:
+                nn.init.ones_(norm)
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
@@ -119,8 +136,8 @@ class Block(nn.Module):
         self.backend = resolve_backend(self.params.backend, device, available)
         return self.backend
 
-    def _project(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
-        """q [B, T, H, dh], k and v [B, T, K, dh], with qk-norm and RoPE applied."""
+    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor) -> torch.Tensor:
+        """q [B, T, H, dh] with qk-norm and RoPE applied."""
         if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
             raise BackendUnavailable(
                 f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
@@ -128,15 +145,36 @@ class Block(nn.Module):
             )
         B, T, _ = x_BTD.shape
         q = self.q_proj(x_BTD).view(B, T, self.heads, self.head_dim)
+        if self.params.qk_norm:
+            q = common.rms_norm(q, self.q_norm, self.norm_eps)
+        if self.params.rope:
+            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
+            q = apply_rope(q, cos, sin)
+        return q
+
+    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
+        """k and v [B, T, K, dh], k with qk-norm and RoPE applied."""
+        B, T, _ = x_BTD.shape
         k = self.k_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
         v = self.v_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
         if self.params.qk_norm:
-            q = common.rms_norm(q, self.q_norm, self.norm_eps)
             k = common.rms_norm(k, self.k_norm, self.norm_eps)
         if self.params.rope:
             cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v
+            k = apply_rope(k, cos, sin)
+        return k, v
+
+    def _project(self, x_BTD, positions_T, shared_kv=None):
+        """q, and k, v: this block's own, or those of the block it shares (`shared_kv`)."""
+        q = self._queries(x_BTD, positions_T)
+        if not self.shares:
+            return q, *self._keys_values(x_BTD, positions_T)
+        if shared_kv is None:
+            raise ValueError(
+                f"this block reads the keys/values of block {self.params.share_cache}: "
+                "pass them as shared_kv (the model does)"
+            )
+        return q, *shared_kv
 
     def _attend_sequence(self, q_BTHD, k_BTKD, v_BTKD) -> torch.Tensor:
         if self.backend == "flex":
@@ -151,10 +189,14 @@ class Block(nn.Module):
     def _out(self, y_BTHD: torch.Tensor) -> torch.Tensor:
         return self.o_proj(y_BTHD.flatten(2))
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        """[B, T, d_model] -> [B, T, d_model], causal over T."""
+    def forward(self, x_BTD: torch.Tensor, shared_kv=None, return_kv: bool = False):
+        """[B, T, d_model] -> [B, T, d_model], causal over T. `return_kv` also returns the
+        (k, v) that a later block sharing this one's cache reads; a sharing block takes
+        them as `shared_kv`."""
         positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
-        return self._out(self._attend_sequence(*self._project(x_BTD, positions)))
+        q, k, v = self._project(x_BTD, positions, shared_kv)
+        y = self._out(self._attend_sequence(q, k, v))
+        return (y, (k, v)) if return_kv else y
 
     def allocate_cache(
         self,
@@ -163,7 +205,10 @@ class Block(nn.Module):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> LayerCache:
-        """Empty k, v caches [B, slots, K, dh]; slots = max_len, or min(max_len, window)."""
+        """Empty k, v caches [B, slots, K, dh]; slots = max_len, or min(max_len, window).
+        A sharing block owns none: the model points `cache.source` at its source's."""
+        if self.shares:
+            return LayerCache()
         slots = max_len if self.window is None else min(max_len, self.window)
         w = self.q_proj.weight
         shape = (batch, slots, self.kv_heads, self.head_dim)
@@ -178,30 +223,44 @@ class Block(nn.Module):
             raise ValueError(f"the cache holds {slots} positions; position {end - 1} does not fit")
         return slots
 
-    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """Run the prompt [B, T, d_model] (cache empty before) and store its last keys/values."""
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared_kv=None, return_kv: bool = False
+    ):
+        """Run the prompt [B, T, d_model] (cache empty before) and store its last keys/values
+        (a sharing block stores nothing: its source did)."""
         if cache.length:
             raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
         T = x_BTD.shape[1]
-        slots = self._check_room(cache, T)
-        q, k, v = self._project(x_BTD, torch.arange(T, device=x_BTD.device))
+        q, k, v = self._project(x_BTD, torch.arange(T, device=x_BTD.device), shared_kv)
         y = self._attend_sequence(q, k, v)
-        kept = min(T, slots)
-        ring = torch.arange(T - kept, T, device=x_BTD.device) % slots
-        cache["k"][:, ring] = k[:, T - kept :].to(cache["k"].dtype)
-        cache["v"][:, ring] = v[:, T - kept :].to(cache["v"].dtype)
+        if not self.shares:
+            slots = self._check_room(cache, T)
+            kept = min(T, slots)
+            ring = torch.arange(T - kept, T, device=x_BTD.device) % slots
+            cache["k"][:, ring] = k[:, T - kept :].to(cache["k"].dtype)
+            cache["v"][:, ring] = v[:, T - kept :].to(cache["v"].dtype)
         cache.length = T
-        return self._out(y)
+        return (self._out(y), (k, v)) if return_kv else self._out(y)
 
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """Decode one token [B, 1, d_model] at position cache.length against the cache."""
+        """Decode one token [B, 1, d_model] at position cache.length against the cache (a
+        sharing block: against `cache.source`, which its source block has already updated)."""
         pos = cache.length
-        slots = self._check_room(cache, pos + 1)
-        q, k, v = self._project(x_B1D, torch.tensor([pos], device=x_B1D.device))
-        cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
-        cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
+        positions = torch.tensor([pos], device=x_B1D.device)
+        if self.shares:
+            if cache.source is None:
+                raise ValueError("a sharing block's cache needs its source's (cache.source)")
+            kv = cache.source
+            slots = self._check_room(kv, pos + 1)
+            q = self._queries(x_B1D, positions)
+        else:
+            kv = cache
+            slots = self._check_room(cache, pos + 1)
+            q, k, v = self._project(x_B1D, positions)
+            cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
+            cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
-        keys, values = cache["k"][:, :valid].to(q.dtype), cache["v"][:, :valid].to(q.dtype)
+        keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
         if self.backend == "reference":
             y = common.reference_attention(q, keys, values, None)
         else:
@@ -226,6 +285,7 @@ def decode_flops(params: Params, d_model: int, batch: int, t: int) -> FlopCount:
 
 
 def cache_bytes(params: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
-    """k and v for every position: 2 * B * T * kv_heads * head_dim * dtype_bytes."""
-    _, K, dh = common.head_dims(params, d_model)
+    """k and v for every position: 2 * B * T * kv_heads * head_dim * dtype_bytes (0 for a
+    block that reads another block's cache)."""
+    K, dh = common.own_kv_heads(params, d_model), common.head_dims(params, d_model)[2]
     return 2 * batch * seq_len * K * dh * dtype_bytes

@@ -34,6 +34,13 @@ class Params(BlockParams):
     qk_norm: bool = False
     bias: bool = False
     backend: Backend = "auto"
+    share_cache: int | None = Field(
+        default=None,
+        ge=0,
+        description="index of the earlier block whose keys/values this block reads (the "
+        "compiler resolves `share_cache: N | name` to it); the block then has no k/v "
+        "projections and no cache of its own",
+    )
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
@@ -73,6 +80,7 @@ def decode_flops(params: Params, d_model: int, batch: int, t: int) -> FlopCount:
 
 
 def cache_bytes(params: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
-    """k and v ring buffers: 2 * B * min(T, window) * kv_heads * head_dim * dtype_bytes."""
-    _, K, dh = common.head_dims(params, d_model)
+    """k and v ring buffers: 2 * B * min(T, window) * kv_heads * head_dim * dtype_bytes
+    (0 for a block that reads another block's cache)."""
+    K, dh = common.own_kv_heads(params, d_model), common.head_dims(params, d_model)[2]
     return 2 * batch * min(seq_len, params.window) * K * dh * dtype_bytes

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from pydantic import Field
+from torch import nn
+
 from archlab.blocks.base import (
     Backend,
     BackendUnavailable,
@@ -15,13 +18,15 @@ from archlab.blocks.base import (
     linear_flops,
     resolve_backend,
 )
-from archlab.kernels.rat.flex import flex_available, rat_core_flex
-from archlab.kernels.rat.reference import rat_decode_reference
-from archlab.kernels.rat.scan import rat_core_scan, rat_prefill_cache_scan
-from pydantic import Field
-from torch import nn
-
 from archlab.config import ModelConfig
+from archlab.kernels.rat.flex import flex_available, rat_core_flex
+from archlab.kernels.rat.reference import rat_decode_reference, rat_decode_shared_reference
+from archlab.kernels.rat.scan import (
+    rat_attend,
+    rat_core_scan,
+    rat_prefill_cache_scan,
+    rat_scan_states,
+)
 
 KIND = "rat"
 SYMBOL = "R"
@@ -39,6 +44,12 @@ class Params(BlockParams):
     rope: Literal["inter_chunk", "none"] = "inter_chunk"
     bias: bool = False
     backend: Backend = "auto"
+    share_cache: int | None = Field(
+        default=None,
+        ge=0,
+        description="index of the earlier rat block whose running keys/values and cache "
+        "this block reads (resolved by the compiler); the block then projects only z and q",
+    )
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
@@ -106,11 +117,14 @@ class Block(nn.Module):
         self.rope = params.rope != "none"
         self.cache_dtype = model.torch_dtype
         inner, qk = self.heads * self.head_dim, self.qk_groups * self.head_dim
-        self.splits = [inner, inner, inner, qk, qk]  # z, v, g, q, k
+        self.shares = params.share_cache is not None
+        # z, v, g, q, k; a block reading another's keys/values (share_cache) has z, q only
+        self.splits = [inner, qk] if self.shares else [inner, inner, inner, qk, qk]
         self.in_proj = nn.Linear(model.d_model, sum(self.splits), bias=params.bias)
-        self.gate_bias = nn.Parameter(torch.empty(inner))
+        self.gate_bias = None if self.shares else nn.Parameter(torch.empty(inner))
         self.out_proj = nn.Linear(inner, model.d_model, bias=params.bias)
-        self.reset_gate_bias()
+        if not self.shares:
+            self.reset_gate_bias()
         self.backend: str | None = None
         self._core: Callable | None = None
         try:
@@ -142,9 +156,13 @@ class Block(nn.Module):
         return backend
 
     def project(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """in_proj split as the paper: z [B,T,H*D], q, k [B,T,G,D], v, gate logits [B,T,H,D]."""
-        z, v, g, q, k = self.in_proj(x_BTD).split(self.splits, dim=-1)
+        """in_proj split as the paper: z [B,T,H*D], q, k [B,T,G,D], v, gate logits [B,T,H,D]
+        (z and q only for a block that shares another's cache)."""
         H, D, G = self.heads, self.head_dim, self.qk_groups
+        if self.shares:
+            z, q = self.in_proj(x_BTD).split(self.splits, dim=-1)
+            return z, q.unflatten(-1, (G, D))
+        z, v, g, q, k = self.in_proj(x_BTD).split(self.splits, dim=-1)
         return (
             z,
             q.unflatten(-1, (G, D)),
@@ -166,12 +184,29 @@ class Block(nn.Module):
             raise BackendUnavailable(f"rat backend {self.backend!r} cannot run on {x.device}")
         return self._core
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        """[B, T, d_model] -> [B, T, d_model], any T."""
+    def forward(self, x_BTD: torch.Tensor, shared_kv=None, return_kv: bool = False):
+        """[B, T, d_model] -> [B, T, d_model], any T.
+
+        Cache sharing: `return_kv` also returns the running keys and values (un-rotated,
+        float32, [B, T, H, D]) that a later block with `share_cache` reads; such a block
+        takes them as `shared_kv` and attends over them with its own queries (in PyTorch,
+        whatever the backend: a source block runs the scan once more to hand them on)."""
         core = self._check_backend(x_BTD)
+        if self.shares:
+            if shared_kv is None:
+                raise ValueError(
+                    f"this block reads the keys/values of block {self.params.share_cache}: "
+                    "pass them as shared_kv (the model does)"
+                )
+            z, q = self.project(x_BTD)
+            L = self.chunk_size
+            return self.output(z, rat_attend(q, *shared_kv, L, self.rope, ROPE_THETA))
         z, q, k, v, gl = self.project(x_BTD)
         y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
-        return self.output(z, y)
+        if not return_kv:
+            return self.output(z, y)
+        kv = rat_scan_states(k, v, gl, self.gate_bias, self.chunk_size)
+        return self.output(z, y), kv
 
     def allocate_cache(
         self,
@@ -181,9 +216,12 @@ class Block(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> LayerCache:
         """Zeroed "k", "v" [batch, ceil(max_len / chunk_size), heads, head_dim] in the layout
-        of kernels/rat/reference.py; dtype defaults to the model's, device to the block's."""
+        of kernels/rat/reference.py; dtype defaults to the model's, device to the block's.
+        A sharing block owns none: the model points `cache.source` at its source's."""
+        if self.shares:
+            return LayerCache()
         shape = (batch, -(-max_len // self.chunk_size), self.heads, self.head_dim)
-        device = device if device is not None else self.gate_bias.device
+        device = device if device is not None else self.out_proj.weight.device
         dtype = dtype if dtype is not None else self.cache_dtype
         return LayerCache(
             {n: torch.zeros(shape, device=device, dtype=dtype) for n in ("k", "v")}, 0
@@ -194,10 +232,16 @@ class Block(nn.Module):
         if -(-new_len // self.chunk_size) > slots:
             raise ValueError(f"cache holds {slots * self.chunk_size} tokens, needs {new_len}")
 
-    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """Run a prompt (one parallel pass) into an empty cache; returns forward(x)."""
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared_kv=None, return_kv: bool = False
+    ):
+        """Run a prompt (one parallel pass) into an empty cache; returns forward(x) (and the
+        running keys/values with `return_kv`, as `forward`)."""
         if cache.length:
             raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        if self.shares:
+            cache.length = x_BTD.shape[1]
+            return self.forward(x_BTD, shared_kv=shared_kv)
         self._check_room(cache, x_BTD.shape[1])
         core = self._check_backend(x_BTD)
         z, q, k, v, gl = self.project(x_BTD)
@@ -206,12 +250,25 @@ class Block(nn.Module):
         states = (t.detach() for t in (k, v, gl, self.gate_bias))
         rat_prefill_cache_scan(*states, kc, vc, L, self.rope, ROPE_THETA)
         cache.length = x_BTD.shape[1]
+        if return_kv:
+            return self.output(z, y), rat_scan_states(k, v, gl, self.gate_bias, L)
         return self.output(z, y)
 
     @torch.no_grad()
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Decode one token at position cache.length (O(number of chunks)); no autograd."""
         pos = cache.length
+        if self.shares:
+            if cache.source is None:
+                raise ValueError("a sharing block's cache needs its source's (cache.source)")
+            self._check_room(cache.source, pos + 1)
+            z, q = self.project(x_B1D)
+            kc, vc = cache.source["k"], cache.source["v"]
+            y_BHD = rat_decode_shared_reference(
+                q[:, 0], kc, vc, pos, self.chunk_size, self.rope, ROPE_THETA
+            )
+            cache.length = pos + 1
+            return self.output(z, y_BHD[:, None])
         self._check_room(cache, pos + 1)
         z, q, k, v, gl = self.project(x_B1D)
         kc, vc, L = cache["k"], cache["v"], self.chunk_size
@@ -228,12 +285,19 @@ def scored_pairs(chunk_size: int, seq_len: int) -> int:
     return seq_len + chunk_size * n * (n - 1) // 2 + r * n
 
 
-def param_count(p: Params, d_model: int) -> int:
-    """Exact parameter count of `Block`."""
+def _proj_out(p: Params, d_model: int) -> int:
+    """Width of in_proj: z, v, g, q, k; z and q only when the block shares a cache."""
     H, D, G = dims(p, d_model)
-    inner, proj_out = H * D, 3 * H * D + 2 * G * D
+    return H * D + G * D if p.share_cache is not None else 3 * H * D + 2 * G * D
+
+
+def param_count(p: Params, d_model: int) -> int:
+    """Exact parameter count of `Block` (a sharing block has no v, g, k rows, no gate bias)."""
+    H, D, _ = dims(p, d_model)
+    inner, proj_out = H * D, _proj_out(p, d_model)
     biases = (proj_out + d_model) if p.bias else 0
-    return d_model * proj_out + inner + inner * d_model + biases
+    gate_bias = 0 if p.share_cache is not None else inner
+    return d_model * proj_out + gate_bias + inner * d_model + biases
 
 
 def _cost(p: Params, d_model: int, tokens: int, pairs: int) -> FlopCount:
@@ -245,10 +309,14 @@ def _cost(p: Params, d_model: int, tokens: int, pairs: int) -> FlopCount:
     the two scans 3E each (g * s + (1 - g) * x); RoPE 3E on q and 3E on the keys when on;
     output gate 2E (sigmoid, product); plus the softmax, 5 per scored pair and head
     (scale, max, exp, sum, divide)."""
-    H, D, G = dims(p, d_model)
+    H, D, _ = dims(p, d_model)
     E = H * D
-    proj = linear_flops(tokens, d_model, 3 * E + 2 * G * D) + linear_flops(tokens, E, d_model)
-    per_token = 3 * E + 6 * E + (6 * E if p.rope != "none" else 0) + 2 * E
+    proj = linear_flops(tokens, d_model, _proj_out(p, d_model)) + linear_flops(tokens, E, d_model)
+    rope = 3 * E if p.rope != "none" else 0
+    if p.share_cache is not None:  # no gate, no scans, keys rotated by the source
+        per_token = rope + 2 * E
+    else:
+        per_token = 3 * E + 6 * E + 2 * rope + 2 * E
     return FlopCount(proj + 4 * D * H * pairs, tokens * per_token + 5 * H * pairs)
 
 
@@ -263,6 +331,9 @@ def decode_flops(p: Params, d_model: int, batch: int, t: int) -> FlopCount:
 
 
 def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
-    """2 * B * ceil(T / chunk_size) * heads * head_dim * dtype_bytes (chunk-end k and v)."""
+    """2 * B * ceil(T / chunk_size) * heads * head_dim * dtype_bytes (chunk-end k and v);
+    0 for a block that reads another block's cache."""
+    if p.share_cache is not None:
+        return 0
     H, D, _ = dims(p, d_model)
     return 2 * batch * -(-seq_len // p.chunk_size) * H * D * dtype_bytes

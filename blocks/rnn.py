@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
+
 from archlab.blocks.base import (
     Backend,
     BackendUnavailable,
@@ -14,10 +16,8 @@ from archlab.blocks.base import (
     linear_flops,
     resolve_backend,
 )
-from archlab.kernels.rat.scan import chunk_scan_parallel
-from torch import nn
-
 from archlab.config import ModelConfig
+from archlab.kernels.rat.scan import chunk_scan_parallel
 
 KIND = "rnn"
 SYMBOL = "N"

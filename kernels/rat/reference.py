@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from archlab.blocks.rope import apply_rope, rope_cos_sin
 
 
@@ -158,4 +159,30 @@ def rat_decode_reference(
     keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)  # [B, c + 1, H, D]
     values = torch.cat([v_cache[:, :c].float(), v_new[:, None]], dim=1)
     probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) * scale, dim=-1)
+    return torch.einsum("bhc,bchd->bhd", probs, values)
+
+
+def rat_decode_shared_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    chunk_size: int,
+    rope: bool = True,
+    rope_theta: float = 10000.0,
+) -> torch.Tensor:
+    """One decode step of a block that reads another block's cache (`share_cache`): the
+    source has already stored position `pos` in slot pos // L (see the layout above), so
+    only the query is new. q [B, G, D] -> y [B, H, D] in float32; the cache is not changed."""
+    B, _, H, D = k_cache.shape
+    c, complete = pos // chunk_size, (pos + 1) % chunk_size == 0
+    qh, k_self = expand_groups(q.float()[:, None], H)[:, 0], k_cache[:, c].float()
+    if rope:
+        cos, sin = rope_cos_sin(torch.tensor([c], device=q.device), D, rope_theta)
+        qh = apply_rope(qh[:, None], cos, sin)[:, 0]
+        if not complete:  # a chunk in progress is stored un-rotated
+            k_self = apply_rope(k_self[:, None], cos, sin)[:, 0]
+    keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)
+    values = v_cache[:, : c + 1].float()
+    probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) / math.sqrt(D), dim=-1)
     return torch.einsum("bhc,bchd->bhd", probs, values)

@@ -67,7 +67,13 @@ def test_parts_sum_to_totals(spec, batch, T):
         assert sum(getattr(b, name) for b in c.by_block) + getattr(c.head, name) == total
         assert sum(getattr(k, name) for k in c.by_kind.values()) + getattr(c.head, name) == total
     assert c.train_flops == 3 * c.fwd_flops == c.fwd_flops + c.bwd_flops
-    assert c.decode_bytes == c.weight_bytes + c.cache_bytes
+    # a block with share_cache reads its source's cache too
+    shared = sum(
+        c.by_block[b.shares_cache_of].cache_bytes
+        for b in plan.blocks
+        if b.shares_cache_of is not None
+    )
+    assert c.decode_bytes == c.weight_bytes + c.cache_bytes + shared
     assert sum(k.blocks for k in c.by_kind.values()) == len(plan.blocks)
     for metric in METRICS:
         assert metric_function(plan, metric, batch)(T) == getattr(c, metric)
@@ -81,7 +87,7 @@ def test_costs_are_linear_in_batch_and_non_decreasing_in_T(spec):
         one, three = spec_cost(plan, 1, T), spec_cost(plan, 3, T)
         assert three.fwd_flops == 3 * one.fwd_flops
         assert three.cache_bytes == 3 * one.cache_bytes
-        assert three.decode_bytes - three.weight_bytes == 3 * one.cache_bytes
+        assert three.decode_bytes - three.weight_bytes == 3 * (one.decode_bytes - one.weight_bytes)
         if prev is not None:
             for name in METRICS:
                 assert getattr(one, name) >= getattr(prev, name), (name, T)
