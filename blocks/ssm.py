@@ -14,7 +14,8 @@ Parameter names follow mamba (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `nor
 
 Backends: `reference` (kernels/ssd/reference.py, the chunked SSD in float32 with
 `chunk_size`), `triton` (fla's chunk_simple_gla, CUDA only, needs `archlab[ssm]`), `auto`
-(triton when it can run, else reference). The decode `step` is the plain recurrence for
+(triton when it can run forward and backward, else reference: fla refuses its backward on
+Hopper with Triton 3.4-3.7.0, and then `backend_note` says so). The decode `step` is the plain recurrence for
 both. The cache holds the conv state (the last conv_kernel - 1 inputs of the conv
 channels, in the cache dtype) and the SSM state [B, heads, head_dim, d_state], always
 float32 (it accumulates over the whole context), so it counts 4 bytes per element.
@@ -53,7 +54,12 @@ from archlab.blocks.base import (
     resolve_backend,
 )
 from archlab.config import ModelConfig
-from archlab.kernels.ssd.fla_backend import INSTALL_HINT, fla_importable, ssd_fla
+from archlab.kernels.ssd.fla_backend import (
+    INSTALL_HINT,
+    backward_blocked_reason,
+    fla_importable,
+    ssd_fla,
+)
 from archlab.kernels.ssd.reference import ssd_chunked, ssd_step
 
 KIND = "ssm"
@@ -144,6 +150,7 @@ class Block(nn.Module):
         self.out_proj = nn.Linear(s.inner, s.d_model, bias=False)
         self.reset_parameters()
         self.backend: str | None = None
+        self.backend_note: str | None = None  # why `auto` passed the fast path over
         if params.backend != "triton":  # a triton block is resolved once it has a device
             self.select_backend(torch.device("cpu"))
 
@@ -174,6 +181,12 @@ class Block(nn.Module):
             raise BackendUnavailable(
                 f"ssm backend 'triton' needs flash-linear-attention (fla): {INSTALL_HINT}"
             )
+        if self.params.backend == "auto" and available["triton"]:
+            # `auto` takes fla only where it trains as well as infers: fla refuses its
+            # backward on Hopper with Triton 3.4-3.7.0. `backend: triton` still asks for it
+            # explicitly (prefill and decode work; a backward raises with the reason).
+            self.backend_note = backward_blocked_reason()
+            available["triton"] = self.backend_note is None
         self.backend = resolve_backend(self.params.backend, device, available)
         return self.backend
 
