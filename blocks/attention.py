@@ -246,7 +246,7 @@ class Block(nn.Module):
         """Decode one token [B, 1, d_model] at position cache.length against the cache (a
         sharing block: against `cache.source`, which its source block has already updated)."""
         pos = cache.length
-        positions = torch.tensor([pos], device=x_B1D.device)
+        positions = torch.arange(pos, pos + 1, device=x_B1D.device)  # no host copy: capturable
         if self.shares:
             if cache.source is None:
                 raise ValueError("a sharing block's cache needs its source's (cache.source)")

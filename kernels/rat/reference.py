@@ -149,7 +149,7 @@ def rat_decode_reference(
         v_new = v_new + g * v_cache[:, c].float()
     qh, k_self = expand_groups(q.float()[:, None], H)[:, 0], k_new
     if rope:
-        cos, sin = rope_cos_sin(torch.tensor([c], device=v.device), D, rope_theta)
+        cos, sin = rope_cos_sin(torch.arange(c, c + 1, device=v.device), D, rope_theta)
         qh = apply_rope(qh[:, None], cos, sin)[:, 0]
         k_self = apply_rope(k_new[:, None], cos, sin)[:, 0]
     complete = (pos + 1) % chunk_size == 0
@@ -178,7 +178,7 @@ def rat_decode_shared_reference(
     c, complete = pos // chunk_size, (pos + 1) % chunk_size == 0
     qh, k_self = expand_groups(q.float()[:, None], H)[:, 0], k_cache[:, c].float()
     if rope:
-        cos, sin = rope_cos_sin(torch.tensor([c], device=q.device), D, rope_theta)
+        cos, sin = rope_cos_sin(torch.arange(c, c + 1, device=q.device), D, rope_theta)
         qh = apply_rope(qh[:, None], cos, sin)[:, 0]
         if not complete:  # a chunk in progress is stored un-rotated
             k_self = apply_rope(k_self[:, None], cos, sin)[:, 0]
