@@ -198,7 +198,22 @@ def _cuda_peak(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-class ModelTarget:
+class _Target:
+    """What the timing loops drive: `self.module` (a model or one block) and its cache."""
+
+    module: torch.nn.Module
+
+    def allocate_cache(self, batch: int, max_len: int, device=None):
+        return self.module.allocate_cache(batch, max_len, device=device)
+
+    def prefill(self, x: torch.Tensor, cache) -> torch.Tensor:
+        return self.module.prefill(x, cache)
+
+    def step(self, x: torch.Tensor, cache) -> torch.Tensor:
+        return self.module.step(x, cache)
+
+
+class ModelTarget(_Target):
     """A whole model built from a Plan (whose `model.dtype` is the dtype it runs in)."""
 
     def __init__(self, plan: Plan, device: torch.device, scaled: str | None = None):
@@ -237,21 +252,12 @@ class ModelTarget:
 
         return run
 
-    def allocate_cache(self, batch: int, max_len: int, device=None):
-        return self.module.allocate_cache(batch, max_len, device=device)
-
-    def prefill(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.prefill(x, cache)
-
-    def step(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.step(x, cache)
-
     @staticmethod
     def layers(cache) -> list:
         return cache.layers
 
 
-class LayerTarget:
+class LayerTarget(_Target):
     """One mixer block of a spec, alone (input and output projections included, no norm,
     no residual), on random activations [B, T, d_model]."""
 
@@ -300,15 +306,6 @@ class LayerTarget:
             x.grad = None
 
         return run
-
-    def allocate_cache(self, batch: int, max_len: int, device=None):
-        return self.module.allocate_cache(batch, max_len, device=device)
-
-    def prefill(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.prefill(x, cache)
-
-    def step(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.step(x, cache)
 
     @staticmethod
     def layers(cache) -> list:

@@ -16,31 +16,18 @@ from pydantic import Field
 
 from archlab.blocks import _attention_common as common
 from archlab.blocks import attention
-from archlab.blocks.base import Backend, BlockParams, FlopCount
+from archlab.blocks.base import FlopCount
 
 KIND = "local_attention"
 SYMBOL = "L"
 IS_MIXER = True
 
 
-class Params(BlockParams):
+class Params(attention.Params):
+    """`attention`'s params plus `window` (the token itself and window - 1 before it)."""
+
     kind: Literal["local_attention"] = "local_attention"
-    heads: int = Field(ge=1, le=4096)
     window: int = Field(ge=1, le=1 << 30)
-    kv_heads: int | None = Field(default=None, ge=1, le=4096)
-    head_dim: int | None = Field(default=None, ge=1, le=4096)
-    rope: bool = True
-    rope_theta: float = Field(default=10000.0, gt=0)
-    qk_norm: bool = False
-    bias: bool = False
-    backend: Backend = "auto"
-    share_cache: int | None = Field(
-        default=None,
-        ge=0,
-        description="index of the earlier block whose keys/values this block reads (the "
-        "compiler resolves `share_cache: N | name` to it); the block then has no k/v "
-        "projections and no cache of its own",
-    )
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
