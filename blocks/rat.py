@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -87,16 +88,19 @@ def dims(p: Params, d_model: int) -> tuple[int, int, int]:
     return p.heads, p.head_dim or d_model // p.heads, p.qk_groups
 
 
-def _triton_core(device: torch.device) -> Callable | None:
-    """The Triton core where it can run (CUDA, `archlab.kernels.rat.triton_ops` importable
-    and exposing `rat_core_triton`); None elsewhere."""
-    if device.type != "cuda":
+def _triton_ops(device: torch.device, requested: str):
+    """`archlab.kernels.rat.triton_ops` where it can run: on CUDA; and on the CPU under
+    Triton's interpreter (TRITON_INTERPRET=1) when `triton` is asked for by name, which is
+    how the CPU tests run the Triton path (`auto` never picks the interpreter). None
+    elsewhere, or when Triton is missing."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1" and requested == "triton"
+    if device.type != "cuda" and not interpreted:
         return None
     try:
         from archlab.kernels.rat import triton_ops
     except ImportError:
         return None
-    return getattr(triton_ops, "rat_core_triton", None)
+    return triton_ops
 
 
 class Block(nn.Module):
@@ -127,6 +131,7 @@ class Block(nn.Module):
             self.reset_gate_bias()
         self.backend: str | None = None
         self._core: Callable | None = None
+        self._triton = None  # archlab.kernels.rat.triton_ops, when the triton backend runs
         try:
             self.select_backend(torch.device("cpu"))
         except BackendUnavailable:
@@ -144,7 +149,15 @@ class Block(nn.Module):
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
         device = torch.device(device)
         self.backend, self._core = None, None
-        triton_core = _triton_core(device)
+        self._triton = _triton_ops(device, self.params.backend)
+        D = self.head_dim
+        if self._triton is not None and (D < 16 or D & (D - 1)):
+            if self.params.backend == "triton":
+                raise BackendUnavailable(
+                    f"rat backend 'triton' needs head_dim a power of two >= 16 (got {D})"
+                )
+            self._triton = None
+        triton_core = self._triton.rat_core_triton if self._triton else None
         cores = {"triton": triton_core, "flex": rat_core_flex, "reference": rat_core_scan}
         available = {
             "triton": triton_core is not None,
@@ -180,7 +193,8 @@ class Block(nn.Module):
                 f"rat backend {self.params.backend!r} is not selected for a device it can run "
                 "on; call select_backend(device)"
             )
-        if self.backend != "reference" and x.device.type != "cuda":
+        interpreted = self.backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+        if self.backend != "reference" and x.device.type != "cuda" and not interpreted:
             raise BackendUnavailable(f"rat backend {self.backend!r} cannot run on {x.device}")
         return self._core
 
@@ -245,8 +259,14 @@ class Block(nn.Module):
         self._check_room(cache, x_BTD.shape[1])
         core = self._check_backend(x_BTD)
         z, q, k, v, gl = self.project(x_BTD)
-        y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
         kc, vc, L = cache["k"], cache["v"], self.chunk_size
+        if self.backend == "triton" and not return_kv and not torch.is_grad_enabled():
+            # one fused pass: the forward and the cache fill
+            args = (q, k, v, gl, self.gate_bias, kc, vc, L, self.rope, ROPE_THETA)
+            y = self._triton.rat_prefill_triton(*args)
+            cache.length = x_BTD.shape[1]
+            return self.output(z, y)
+        y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
         states = (t.detach() for t in (k, v, gl, self.gate_bias))
         rat_prefill_cache_scan(*states, kc, vc, L, self.rope, ROPE_THETA)
         cache.length = x_BTD.shape[1]
@@ -273,7 +293,8 @@ class Block(nn.Module):
         z, q, k, v, gl = self.project(x_B1D)
         kc, vc, L = cache["k"], cache["v"], self.chunk_size
         args = (q[:, 0], k[:, 0], v[:, 0], gl[:, 0], self.gate_bias, kc, vc, pos, L)
-        y_BHD = rat_decode_reference(*args, self.rope, ROPE_THETA)
+        decode = self._triton.rat_decode_triton if self.backend == "triton" else None
+        y_BHD = (decode or rat_decode_reference)(*args, self.rope, ROPE_THETA)
         cache.length = pos + 1
         return self.output(z, y_BHD[:, None])
 
