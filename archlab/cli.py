@@ -244,6 +244,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="(the schema is always JSON)")
     p.set_defaults(func=cmd_schema)
     from archlab.profile_cli import register
+
     register(sub)
     return parser
 

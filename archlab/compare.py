@@ -25,10 +25,18 @@ from archlab.render import human, table
 COMPARE_SCHEMA = "archlab.compare/1"
 TIMED = ("train", "prefill", "decode")
 # the cost figure that a mode's time follows (decode is bound by the bytes it reads)
-MODE_METRIC = {"train": "train_flops", "prefill": "fwd_flops", "decode": "decode_bytes",
-               "cache": "cache_bytes"}
-METRIC_TEXT = {"train_flops": "train FLOPs", "fwd_flops": "forward FLOPs",
-               "decode_bytes": "decode bytes", "cache_bytes": "cache"}
+MODE_METRIC = {
+    "train": "train_flops",
+    "prefill": "fwd_flops",
+    "decode": "decode_bytes",
+    "cache": "cache_bytes",
+}
+METRIC_TEXT = {
+    "train_flops": "train FLOPs",
+    "fwd_flops": "forward FLOPs",
+    "decode_bytes": "decode bytes",
+    "cache_bytes": "cache",
+}
 
 
 # ---- profile output --------------------------------------------------------------------
@@ -55,36 +63,73 @@ def _pct(x: float | None) -> str:
 def result_row(r: Result) -> list:
     """The table row of one result."""
     ok = r.status == "ok"
-    cache = "-" if r.cache_bytes_measured is None else (
-        f"{human(r.cache_bytes_measured, 'B', 1024)}"
-        + ("" if r.cache_bytes_measured == r.cache_bytes_analytic
-           else f" (model {human(r.cache_bytes_analytic or 0, 'B', 1024)})"))
+    cache = (
+        "-"
+        if r.cache_bytes_measured is None
+        else (
+            f"{human(r.cache_bytes_measured, 'B', 1024)}"
+            + (
+                ""
+                if r.cache_bytes_measured == r.cache_bytes_analytic
+                else f" (model {human(r.cache_bytes_analytic or 0, 'B', 1024)})"
+            )
+        )
+    )
     frac = r.bw_frac if r.mode in ("decode", "throughput") else r.flops_frac
     notes = "; ".join(([r.error] if r.error else []) + (["graph"] if r.cuda_graph else []))
-    return [r.spec, r.target if r.target != "model" else "", r.mode, r.batch, r.seq_len,
-            _time_text(r), human(r.tokens_per_s) if ok else "-",
-            f"{r.tflops:.3g}" if ok else "-", f"{r.gbps:.3g}" if ok and r.gbps else "-",
-            _pct(frac) if ok else "-",
-            human(r.peak_memory_bytes, "B", 1024) if r.peak_memory_bytes else "-", cache,
-            ",".join(f"{k}:{v}" for k, v in r.backends.items() if k != "mlp"), notes]
+    return [
+        r.spec,
+        r.target if r.target != "model" else "",
+        r.mode,
+        r.batch,
+        r.seq_len,
+        _time_text(r),
+        human(r.tokens_per_s) if ok else "-",
+        f"{r.tflops:.3g}" if ok else "-",
+        f"{r.gbps:.3g}" if ok and r.gbps else "-",
+        _pct(frac) if ok else "-",
+        human(r.peak_memory_bytes, "B", 1024) if r.peak_memory_bytes else "-",
+        cache,
+        ",".join(f"{k}:{v}" for k, v in r.backends.items() if k != "mlp"),
+        notes,
+    ]
 
 
-PROFILE_HEADERS = ["spec", "target", "mode", "B", "T", "time", "tok/s", "TFLOP/s", "GB/s",
-                   "%peak", "peak mem", "cache", "backend", "notes"]
+PROFILE_HEADERS = [
+    "spec",
+    "target",
+    "mode",
+    "B",
+    "T",
+    "time",
+    "tok/s",
+    "TFLOP/s",
+    "GB/s",
+    "%peak",
+    "peak mem",
+    "cache",
+    "backend",
+    "notes",
+]
 
 
 def results_table(results: list[Result]) -> str:
     """The aligned text table of a sweep. %peak is of the matmul peak for train and
     prefill, of the copy bandwidth for decode and throughput."""
-    return table(PROFILE_HEADERS, [result_row(r) for r in results],
-                 right={3, 4, 5, 6, 7, 8, 9, 10})
+    return table(PROFILE_HEADERS, [result_row(r) for r in results], right={3, 4, 5, 6, 7, 8, 9, 10})
 
 
-def results_document(results: list[Result], peaks: dict | None, notes: list[str],
-                     settings: dict) -> dict:
+def results_document(
+    results: list[Result], peaks: dict | None, notes: list[str], settings: dict
+) -> dict:
     """The JSON document of a sweep (schema `archlab.profile/1`, docs/profile.md)."""
-    return {"schema": SCHEMA, "device": peaks, "settings": settings, "notes": notes,
-            "results": [r.to_dict() for r in results]}
+    return {
+        "schema": SCHEMA,
+        "device": peaks,
+        "settings": settings,
+        "notes": notes,
+        "results": [r.to_dict() for r in results],
+    }
 
 
 def flat(r: Result) -> dict:
@@ -124,13 +169,22 @@ def analytic_rows(plans: list[Plan], seqs: list[int]) -> list[dict]:
         base = None
         for plan in plans:
             c = spec_cost(plan, batch=1, seq_len=T)
-            row = {"spec": plan.name, "seq_len": T, "params": c.params,
-                   "fwd_flops": c.fwd_flops, "train_flops": c.train_flops,
-                   "cache_bytes": c.cache_bytes, "decode_flops": c.decode_flops,
-                   "decode_bytes": c.decode_bytes}
+            row = {
+                "spec": plan.name,
+                "seq_len": T,
+                "params": c.params,
+                "fwd_flops": c.fwd_flops,
+                "train_flops": c.train_flops,
+                "cache_bytes": c.cache_bytes,
+                "decode_flops": c.decode_flops,
+                "decode_bytes": c.decode_bytes,
+            }
             base = base or row
-            row["ratio"] = {k: row[k] / base[k] if base[k] else None
-                            for k in row if k not in ("spec", "seq_len")}
+            row["ratio"] = {
+                k: row[k] / base[k] if base[k] else None
+                for k in row
+                if k not in ("spec", "seq_len")
+            }
             rows.append(row)
     return rows
 
@@ -143,15 +197,22 @@ def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
 
     points = []
     for i, base in enumerate(plans):
-        for plan in plans[i + 1:]:
+        for plan in plans[i + 1 :]:
             try:
                 runs = crossovers(plan, base, metric)
             except Exception:  # noqa: BLE001
                 continue
             for before, after in zip(runs, runs[1:], strict=False):
                 if after.sign in (-1, 1) and before.sign != after.sign:
-                    points.append({"spec": plan.name, "versus": base.name, "metric": metric,
-                                   "seq_len": after.start, "cheaper": after.sign == -1})
+                    points.append(
+                        {
+                            "spec": plan.name,
+                            "versus": base.name,
+                            "metric": metric,
+                            "seq_len": after.start,
+                            "cheaper": after.sign == -1,
+                        }
+                    )
     return points
 
 
@@ -165,8 +226,9 @@ def measured_index(results: list[Result]) -> dict:
     return {(r.spec, r.mode, r.seq_len): r for r in results}
 
 
-def compare_rows(plans: list[Plan], seqs: list[int], analytic: list[dict],
-                 results: list[Result] | None) -> tuple[list[str], list[list]]:
+def compare_rows(
+    plans: list[Plan], seqs: list[int], analytic: list[dict], results: list[Result] | None
+) -> tuple[list[str], list[list]]:
     """Headers and rows of the side-by-side table (one row per spec and T)."""
     headers = ["spec", "T", "params", "train FLOPs", "cache", "decode bytes"]
     if results is not None:
@@ -175,15 +237,19 @@ def compare_rows(plans: list[Plan], seqs: list[int], analytic: list[dict],
     rows = []
     for row in analytic:
         q = row["ratio"]
-        cells = [row["spec"], row["seq_len"], ratio_text(row["params"], q["params"], human),
-                 ratio_text(row["train_flops"], q["train_flops"], human),
-                 ratio_text(row["cache_bytes"], q["cache_bytes"],
-                            lambda v: human(v, "B", 1024)),
-                 ratio_text(row["decode_bytes"], q["decode_bytes"],
-                            lambda v: human(v, "B", 1024))]
+        cells = [
+            row["spec"],
+            row["seq_len"],
+            ratio_text(row["params"], q["params"], human),
+            ratio_text(row["train_flops"], q["train_flops"], human),
+            ratio_text(row["cache_bytes"], q["cache_bytes"], lambda v: human(v, "B", 1024)),
+            ratio_text(row["decode_bytes"], q["decode_bytes"], lambda v: human(v, "B", 1024)),
+        ]
         for mode in TIMED if results is not None else ():
-            r, base = got.get((row["spec"], mode, row["seq_len"])), \
-                got.get((plans[0].name, mode, row["seq_len"]))
+            r, base = (
+                got.get((row["spec"], mode, row["seq_len"])),
+                got.get((plans[0].name, mode, row["seq_len"])),
+            )
             if r is None or r.status != "ok":
                 cells.append("-" if r is None else r.status.upper())
                 continue
@@ -203,8 +269,15 @@ def throughput_rows(results: list[Result]) -> list[list]:
             rows.append([r.spec, "-", r.status.upper(), "-", "-"])
             continue
         ratio = r.tokens_per_s / base.tokens_per_s if base else None
-        rows.append([r.spec, r.batch, ratio_text(r.tokens_per_s, ratio, lambda v: f"{v:,.0f}"),
-                     f"{r.gbps:.3g}" if r.gbps else "-", _pct(r.bw_frac)])
+        rows.append(
+            [
+                r.spec,
+                r.batch,
+                ratio_text(r.tokens_per_s, ratio, lambda v: f"{v:,.0f}"),
+                f"{r.gbps:.3g}" if r.gbps else "-",
+                _pct(r.bw_frac),
+            ]
+        )
     return rows
 
 
@@ -217,8 +290,9 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, title: str, intro: list[str], sections: list[tuple[str, str]],
-                 plots: list[Path]) -> None:
+def write_report(
+    path: Path, title: str, intro: list[str], sections: list[tuple[str, str]], plots: list[Path]
+) -> None:
     """A short Markdown report: intro lines, titled sections, the plots embedded."""
     text = [f"# {title}", "", *intro, ""]
     for head, body in sections:
@@ -254,15 +328,23 @@ def _grid(seqs: list[int]) -> list[int]:
     return sorted({round(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)})
 
 
-def _style(ax, xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str,
-           yunit: str | None = None) -> None:
+def _style(
+    ax,
+    xs: list[float],
+    ys: list[float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    yunit: str | None = None,
+) -> None:
     """Log axes where the range calls for it (x: 8x, y: 20x), human tick labels."""
     from matplotlib.ticker import FuncFormatter
 
     if xs and max(xs) / max(min(xs), 1e-30) >= 8:
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "", 1024)
-                                                   .replace(" ", "").replace("i", "")))
+        ax.xaxis.set_major_formatter(
+            FuncFormatter(lambda v, _: human(v, "", 1024).replace(" ", "").replace("i", ""))
+        )
     positive = [y for y in ys if y and y > 0]
     if positive and max(positive) / min(positive) >= 20:
         ax.set_yscale("log")
@@ -282,8 +364,9 @@ def _lines(ax, series: dict[str, tuple[list, list]], markers: bool) -> None:
         pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
         if not pts:
             continue
-        line, = ax.plot(*zip(*pts, strict=True), marker="os^Dv<>"[i % 7] if markers else None,
-                        lw=1.6, ms=4)
+        (line,) = ax.plot(
+            *zip(*pts, strict=True), marker="os^Dv<>"[i % 7] if markers else None, lw=1.6, ms=4
+        )
         ends.append((pts[-1], name, line.get_color()))
     ends.sort(key=lambda e: e[0][1])
     last_y, dy = None, 0
@@ -291,8 +374,15 @@ def _lines(ax, series: dict[str, tuple[list, list]], markers: bool) -> None:
         close = last_y is not None and y > 0 and last_y > 0 and abs(math.log(y / last_y)) < 0.15
         dy = dy + 9 if close else 0
         last_y = y
-        ax.annotate(name, (x, y), xytext=(5, dy), textcoords="offset points", color=color,
-                    fontsize=8, va="center")
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(5, dy),
+            textcoords="offset points",
+            color=color,
+            fontsize=8,
+            va="center",
+        )
     ax.margins(x=0.25)
 
 
@@ -303,9 +393,16 @@ def _crossings(ax, points: list[dict], xs: list[float]) -> None:
     for k, p in enumerate(q for q in points if min(xs) <= q["seq_len"] <= max(xs)):
         ax.axvline(p["seq_len"], color="0.4", ls="--", lw=0.8)
         word = "cheaper" if p["cheaper"] else "dearer"
-        ax.text(p["seq_len"], 0.97 - 0.12 * (k % 4), f" {p['spec']} {word} than\n"
-                f" {p['versus']} from T={p['seq_len']:,}\n ({METRIC_TEXT[p['metric']]}, model)",
-                transform=ax.get_xaxis_transform(), fontsize=6.5, va="top", color="0.25")
+        ax.text(
+            p["seq_len"],
+            0.97 - 0.12 * (k % 4),
+            f" {p['spec']} {word} than\n"
+            f" {p['versus']} from T={p['seq_len']:,}\n ({METRIC_TEXT[p['metric']]}, model)",
+            transform=ax.get_xaxis_transform(),
+            fontsize=6.5,
+            va="top",
+            color="0.25",
+        )
 
 
 def _save(fig, out: Path, stem: str, plt) -> list[Path]:
@@ -317,8 +414,14 @@ def _save(fig, out: Path, stem: str, plt) -> list[Path]:
     return paths
 
 
-def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Result] | None,
-                measured_plans: list[Plan] | None, measured_note: str) -> list[Path]:
+def write_plots(
+    out: Path,
+    plans: list[Plan],
+    seqs: list[int],
+    results: list[Result] | None,
+    measured_plans: list[Plan] | None,
+    measured_note: str,
+) -> list[Path]:
     """latency (per mode), cache, flops and throughput plots as PNG and SVG in `out`;
     [] without matplotlib."""
     plt = _pyplot()
@@ -328,14 +431,23 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
 
     paths: list[Path] = []
     grid = _grid(seqs)
-    for metric, stem, ylabel, unit in (("cache_bytes", "cache", "inference cache", "B"),
-                                       ("train_flops", "flops", "train FLOPs (fwd + bwd)", "")):
+    for metric, stem, ylabel, unit in (
+        ("cache_bytes", "cache", "inference cache", "B"),
+        ("train_flops", "flops", "train FLOPs (fwd + bwd)", ""),
+    ):
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         series = {p.name: (grid, [metric_function(p, metric)(t) for t in grid]) for p in plans}
         _lines(ax, series, markers=False)
-        _style(ax, grid, [y for _, ys in series.values() for y in ys], "sequence length T",
-               ylabel, f"{METRIC_TEXT[metric]} against T, batch 1 (cost model, specs as "
-               "written); dashed: crossovers", unit)
+        _style(
+            ax,
+            grid,
+            [y for _, ys in series.values() for y in ys],
+            "sequence length T",
+            ylabel,
+            f"{METRIC_TEXT[metric]} against T, batch 1 (cost model, specs as "
+            "written); dashed: crossovers",
+            unit,
+        )
         _crossings(ax, crossover_points(plans, metric), grid)
         paths += _save(fig, out, stem, plt)
     if results:
@@ -345,33 +457,51 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
             series = {}
             for p in mplans:
                 rs = [r for r in results if r.spec == p.name and r.mode == mode]
-                series[p.name] = ([r.seq_len for r in rs],
-                                  [r.timing.median_s * 1e3 if r.status == "ok" else None
-                                   for r in rs])
+                series[p.name] = (
+                    [r.seq_len for r in rs],
+                    [r.timing.median_s * 1e3 if r.status == "ok" else None for r in rs],
+                )
             _lines(ax, series, markers=True)
             batch = {r.batch for r in results if r.mode == mode}
-            _style(ax, seqs, [y for _, ys in series.values() for y in ys if y],
-                   "context position T" if mode == "decode" else "sequence length T",
-                   "median time (ms)", f"{mode}, batch {'/'.join(map(str, sorted(batch)))}")
+            _style(
+                ax,
+                seqs,
+                [y for _, ys in series.values() for y in ys if y],
+                "context position T" if mode == "decode" else "sequence length T",
+                "median time (ms)",
+                f"{mode}, batch {'/'.join(map(str, sorted(batch)))}",
+            )
             _crossings(ax, crossover_points(mplans, MODE_METRIC[mode]), seqs)
-        fig.suptitle(f"Measured latency ({measured_note}); dashed: cost-model crossovers "
-                     "of the measured models", fontsize=10)
+        fig.suptitle(
+            f"Measured latency ({measured_note}); dashed: cost-model crossovers "
+            "of the measured models",
+            fontsize=10,
+        )
         paths += _save(fig, out, "latency", plt)
         done = [r for r in results if r.mode == "throughput" and r.status == "ok"]
         if done:
             fig, ax = plt.subplots(figsize=(1.6 * len(done) + 3, 4.5))
-            bars = ax.bar([r.spec for r in done], [r.tokens_per_s for r in done],
-                          color=[f"C{i}" for i in range(len(done))])
+            bars = ax.bar(
+                [r.spec for r in done],
+                [r.tokens_per_s for r in done],
+                color=[f"C{i}" for i in range(len(done))],
+            )
             for bar, r in zip(bars, done, strict=True):
                 cap = " (search limit)" if r.extra.get("capped") else ""
-                ax.annotate(f"{r.tokens_per_s:,.0f} tok/s\nbatch {r.batch}{cap}",
-                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=8)
+                ax.annotate(
+                    f"{r.tokens_per_s:,.0f} tok/s\nbatch {r.batch}{cap}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
             r0 = done[0]
             ax.set_ylabel("generated tokens per second")
-            ax.set_title(f"Generation throughput: {r0.extra['generate']} tokens after "
-                         f"{r0.extra['prompt']}, largest batch that fits\n({measured_note})",
-                         fontsize=9)
+            ax.set_title(
+                f"Generation throughput: {r0.extra['generate']} tokens after "
+                f"{r0.extra['prompt']}, largest batch that fits\n({measured_note})",
+                fontsize=9,
+            )
             ax.margins(y=0.2)
             paths += _save(fig, out, "throughput", plt)
     return paths
@@ -380,9 +510,16 @@ def write_plots(out: Path, plans: list[Plan], seqs: list[int], results: list[Res
 # ---- the compare command's output ------------------------------------------------------
 
 
-def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | None,
-                    measured_plans: list[Plan] | None, notes: list[str], peaks: dict | None,
-                    out: Path | None, measured_note: str = "") -> tuple[str, dict]:
+def compare_outputs(
+    plans: list[Plan],
+    seqs: list[int],
+    results: list[Result] | None,
+    measured_plans: list[Plan] | None,
+    notes: list[str],
+    peaks: dict | None,
+    out: Path | None,
+    measured_note: str = "",
+) -> tuple[str, dict]:
     """The text (tables, crossovers, notes) and the JSON document of a comparison
     (`measured_note` says on what the measurements ran, for the plots' titles); with
     `out`, also plots, compare.json, compare.csv (measured results) and report.md there."""
@@ -390,10 +527,15 @@ def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | 
     headers, rows = compare_rows(plans, seqs, analytic, results)
     if results is not None:
         headers = headers[:6] + [f"{h} (measured)" for h in headers[6:]]
-    points = [p for m in ("train_flops", "cache_bytes", "decode_bytes")
-              for p in crossover_points(plans, m)]
-    intro = [f"{len(plans)} specs; ratios (xN) are to {plans[0].name} at the same T; "
-             "analytic columns: cost model, specs as written, batch 1"]
+    points = [
+        p
+        for m in ("train_flops", "cache_bytes", "decode_bytes")
+        for p in crossover_points(plans, m)
+    ]
+    intro = [
+        f"{len(plans)} specs; ratios (xN) are to {plans[0].name} at the same T; "
+        "analytic columns: cost model, specs as written, batch 1"
+    ]
     if results is not None and peaks:
         intro.append(f"measured on {peaks['device']} (torch {peaks['torch']})")
     intro += notes
@@ -401,18 +543,28 @@ def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | 
     tput = throughput_rows(results or [])
     if tput:
         r0 = next(r for r in results if r.mode == "throughput")
-        lines += [f"throughput: {r0.extra['generate']} tokens after {r0.extra['prompt']}, "
-                  "largest batch that fits", table(THROUGHPUT_HEADERS, tput, right={1, 2, 3, 4}),
-                  ""]
-    cross_text = [f"{p['spec']} becomes {'cheaper' if p['cheaper'] else 'dearer'} than "
-                  f"{p['versus']} in {METRIC_TEXT[p['metric']]} from T = {p['seq_len']:,}"
-                  for p in points]
+        lines += [
+            f"throughput: {r0.extra['generate']} tokens after {r0.extra['prompt']}, "
+            "largest batch that fits",
+            table(THROUGHPUT_HEADERS, tput, right={1, 2, 3, 4}),
+            "",
+        ]
+    cross_text = [
+        f"{p['spec']} becomes {'cheaper' if p['cheaper'] else 'dearer'} than "
+        f"{p['versus']} in {METRIC_TEXT[p['metric']]} from T = {p['seq_len']:,}"
+        for p in points
+    ]
     lines += ["crossovers (cost model):"] + [f"  {c}" for c in cross_text or ["none"]]
-    doc = {"schema": COMPARE_SCHEMA,
-           "specs": [{"name": p.name, "file": p.file} for p in plans], "seq": seqs,
-           "analytic": analytic, "crossovers": points, "notes": notes,
-           "measured": None if results is None else results_document(results, peaks, notes, {}),
-           "files": []}
+    doc = {
+        "schema": COMPARE_SCHEMA,
+        "specs": [{"name": p.name, "file": p.file} for p in plans],
+        "seq": seqs,
+        "analytic": analytic,
+        "crossovers": points,
+        "notes": notes,
+        "measured": None if results is None else results_document(results, peaks, notes, {}),
+        "files": [],
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plots = write_plots(out, plans, seqs, results, measured_plans, measured_note)
@@ -423,11 +575,16 @@ def compare_outputs(plans: list[Plan], seqs: list[int], results: list[Result] | 
         sections = [("Side by side", markdown_table(headers, rows))]
         if tput:
             sections.append(("Generation throughput", markdown_table(THROUGHPUT_HEADERS, tput)))
-        sections.append(("Crossovers (cost model)",
-                         "\n".join(f"- {c}" for c in cross_text) or "none"))
-        write_report(out / "report.md", "archlab compare: " + " vs ".join(p.name for p in plans),
-                     [f"{n}.  " for n in intro],
-                     sections, plots)
+        sections.append(
+            ("Crossovers (cost model)", "\n".join(f"- {c}" for c in cross_text) or "none")
+        )
+        write_report(
+            out / "report.md",
+            "archlab compare: " + " vs ".join(p.name for p in plans),
+            [f"{n}.  " for n in intro],
+            sections,
+            plots,
+        )
         doc["files"] = [str(p) for p in [*plots, out / "report.md", out / "compare.json"]]
         (out / "compare.json").write_text(json.dumps(doc, indent=2, default=str))
         lines.append(f"wrote {out / 'report.md'}, {len(plots)} plot files, compare.json")

@@ -44,8 +44,7 @@ class PlannedBlock:
         branches = getattr(self.params, "branches", None)
         if branches:
             out["branches"] = " | ".join(
-                f"{b.kind}({', '.join(f'{k}={v}' for k, v in _short(b).items())})"
-                for b in branches
+                f"{b.kind}({', '.join(f'{k}={v}' for k, v in _short(b).items())})" for b in branches
             )
         return out
 

@@ -231,9 +231,13 @@ class ModelTarget(_Target):
 
     def analytic(self, batch: int, seq_len: int) -> dict[str, int]:
         c = spec_cost(self.plan, batch=batch, seq_len=seq_len)
-        return {"fwd_flops": c.fwd_flops, "train_flops": c.train_flops,
-                "cache_bytes": c.cache_bytes, "decode_flops": c.decode_flops,
-                "decode_bytes": c.decode_bytes}
+        return {
+            "fwd_flops": c.fwd_flops,
+            "train_flops": c.train_flops,
+            "cache_bytes": c.cache_bytes,
+            "decode_flops": c.decode_flops,
+            "decode_bytes": c.decode_bytes,
+        }
 
     def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
         return torch.randint(0, self.vocab, (batch, seq_len), device=self.device)
@@ -261,13 +265,16 @@ class LayerTarget(_Target):
     """One mixer block of a spec, alone (input and output projections included, no norm,
     no residual), on random activations [B, T, d_model]."""
 
-    def __init__(self, plan: Plan, block: PlannedBlock, device: torch.device,
-                 scaled: str | None = None):
+    def __init__(
+        self, plan: Plan, block: PlannedBlock, device: torch.device, scaled: str | None = None
+    ):
         self.plan, self.block, self.device, self.scaled = plan, block, device, scaled
         params = block.summary()
         self.label = f"layer {block.kind}" + (
             "(" + ", ".join(f"{k}={v}" for k, v in params.items() if k != "backend") + ")"
-            if params else "")
+            if params
+            else ""
+        )
         self.kind = BLOCKS[block.kind]
         m = plan.model
         with torch.device(device):
@@ -284,9 +291,13 @@ class LayerTarget(_Target):
         fwd = self.kind.flops(p, m.d_model, batch, seq_len).matmul
         cache = self.kind.cache_bytes(p, m.d_model, batch, seq_len, m.dtype_bytes)
         weights = self.kind.param_count(p, m.d_model) * m.dtype_bytes
-        return {"fwd_flops": fwd, "train_flops": 3 * fwd, "cache_bytes": cache,
-                "decode_flops": self.kind.decode_flops(p, m.d_model, batch, seq_len).matmul,
-                "decode_bytes": weights + cache}
+        return {
+            "fwd_flops": fwd,
+            "train_flops": 3 * fwd,
+            "cache_bytes": cache,
+            "decode_flops": self.kind.decode_flops(p, m.d_model, batch, seq_len).matmul,
+            "decode_bytes": weights + cache,
+        }
 
     def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
         m = self.plan.model
@@ -329,8 +340,7 @@ def set_length(target: Target, cache, length: int) -> None:
 # ---- one case --------------------------------------------------------------------------
 
 
-def _figures(r: Result, flops: int, nbytes: int | None, tokens: int,
-             peaks: dict | None) -> None:
+def _figures(r: Result, flops: int, nbytes: int | None, tokens: int, peaks: dict | None) -> None:
     t = r.timing.median_s
     r.tokens_per_s = tokens / t
     r.flops, r.tflops = flops, flops / t / 1e12
@@ -383,14 +393,29 @@ def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None)
         r.cache_bytes_analytic = target.analytic(B, T + (r.mode == "decode"))["cache_bytes"]
 
 
-def measure(target: Target, mode: str, batch: int, seq_len: int, settings: Settings,
-            peaks: dict | None = None) -> Result:
+def measure(
+    target: Target,
+    mode: str,
+    batch: int,
+    seq_len: int,
+    settings: Settings,
+    peaks: dict | None = None,
+) -> Result:
     """Time one case (mode train, prefill or decode; throughput: archlab.throughput).
     Never raises for an OOM or a failing block: the Result says what happened."""
     device = target.device
-    r = Result(target.plan.name, target.plan.file, target.label, mode, batch, seq_len,
-               target.plan.model.dtype, str(device), scaled=target.scaled,
-               backends=target.backends())
+    r = Result(
+        target.plan.name,
+        target.plan.file,
+        target.label,
+        mode,
+        batch,
+        seq_len,
+        target.plan.model.dtype,
+        str(device),
+        scaled=target.scaled,
+        backends=target.backends(),
+    )
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -414,4 +439,3 @@ def _short(e: BaseException) -> str:
 def weights_bytes(plan: Plan) -> int:
     """Bytes of the model's weights in its dtype."""
     return param_count(plan) * plan.model.dtype_bytes
-

@@ -24,14 +24,38 @@ from archlab.plan import Plan, make_plan
 from archlab.profile import MODES, LayerTarget, ModelTarget, Result, Settings, measure
 from archlab.throughput import device_peaks, measure_throughput
 
-CPU_DEFAULTS = {"seq": "256", "compare_seq": "128,256,512", "batch": 1, "tokens": None,
-                "decode_batch": 4, "repeats": 3, "warmup": 1, "max_time": 5.0,
-                "prompt": 64, "generate": 16, "max_batch": 4096, "batch_step": 1,
-                "memory_limit": 1 / 32, "gen_sample": 0}
-GPU_DEFAULTS = {"seq": None, "compare_seq": "1k,4k,16k", "batch": None, "tokens": 16384,
-                "decode_batch": 64, "repeats": 10, "warmup": 3, "max_time": 3.0,
-                "prompt": 3072, "generate": 1024, "max_batch": 8192, "batch_step": 16,
-                "memory_limit": None, "gen_sample": 0}
+CPU_DEFAULTS = {
+    "seq": "256",
+    "compare_seq": "128,256,512",
+    "batch": 1,
+    "tokens": None,
+    "decode_batch": 4,
+    "repeats": 3,
+    "warmup": 1,
+    "max_time": 5.0,
+    "prompt": 64,
+    "generate": 16,
+    "max_batch": 4096,
+    "batch_step": 1,
+    "memory_limit": 1 / 32,
+    "gen_sample": 0,
+}
+GPU_DEFAULTS = {
+    "seq": None,
+    "compare_seq": "1k,4k,16k",
+    "batch": None,
+    "tokens": 16384,
+    "decode_batch": 64,
+    "repeats": 10,
+    "warmup": 3,
+    "max_time": 3.0,
+    "prompt": 3072,
+    "generate": 1024,
+    "max_batch": 8192,
+    "batch_step": 16,
+    "memory_limit": None,
+    "gen_sample": 0,
+}
 
 
 def _usage_error():
@@ -61,8 +85,9 @@ def stack_period(plan: Plan) -> int:
     """The shortest p such that the block list is its first p blocks repeated."""
     keys = [(b.kind, b.params) for b in plan.order()]
     n = len(keys)
-    return next(p for p in range(1, n + 1)
-                if n % p == 0 and all(keys[i] == keys[i % p] for i in range(n)))
+    return next(
+        p for p in range(1, n + 1) if n % p == 0 and all(keys[i] == keys[i % p] for i in range(n))
+    )
 
 
 def _scale_params(data: dict, d_old: int, d_new: int) -> dict:
@@ -98,18 +123,29 @@ def scale_plan(plan: Plan, scale: Scale, dtype: str) -> tuple[Plan, str]:
     blocks = []
     for i, b in enumerate(order[:keep]):
         params = type(b.params).model_validate(
-            _scale_params(b.params.model_dump(), m.d_model, d_new))
+            _scale_params(b.params.model_dump(), m.d_model, d_new)
+        )
         problems = BLOCKS[b.kind].check(params, d_new)
         if problems:
-            raise ValueError(f"cannot scale block {b.index} ({b.kind}) of {plan.name} to "
-                             f"d_model {d_new}: {problems[0][0]}: {problems[0][1]}")
+            raise ValueError(
+                f"cannot scale block {b.index} ({b.kind}) of {plan.name} to "
+                f"d_model {d_new}: {problems[0][0]}: {problems[0][1]}"
+            )
         blocks.append(dataclasses.replace(b, index=i, params=params))
     vocab = min(scale.vocab_size, m.vocab_size)
     model = m.model_copy(update={"d_model": d_new, "vocab_size": vocab, "dtype": dtype})
-    heads = sorted({f"{b.params.heads}x{b.params.head_dim}" for b in blocks
-                    if getattr(b.params, "heads", None)})
-    text = (f"d_model {d_new}" + (f", heads {'/'.join(heads)}" if heads else "")
-            + f", vocab {vocab}, {keep} of {n} blocks, {dtype}")
+    heads = sorted(
+        {
+            f"{b.params.heads}x{b.params.head_dim}"
+            for b in blocks
+            if getattr(b.params, "heads", None)
+        }
+    )
+    text = (
+        f"d_model {d_new}"
+        + (f", heads {'/'.join(heads)}" if heads else "")
+        + f", vocab {vocab}, {keep} of {n} blocks, {dtype}"
+    )
     return make_plan(plan.name, plan.description, plan.file, model, blocks), text
 
 
@@ -127,27 +163,47 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     """Options shared by profile and compare (defaults depend on the device)."""
     g = p.add_argument_group("sizes (defaults: small on the CPU, real on CUDA)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
-    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
-                   help="default: the spec's on CUDA, float32 on the CPU")
+    g.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="default: the spec's on CUDA, float32 on the CPU",
+    )
     g.add_argument("--seq", default=None, help=f"sequence lengths, e.g. 4k,32k ({what})")
     g.add_argument("--batch", type=int, default=None, help="sequences per train/prefill run")
-    g.add_argument("--tokens", type=int, default=None,
-                   help="tokens per train/prefill run: batch = tokens // T (CUDA: 16384)")
+    g.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens per train/prefill run: batch = tokens // T (CUDA: 16384)",
+    )
     g.add_argument("--decode-batch", type=int, default=None, help="CPU 4, CUDA 64")
     g.add_argument("--full-size", action="store_true", help="on the CPU too: no scaling")
     g.add_argument("--scale", action="store_true", help="on CUDA too: the scaled-down copy")
     g.add_argument("--d-model", type=int, default=256, help="d_model of the scaled copy")
     g.add_argument("--vocab", type=int, default=4096, help="vocabulary of the scaled copy")
-    g.add_argument("--blocks", type=int, default=4,
-                   help="at least this many blocks in the scaled copy (0: all)")
+    g.add_argument(
+        "--blocks",
+        type=int,
+        default=4,
+        help="at least this many blocks in the scaled copy (0: all)",
+    )
     t = p.add_argument_group("timing")
     t.add_argument("--repeats", type=int, default=None, help="timed runs (CPU 3, CUDA 10)")
     t.add_argument("--warmup", type=int, default=None, help="runs before timing (CPU 1, CUDA 3)")
-    t.add_argument("--max-time", type=float, default=None,
-                   help="seconds of timed runs per case, after 3 runs (CPU 5, CUDA 3)")
+    t.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="seconds of timed runs per case, after 3 runs (CPU 5, CUDA 3)",
+    )
     t.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
-    t.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (torch.set_num_threads); 1 is steadiest on a busy machine")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads); 1 is steadiest on a busy machine",
+    )
     t.add_argument("--optimizer", action="store_true", help="train: include an AdamW step")
     t.add_argument("--refresh-peaks", action="store_true", help="measure the device again")
     h = p.add_argument_group("throughput (Table 1 of the RAT paper)")
@@ -156,10 +212,18 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     h.add_argument("--gen-batch", type=int, default=None, help="skip the search: this batch")
     h.add_argument("--max-batch", type=int, default=None, help="search limit (CPU 4096, CUDA 8192)")
     h.add_argument("--batch-step", type=int, default=None, help="search granularity (CUDA 16)")
-    h.add_argument("--memory-limit", type=float, default=None,
-                   help="GiB for cache + weights in the search (CPU 1/32; CUDA: no limit)")
-    h.add_argument("--gen-sample", type=int, default=None,
-                   help="time N decode positions and estimate the G steps (0: run all G)")
+    h.add_argument(
+        "--memory-limit",
+        type=float,
+        default=None,
+        help="GiB for cache + weights in the search (CPU 1/32; CUDA: no limit)",
+    )
+    h.add_argument(
+        "--gen-sample",
+        type=int,
+        default=None,
+        help="time N decode positions and estimate the G steps (0: run all G)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="JSON on stdout")
     o.add_argument("--csv", metavar="FILE", default=None, help="CSV to FILE ('-': stdout)")
@@ -170,8 +234,9 @@ def parse_modes(text: str) -> list[str]:
     modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise _usage_error()(f"unknown mode {bad[0] if bad else text!r} "
-                             f"(choose from {', '.join(MODES)} or all)")
+        raise _usage_error()(
+            f"unknown mode {bad[0] if bad else text!r} (choose from {', '.join(MODES)} or all)"
+        )
     return modes
 
 
@@ -179,17 +244,26 @@ def parse_layer(text: str) -> tuple[str, dict]:
     """'rat:chunk_size=64,qk_groups=1' -> ('rat', {'chunk_size': 64, 'qk_groups': 1})."""
     kind, _, rest = text.partition(":")
     if kind not in BLOCKS:
-        raise _usage_error()(f"--layer {text}: unknown kind {kind!r} "
-                             f"(choose from {', '.join(BLOCKS)})")
+        raise _usage_error()(
+            f"--layer {text}: unknown kind {kind!r} (choose from {', '.join(BLOCKS)})"
+        )
     overrides: dict = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
             raise _usage_error()(f"--layer {text}: expected key=value, got {item!r}")
         low = value.lower()
-        overrides[key] = (True if low == "true" else False if low == "false" else
-                          int(value) if value.lstrip("-").isdigit() else
-                          float(value) if _is_float(value) else value)
+        overrides[key] = (
+            True
+            if low == "true"
+            else False
+            if low == "false"
+            else int(value)
+            if value.lstrip("-").isdigit()
+            else float(value)
+            if _is_float(value)
+            else value
+        )
     return kind, overrides
 
 
@@ -251,8 +325,17 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
         value = getattr(args, key, None)
         return d[key] if value is None else value
 
-    for key in ("batch", "tokens", "decode_batch", "repeats", "prompt", "generate",
-                "gen_batch", "max_batch", "batch_step"):
+    for key in (
+        "batch",
+        "tokens",
+        "decode_batch",
+        "repeats",
+        "prompt",
+        "generate",
+        "gen_batch",
+        "max_batch",
+        "batch_step",
+    ):
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise err(f"--{key.replace('_', '-')} must be >= 1 (got {value})")
@@ -265,14 +348,31 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
     seq_text = args.seq or d["compare_seq" if compare else "seq"]
     seqs = parse_lengths(seq_text) if seq_text else []
     limit = pick("memory_limit")
-    settings = Settings(pick("warmup"), pick("repeats"), pick("max_time"),
-                        cuda_graphs=not args.no_graphs, optimizer=args.optimizer)
-    return Sizes(device, args.dtype or ("float32" if scaled and device.type == "cpu" else None),
-                 Scale(args.d_model, args.vocab, args.blocks) if scaled else None, seqs,
-                 args.batch, None if args.batch else pick("tokens"), pick("decode_batch"),
-                 settings, pick("prompt"), pick("generate"), args.gen_batch, pick("max_batch"),
-                 pick("batch_step"), None if limit is None else int(limit * 2**30),
-                 pick("gen_sample"), args.refresh_peaks)
+    settings = Settings(
+        pick("warmup"),
+        pick("repeats"),
+        pick("max_time"),
+        cuda_graphs=not args.no_graphs,
+        optimizer=args.optimizer,
+    )
+    return Sizes(
+        device,
+        args.dtype or ("float32" if scaled and device.type == "cpu" else None),
+        Scale(args.d_model, args.vocab, args.blocks) if scaled else None,
+        seqs,
+        args.batch,
+        None if args.batch else pick("tokens"),
+        pick("decode_batch"),
+        settings,
+        pick("prompt"),
+        pick("generate"),
+        args.gen_batch,
+        pick("max_batch"),
+        pick("batch_step"),
+        None if limit is None else int(limit * 2**30),
+        pick("gen_sample"),
+        args.refresh_peaks,
+    )
 
 
 def prepare(plan: Plan, sizes: Sizes) -> tuple[Plan, str | None]:
@@ -341,8 +441,13 @@ class Progress:
             sys.stderr.write("\r" + " " * 100 + "\r")
 
 
-def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[str, dict]],
-          quiet: bool = False) -> tuple[list[Result], dict | None, list[str]]:
+def sweep(
+    plans: list[Plan],
+    modes: list[str],
+    sizes: Sizes,
+    layers: list[tuple[str, dict]],
+    quiet: bool = False,
+) -> tuple[list[Result], dict | None, list[str]]:
     """Measure every (spec or layer) x mode x T case; returns results, peaks and notes."""
     notes: list[str] = []
     dtype = sizes.dtype
@@ -353,14 +458,20 @@ def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[
             for kind, overrides in layers:
                 block = layer_block(plan, kind, overrides)
                 if block is not None:
-                    jobs.append((lambda p=plan, b=block, s=scaled:
-                                 LayerTarget(p, b, sizes.device, s), [m for m in modes]))
+                    jobs.append(
+                        (
+                            lambda p=plan, b=block, s=scaled: LayerTarget(p, b, sizes.device, s),
+                            [m for m in modes],
+                        )
+                    )
         else:
             jobs.append((lambda p=plan, s=scaled: ModelTarget(p, sizes.device, s), modes))
     if layers and not jobs:
         raise _usage_error()("no spec has a block of the --layer kind(s) given")
-    cases = sum(len(sizes.seqs) * len([m for m in ms if m != "throughput"])
-                + ("throughput" in ms) for _, ms in jobs)
+    cases = sum(
+        len(sizes.seqs) * len([m for m in ms if m != "throughput"]) + ("throughput" in ms)
+        for _, ms in jobs
+    )
     run_dtype = dtype or plans[0].model.dtype
     if sizes.device.type == "cuda":
         allow_recompiles()
@@ -371,11 +482,20 @@ def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[
         for mode in job_modes:
             if mode == "throughput":
                 progress.start(f"{target.plan.name} {target.label} throughput (batch search)")
-                results.append(measure_throughput(
-                    target, sizes.prompt, sizes.generate, sizes.settings, peaks,
-                    max_batch=sizes.max_batch, step=sizes.batch_step,
-                    memory_limit=sizes.memory_limit, batch=sizes.gen_batch,
-                    sample=sizes.gen_sample))
+                results.append(
+                    measure_throughput(
+                        target,
+                        sizes.prompt,
+                        sizes.generate,
+                        sizes.settings,
+                        peaks,
+                        max_batch=sizes.max_batch,
+                        step=sizes.batch_step,
+                        memory_limit=sizes.memory_limit,
+                        batch=sizes.gen_batch,
+                        sample=sizes.gen_sample,
+                    )
+                )
                 progress.advance()
                 continue
             for T in sizes.seqs:
@@ -386,8 +506,10 @@ def sweep(plans: list[Plan], modes: list[str], sizes: Sizes, layers: list[tuple[
         del target
     if sizes.scale is not None:
         desc = prepared[0][1]
-        notes.append(f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
-                     "per spec in 'scaled'); use --full-size for the specs as written")
+        notes.append(
+            f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
+            "per spec in 'scaled'); use --full-size for the specs as written"
+        )
     timed = [r.timing for r in results if r.timing is not None and r.timing.runs >= 3]
     if sizes.device.type == "cpu" and sum(t.spread > 0.5 for t in timed) > len(timed) / 4:
         notes.append("timings are noisy (is the machine busy?); --threads 1 steadies them")
@@ -442,14 +564,22 @@ def cmd_profile(args) -> int:
     if args.csv:
         write_csv(results, args.csv)
     if not args.json and args.csv != "-":
-        print(f"device: {peaks['device']}, torch {peaks['torch']}; measured peaks "
-              f"{peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['dtype']} matmul), "
-              f"{peaks['copy_gbps']:.4g} GB/s (copy)")
+        print(
+            f"device: {peaks['device']}, torch {peaks['torch']}; measured peaks "
+            f"{peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['dtype']} matmul), "
+            f"{peaks['copy_gbps']:.4g} GB/s (copy)"
+        )
         for n in notes:
             print(n)
         print(results_table(results))
-        extra = sorted({f"{r.spec} {r.mode}: {n}" for r in results for n in r.notes
-                        if "graph" in n or "OOM" in n or "estimated" in n})
+        extra = sorted(
+            {
+                f"{r.spec} {r.mode}: {n}"
+                for r in results
+                for n in r.notes
+                if "graph" in n or "OOM" in n or "estimated" in n
+            }
+        )
         for n in extra:
             print(f"note: {n}")
     if args.out:
@@ -472,10 +602,21 @@ def cmd_compare(args) -> int:
         results, peaks, notes = sweep(plans, modes, sizes, [])
         prepared = [prepare(p, sizes) for p in plans]
         measured = [p for p, _ in prepared]
-        note = (f"{sizes.device.type.upper()}, scaled down: {prepared[0][1]}" if sizes.scale
-                else f"{peaks['device']}, specs as written")
-    text, doc = compare_outputs(plans, sizes.seqs, results, measured, notes, peaks,
-                                Path(args.out) if args.out else None, note)
+        note = (
+            f"{sizes.device.type.upper()}, scaled down: {prepared[0][1]}"
+            if sizes.scale
+            else f"{peaks['device']}, specs as written"
+        )
+    text, doc = compare_outputs(
+        plans,
+        sizes.seqs,
+        results,
+        measured,
+        notes,
+        peaks,
+        Path(args.out) if args.out else None,
+        note,
+    )
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     if args.csv and results:
@@ -490,20 +631,33 @@ def cmd_compare(args) -> int:
 def register(subparsers) -> None:
     """Add the `profile` and `compare` sub-commands to the `archlab` parser."""
     p = subparsers.add_parser(
-        "profile", help="measured speed and memory: train, prefill, decode, throughput")
+        "profile", help="measured speed and memory: train, prefill, decode, throughput"
+    )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--mode", default="train,prefill,decode",
-                   help=f"comma-separated, from {', '.join(MODES)}, or all")
-    p.add_argument("--layer", action="append", default=[], metavar="KIND[:k=v,...]",
-                   help="time one block of that kind alone (repeatable), e.g. rat:chunk_size=64")
+    p.add_argument(
+        "--mode",
+        default="train,prefill,decode",
+        help=f"comma-separated, from {', '.join(MODES)}, or all",
+    )
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="KIND[:k=v,...]",
+        help="time one block of that kind alone (repeatable), e.g. rat:chunk_size=64",
+    )
     add_size_options(p, "CPU 256; CUDA each spec's max_seq_len")
     p.set_defaults(func=cmd_profile)
 
     p = subparsers.add_parser(
-        "compare", help="specs side by side: parameters, FLOPs, cache (--measure: speed)")
+        "compare", help="specs side by side: parameters, FLOPs, cache (--measure: speed)"
+    )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--measure", action="store_true", help="also time train, prefill, decode "
-                   "and throughput (on the CPU: scaled-down copies)")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also time train, prefill, decode and throughput (on the CPU: scaled-down copies)",
+    )
     p.add_argument("--mode", default="all", help="modes measured with --measure")
     add_size_options(p, "CPU 128,256,512; CUDA 1k,4k,16k")
     p.set_defaults(func=cmd_compare)

@@ -129,8 +129,16 @@ def _positions(prompt: int, generate: int, n: int) -> list[int]:
     return sorted({prompt + int((i + 0.5) * generate / n) for i in range(n)})
 
 
-def _time_generation(target: ModelTarget, batch: int, prompt: int, generate: int,
-                     settings: Settings, sample: int, gen_repeats: int, r: Result) -> None:
+def _time_generation(
+    target: ModelTarget,
+    batch: int,
+    prompt: int,
+    generate: int,
+    settings: Settings,
+    sample: int,
+    gen_repeats: int,
+    r: Result,
+) -> None:
     device = target.device
     cache = target.allocate_cache(batch, prompt + generate)
     first = torch.randint(0, target.vocab, (batch, 1), device=device)
@@ -164,16 +172,35 @@ def _time_generation(target: ModelTarget, batch: int, prompt: int, generate: int
     r.cache_bytes_measured = cache.nbytes()
 
 
-def measure_throughput(target: ModelTarget, prompt: int, generate: int, settings: Settings,
-                       peaks: dict | None = None, *, max_batch: int = 4096, step: int = 1,
-                       memory_limit: int | None = None, batch: int | None = None,
-                       sample: int = 0, gen_repeats: int = 1) -> Result:
+def measure_throughput(
+    target: ModelTarget,
+    prompt: int,
+    generate: int,
+    settings: Settings,
+    peaks: dict | None = None,
+    *,
+    max_batch: int = 4096,
+    step: int = 1,
+    memory_limit: int | None = None,
+    batch: int | None = None,
+    sample: int = 0,
+    gen_repeats: int = 1,
+) -> Result:
     """Tokens/s generating `generate` tokens after a `prompt`-token context at the largest
     batch that fits (or at `batch`). Out of memory at batch 1 is a result ("oom")."""
     device = target.device
-    r = Result(target.plan.name, target.plan.file, target.label, "throughput", 0, prompt,
-               target.plan.model.dtype, str(device), scaled=target.scaled,
-               backends=target.backends())
+    r = Result(
+        target.plan.name,
+        target.plan.file,
+        target.label,
+        "throughput",
+        0,
+        prompt,
+        target.plan.model.dtype,
+        str(device),
+        scaled=target.scaled,
+        backends=target.backends(),
+    )
     r.extra = {"prompt": prompt, "generate": generate, "sampled_positions": sample}
     total = prompt + generate
     try:
@@ -190,8 +217,13 @@ def measure_throughput(target: ModelTarget, prompt: int, generate: int, settings
             r.batch = batch
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            oom = not _unless_oom(lambda b: _time_generation(
-                target, b, prompt, generate, settings, sample, gen_repeats, r) or True, batch)
+            oom = not _unless_oom(
+                lambda b: (
+                    _time_generation(target, b, prompt, generate, settings, sample, gen_repeats, r)
+                    or True
+                ),
+                batch,
+            )
             if not oom:
                 break
             free_memory(device)
@@ -211,8 +243,9 @@ def measure_throughput(target: ModelTarget, prompt: int, generate: int, settings
             r.flops_frac = r.tflops / peaks["matmul_tflops"]
             r.bw_frac = r.gbps / peaks["copy_gbps"]
         r.cache_bytes_analytic = target.analytic(batch, total)["cache_bytes"]
-        r.peak_memory_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" \
-            else None
+        r.peak_memory_bytes = (
+            torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        )
         r.extra["generation_s"] = t
         r.notes.append("eager decode, greedy sampling; prompt not run (cache marked filled)")
     except Exception as e:  # noqa: BLE001 - a result, never a crash
@@ -234,8 +267,9 @@ def device_name(device: torch.device) -> str:
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                        name)
+            name = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
+            )
     except OSError:
         pass
     n = torch.get_num_threads()
@@ -256,9 +290,14 @@ def measure_peaks(device: torch.device, dtype: torch.dtype) -> dict:
     mm = _timed_matmul(n, device, dtype, quick)
     cp = _timed_copy(copy_bytes, device, quick)
     free_memory(device)
-    return {"device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
-            "torch": torch.__version__, "matmul_tflops": 2 * n**3 / mm.min_s / 1e12,
-            "copy_gbps": 2 * copy_bytes / cp.min_s / 1e9, "measured_at": time.time()}
+    return {
+        "device": device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "matmul_tflops": 2 * n**3 / mm.min_s / 1e12,
+        "copy_gbps": 2 * copy_bytes / cp.min_s / 1e9,
+        "measured_at": time.time(),
+    }
 
 
 def _timed_matmul(n: int, device: torch.device, dtype: torch.dtype, quick: Settings) -> Timing:

@@ -39,8 +39,9 @@ DECODE_BATCH = 512
 
 
 def median_ms(fn, **kw):
-    return do_bench(fn, warmup=kw.pop("warmup", 25), rep=kw.pop("rep", 100),
-                    return_mode="median", **kw)
+    return do_bench(
+        fn, warmup=kw.pop("warmup", 25), rep=kw.pop("rep", 100), return_mode="median", **kw
+    )
 
 
 def views(proj):
@@ -65,12 +66,17 @@ def ceilings():
 
 def check():
     spec = importlib.util.spec_from_file_location(
-        "test_rat_triton", Path(__file__).parent.parent / "tests/kernels/test_rat_triton.py")
+        "test_rat_triton", Path(__file__).parent.parent / "tests/kernels/test_rat_triton.py"
+    )
     tests = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tests)
     out = {}
-    for case in [(1, 4096, H, G, D, L, True), (2, 1000, H, G, D, 64, True),
-                 (1, 700, H, G, D, 128, True), (1, 300, H, G, D, 1000, True)]:
+    for case in [
+        (1, 4096, H, G, D, L, True),
+        (2, 1000, H, G, D, 64, True),
+        (1, 700, H, G, D, 128, True),
+        (1, 300, H, G, D, 1000, True),
+    ]:
         got, ref, low = tests.run_both(*case, torch.bfloat16, "cuda", seed=case[1])
         errs = {}
         ok = True
@@ -82,7 +88,9 @@ def check():
     for T_prompt, tp, ns in [(64, False, None), (65, True, None), (79, True, 4)]:
         err = tests._decode_case("cuda", torch.float32, 3, H, G, D, L, T_prompt, 20, tp, ns)
         out[f"decode prompt={T_prompt} tensor_pos={tp} splits={ns}"] = {
-            "max_abs_err": err, "pass": err < 1e-4}
+            "max_abs_err": err,
+            "pass": err < 1e-4,
+        }
     return out
 
 
@@ -106,25 +114,41 @@ def train_case(B, T, ceil):
     # the parts, on the same inputs
     with torch.no_grad():
         parts = {}
-        parts["scan_fwd"] = median_ms(lambda: triton_scan.scan_forward(
-            q, k, v, gl, bias, L, True, 10000.0))
+        parts["scan_fwd"] = median_ms(
+            lambda: triton_scan.scan_forward(q, k, v, gl, bias, L, True, 10000.0)
+        )
         q_rot, v_run, s_self, k_end, v_end = triton_scan.scan_forward(
-            q, k, v, gl, bias, L, True, 10000.0)
-        parts["attn_fwd"] = median_ms(lambda: triton_attention.attention_forward(
-            q_rot, k_end, v_end, v_run, s_self, L, torch.bfloat16))
-        y, lse = triton_attention.attention_forward(q_rot, k_end, v_end, v_run, s_self, L,
-                                                    torch.bfloat16)
+            q, k, v, gl, bias, L, True, 10000.0
+        )
+        parts["attn_fwd"] = median_ms(
+            lambda: triton_attention.attention_forward(
+                q_rot, k_end, v_end, v_run, s_self, L, torch.bfloat16
+            )
+        )
+        y, lse = triton_attention.attention_forward(
+            q_rot, k_end, v_end, v_run, s_self, L, torch.bfloat16
+        )
         parts["delta"] = median_ms(lambda: triton_attention.attention_delta(y, dy))
         delta = triton_attention.attention_delta(y, dy)
-        parts["attn_bwd"] = median_ms(lambda: triton_attention.attention_backward(
-            q_rot, k_end, v_end, dy, lse, delta, L))
+        parts["attn_bwd"] = median_ms(
+            lambda: triton_attention.attention_backward(q_rot, k_end, v_end, dy, lse, delta, L)
+        )
         dke, dve, dqi = triton_attention.attention_backward(q_rot, k_end, v_end, dy, lse, delta, L)
-        parts["scan_bwd"] = median_ms(lambda: triton_scan.scan_backward(
-            q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0))
+        parts["scan_bwd"] = median_ms(
+            lambda: triton_scan.scan_backward(
+                q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
+            )
+        )
         res["parts_ms"] = parts
-    res["autotuned"] = {name: str(fn.best_config) for name, fn in (
-        ("attn_fwd", triton_attention.fwd_tuned), ("attn_dkv", triton_attention.dkv_tuned),
-        ("attn_dq", triton_attention.dq_tuned)) if getattr(fn, "best_config", None)}
+    res["autotuned"] = {
+        name: str(fn.best_config)
+        for name, fn in (
+            ("attn_fwd", triton_attention.fwd_tuned),
+            ("attn_dkv", triton_attention.dkv_tuned),
+            ("attn_dq", triton_attention.dq_tuned),
+        )
+        if getattr(fn, "best_config", None)
+    }
     flops_fwd = 4 * D * H * B * scored_pairs(T, L)
     in_bytes = B * T * (2 * G * D + 2 * H * D) * 2
     out_bytes = B * T * H * D * 2
@@ -134,8 +158,10 @@ def train_case(B, T, ceil):
     res["flops_fwd_bwd"] = 3 * flops_fwd
     res["min_bytes_fwd"] = bytes_fwd
     res["min_bytes_fwd_bwd"] = bytes_fwd + bytes_bwd
-    for tag, fl, by in (("fwd", flops_fwd, bytes_fwd),
-                        ("fwd_bwd", 3 * flops_fwd, bytes_fwd + bytes_bwd)):
+    for tag, fl, by in (
+        ("fwd", flops_fwd, bytes_fwd),
+        ("fwd_bwd", 3 * flops_fwd, bytes_fwd + bytes_bwd),
+    ):
         ms = res[f"{tag}_ms"]
         res[f"{tag}_TFLOPs"] = fl / (ms * 1e-3) / 1e12
         res[f"{tag}_GBps"] = by / (ms * 1e-3) / 1e9
@@ -161,12 +187,15 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
     pos = torch.tensor(T, device="cuda")  # T tokens cached: the step reads T // L chunk ends
 
     if n_splits is None:
+
         def step():
             return rat_decode_triton(q, k, v, gl, bias, kc, vc, pos, L)
     else:
+
         def step():
-            return triton_decode.decode_step(q, k, v, gl, bias, kc, vc, pos, -1, L, True,
-                                             10000.0, n_splits)
+            return triton_decode.decode_step(
+                q, k, v, gl, bias, kc, vc, pos, -1, L, True, 10000.0, n_splits
+            )
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -184,10 +213,18 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
     c = T // L
     read = 2 * B * c * H * D * 2 + B * (2 * G * D + 2 * H * D) * 2
     bound_ms = read / (ceil["copy_GBps"] * 1e9) * 1e3
-    res = {"B": B, "T": T, "ms": ms, "graph": graph,
-           "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
-           "flops": 4 * D * H * B * (c + 1), "min_bytes": read, "GBps": read / (ms * 1e-3) / 1e9,
-           "bound_ms": bound_ms, "x_bound": ms / bound_ms}
+    res = {
+        "B": B,
+        "T": T,
+        "ms": ms,
+        "graph": graph,
+        "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
+        "flops": 4 * D * H * B * (c + 1),
+        "min_bytes": read,
+        "GBps": read / (ms * 1e-3) / 1e9,
+        "bound_ms": bound_ms,
+        "x_bound": ms / bound_ms,
+    }
     if B == DECODE_BATCH and T in PAPER_DECODE_MS:
         res["paper_layer_decode_ms"] = PAPER_DECODE_MS[T]
     return res
@@ -210,45 +247,94 @@ def aot_report():
 
     def one(fn, types, consts, warps, stages=3):
         sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
-        k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": warps, "num_stages": stages})
+        k = triton.compile(
+            ASTSource(fn, sig, consts),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": warps, "num_stages": stages},
+        )
         path = Path("/tmp") / f"{fn.__name__}.cubin"
         path.write_bytes(k.asm["cubin"])
-        usage = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
-                               text=True).stdout
+        usage = subprocess.run(
+            [tool, "--dump-resource-usage", path], capture_output=True, text=True
+        ).stdout
         sass = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True).stdout
         m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-        out.append({"kernel": fn.__name__, "consts": {k: v for k, v in consts.items()
-                                                      if k not in ("H", "G", "D", "D2")},
-                     "warps": warps, "stages": stages, "regs": int(m.group(1)),
-                     "stack_bytes": int(m.group(2)), "LDL": sass.count("LDL"),
-                     "HGMMA": sass.count("HGMMA")})
+        out.append(
+            {
+                "kernel": fn.__name__,
+                "consts": {k: v for k, v in consts.items() if k not in ("H", "G", "D", "D2")},
+                "warps": warps,
+                "stages": stages,
+                "regs": int(m.group(1)),
+                "stack_bytes": int(m.group(2)),
+                "LDL": sass.count("LDL"),
+                "HGMMA": sass.count("HGMMA"),
+            }
+        )
 
-    attn = {"QR": bf, "KE": bf, "VE": bf, "VR": bf, "DY": bf, "Y": bf, "SS": f32, "LSE": f32,
-            "DELTA": f32, "DKE": f32, "DVE": f32, "DQI": f32, "scale": "fp32",
-            "scale_log2": "fp32"}
-    for cfgs, fn in ((triton_attention._FWD_CONFIGS, triton_attention.rat_attn_fwd_kernel),
-                     (triton_attention._DKV_CONFIGS, triton_attention.rat_attn_bwd_dkv_kernel),
-                     (triton_attention._DQ_CONFIGS, triton_attention.rat_attn_bwd_dq_kernel)):
+    attn = {
+        "QR": bf,
+        "KE": bf,
+        "VE": bf,
+        "VR": bf,
+        "DY": bf,
+        "Y": bf,
+        "SS": f32,
+        "LSE": f32,
+        "DELTA": f32,
+        "DKE": f32,
+        "DVE": f32,
+        "DQI": f32,
+        "scale": "fp32",
+        "scale_log2": "fp32",
+    }
+    for cfgs, fn in (
+        (triton_attention._FWD_CONFIGS, triton_attention.rat_attn_fwd_kernel),
+        (triton_attention._DKV_CONFIGS, triton_attention.rat_attn_bwd_dkv_kernel),
+        (triton_attention._DQ_CONFIGS, triton_attention.rat_attn_bwd_dq_kernel),
+    ):
         for c in cfgs:
-            one(fn, attn, dict(H=H, G=G, D=D, DOT_PREC="tf32", **c.kwargs), c.num_warps,
-                c.num_stages)
+            one(
+                fn,
+                attn,
+                dict(H=H, G=G, D=D, DOT_PREC="tf32", **c.kwargs),
+                c.num_warps,
+                c.num_stages,
+            )
     scan = {n: bf for n in "Q K V GL BIAS QR VR KE VE DY DQ DK DV DGL".split()}
     scan |= {n: f32 for n in "COS SIN SS LSE DELTA DKE DVE DQI DBP DKA SCR".split()}
     scan |= {"scale": "fp32", "scale_log2": "fp32"}
     for chunk in (16, 64):
         BT, _, n_tiles, warps = triton_scan.tile_plan(4096, chunk)
-        one(triton_scan.rat_scan_fwd_kernel, scan, dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True,
-                                                        CORE=True, PARTIAL=False), warps)
+        one(
+            triton_scan.rat_scan_fwd_kernel,
+            scan,
+            dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True, CORE=True, PARTIAL=False),
+            warps,
+        )
         BT, _, n_tiles, warps = triton_scan.tile_plan(4096, chunk, backward=True)
-        one(triton_scan.rat_scan_bwd_kernel, scan, dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True,
-                                                        SINGLE=n_tiles == 1), warps)
+        one(
+            triton_scan.rat_scan_bwd_kernel,
+            scan,
+            dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True, SINGLE=n_tiles == 1),
+            warps,
+        )
     decode = {n: bf for n in "Q K V GL BIAS KC VC Y".split()}
-    decode |= {"POS": "*i64", "INV_FREQ": f32, "PM": f32, "PL": f32, "PACC": f32,
-               "scale_log2": "fp32"}
+    decode |= {
+        "POS": "*i64",
+        "INV_FREQ": f32,
+        "PM": f32,
+        "PL": f32,
+        "PACC": f32,
+        "scale_log2": "fp32",
+    }
     for split in (False, True):
-        one(dec.rat_decode_kernel, decode, dict(H=H, G=G, D2=D // 2, BN=64, ROPE=True,
-                                                POS_PTR=True, SPLIT=split), 4)
+        one(
+            dec.rat_decode_kernel,
+            decode,
+            dict(H=H, G=G, D2=D // 2, BN=64, ROPE=True, POS_PTR=True, SPLIT=split),
+            4,
+        )
     return out
 
 
@@ -300,21 +386,32 @@ def main():
     if "train" in sections:
         section("train", lambda: [train_case(B, T, ceil) for B, T in train_shapes])
     if "decode" in sections:
-        section("decode", lambda: [decode_case(DECODE_BATCH, T, ceil) for T in decode_T]
-                + [decode_case(8, max(decode_T), ceil, n_splits=1),
-                   decode_case(8, max(decode_T), ceil)])
+        section(
+            "decode",
+            lambda: (
+                [decode_case(DECODE_BATCH, T, ceil) for T in decode_T]
+                + [
+                    decode_case(8, max(decode_T), ceil, n_splits=1),
+                    decode_case(8, max(decode_T), ceil),
+                ]
+            ),
+        )
     print(json.dumps(report.get("ceilings", {})))
     for name, val in (report.get("check") or {}).items():
         if isinstance(val, dict):
             print("check", name, "PASS" if val.get("pass") else "FAIL")
     for r in report.get("train", []) if isinstance(report.get("train"), list) else []:
-        print(f"train B={r['B']} T={r['T']}: fwd {r['fwd_ms']:.2f} ms ({r['fwd_TFLOPs']:.0f} TF/s,"
-              f" floor {r['fwd_floor_ms']:.2f}) fwd+bwd {r['fwd_bwd_ms']:.2f} ms "
-              f"({r['fwd_bwd_TFLOPs']:.0f} TF/s, floor {r['fwd_bwd_floor_ms']:.2f}) parts "
-              + " ".join(f"{k}={v:.2f}" for k, v in r["parts_ms"].items()))
+        print(
+            f"train B={r['B']} T={r['T']}: fwd {r['fwd_ms']:.2f} ms ({r['fwd_TFLOPs']:.0f} TF/s,"
+            f" floor {r['fwd_floor_ms']:.2f}) fwd+bwd {r['fwd_bwd_ms']:.2f} ms "
+            f"({r['fwd_bwd_TFLOPs']:.0f} TF/s, floor {r['fwd_bwd_floor_ms']:.2f}) parts "
+            + " ".join(f"{k}={v:.2f}" for k, v in r["parts_ms"].items())
+        )
     for r in report.get("decode", []) if isinstance(report.get("decode"), list) else []:
-        print(f"decode B={r['B']} T={r['T']} splits={r['n_splits']}: {r['ms']:.3f} ms "
-              f"({r['GBps']:.0f} GB/s, {r['x_bound']:.2f}x bound {r['bound_ms']:.3f})")
+        print(
+            f"decode B={r['B']} T={r['T']} splits={r['n_splits']}: {r['ms']:.3f} ms "
+            f"({r['GBps']:.0f} GB/s, {r['x_bound']:.2f}x bound {r['bound_ms']:.3f})"
+        )
     print("wrote", path)
 
 

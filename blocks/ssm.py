@@ -15,10 +15,11 @@ Parameter names follow mamba (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `nor
 Backends: `reference` (kernels/ssd/reference.py, the chunked SSD in float32 with
 `chunk_size`), `triton` (fla's chunk_simple_gla, CUDA only, needs `archlab[ssm]`), `auto`
 (triton when it can run forward and backward, else reference: fla refuses its backward on
-Hopper with Triton 3.4-3.7.0, and then `backend_note` says so). The decode `step` is the plain recurrence for
-both. The cache holds the conv state (the last conv_kernel - 1 inputs of the conv
-channels, in the cache dtype) and the SSM state [B, heads, head_dim, d_state], always
-float32 (it accumulates over the whole context), so it counts 4 bytes per element.
+Hopper with Triton 3.4-3.7.0, and then `backend_note` says so). The decode `step` is the
+plain recurrence for both. The cache holds the conv state (the last conv_kernel - 1
+inputs of the conv channels, in the cache dtype) and the SSM state [B, heads, head_dim,
+d_state], always float32 (it accumulates over the whole context), so it counts 4 bytes
+per element.
 
 FLOPs (2 per multiply-add), per sequence of T tokens, with Q = sum over chunks of the
 squared chunk lengths (the last chunk may be shorter), H heads, P head_dim, N d_state,

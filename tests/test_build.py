@@ -49,8 +49,10 @@ def test_training_step_reaches_every_parameter():
 
 
 def test_tied_embeddings_share_one_tensor():
-    spec = {"model": {"d_model": 16, "vocab_size": 50, "tie_embeddings": True,
-                      "dtype": "float32"}, "stack": ["mlp"]}
+    spec = {
+        "model": {"d_model": 16, "vocab_size": 50, "tie_embeddings": True, "dtype": "float32"},
+        "stack": ["mlp"],
+    }
     model = archlab.build(spec)
     assert model.lm_head.weight is model.embedding.weight
     plan = archlab.compile(spec)
@@ -64,16 +66,21 @@ def test_dtype_from_spec_and_override():
 
 
 def test_layernorm_model():
-    spec = {"model": {"d_model": 16, "vocab_size": 50, "norm": "layernorm", "dtype": "float32"},
-            "stack": ["mlp"]}
+    spec = {
+        "model": {"d_model": 16, "vocab_size": 50, "norm": "layernorm", "dtype": "float32"},
+        "stack": ["mlp"],
+    }
     model = archlab.build(spec)
     assert isinstance(model.final_norm, torch.nn.LayerNorm)
     assert archlab.cost(spec).params == sum(p.numel() for p in model.parameters())
 
 
-def test_requested_backend_that_cannot_run_fails_at_build():
-    spec = {"model": {"d_model": 32, "vocab_size": 50, "dtype": "float32"},
-            "stack": [{"kind": "rat", "heads": 2, "chunk_size": 4, "backend": "triton"}]}
+def test_requested_backend_that_cannot_run_fails_at_build(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # else triton runs, interpreted
+    spec = {
+        "model": {"d_model": 32, "vocab_size": 50, "dtype": "float32"},
+        "stack": [{"kind": "rat", "heads": 2, "chunk_size": 4, "backend": "triton"}],
+    }
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine triton may run")
     with pytest.raises(BackendUnavailable):

@@ -16,6 +16,7 @@ import functools
 import math
 
 import torch
+
 from archlab.blocks.rope import apply_rope, rope_cos_sin
 from archlab.kernels.rat.reference import chunk_ends, expand_groups
 from archlab.kernels.rat.scan import rat_scan_states

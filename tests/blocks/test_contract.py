@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from archlab.blocks import BLOCKS
 
+from archlab.blocks import BLOCKS
 from archlab.config import ModelConfig
 
 D_MODEL = 16

@@ -7,17 +7,17 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from archlab.blocks import rat, rnn
 from archlab.blocks.base import BackendUnavailable
+from archlab.config import ModelConfig
 from archlab.kernels.rat.reference import (
     chunk_scan,
     rat_core_reference,
     rat_prefill_cache_reference,
 )
 from archlab.kernels.rat.scan import chunk_scan_parallel, rat_prefill_cache_scan
-from torch.utils.flop_counter import FlopCounterMode
-
-from archlab.config import ModelConfig
 
 D_MODEL = 32
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=64, dtype="float32")

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from archlab.blocks import rnn
-from archlab.blocks.base import BackendUnavailable
 from torch.utils.flop_counter import FlopCounterMode
 
+from archlab.blocks import rnn
+from archlab.blocks.base import BackendUnavailable
 from archlab.config import ModelConfig
 
 D_MODEL = 16

@@ -92,8 +92,10 @@ def test_parallel_errors(stack, needle):
         ("[mlp, {kind: mlp, share_cache: 0}]", "`share_cache` is for attention"),
         ("[{kind: attention, share_cache: 1}, attention]", "must name an earlier block"),
         ("[{kind: attention, share_cache: 0}]", "must name an earlier block"),
-        ("[{kind: attention, name: src}, {kind: attention, share_cache: scr}]",
-         "no block is named 'scr'; did you mean 'src'"),
+        (
+            "[{kind: attention, name: src}, {kind: attention, share_cache: scr}]",
+            "no block is named 'scr'; did you mean 'src'",
+        ),
         ("[attention, {kind: attention, share_cache: true}]", "must be a block index or a block"),
     ],
 )

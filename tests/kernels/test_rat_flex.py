@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import flex_attention
+
 from archlab.blocks import rat
 from archlab.blocks.base import BackendUnavailable
+from archlab.config import ModelConfig
 from archlab.kernels.rat.flex import flex_available, rat_core_flex, rat_core_flex_with
 from archlab.kernels.rat.reference import rat_core_reference
 from archlab.kernels.rat.scan import rat_core_scan, rat_scan_states
-from torch.nn.attention.flex_attention import flex_attention
-
-from archlab.config import ModelConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 CUDA = torch.cuda.is_available()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from archlab.kernels.rat.reference import (
     rat_core_reference,
     rat_decode_reference,

@@ -25,9 +25,11 @@ from archlab.kernels.rat import triton_attention, triton_decode, triton_scan  # 
 if not HAS_CUDA:
     from triton.runtime.interpreter import InterpretedFunction
 
-    for _module, _kernel in ((triton_scan, "rat_scan_fwd_kernel"),
-                             (triton_attention, "rat_attn_fwd_kernel"),
-                             (triton_decode, "rat_decode_kernel")):
+    for _module, _kernel in (
+        (triton_scan, "rat_scan_fwd_kernel"),
+        (triton_attention, "rat_attn_fwd_kernel"),
+        (triton_decode, "rat_decode_kernel"),
+    ):
         if not isinstance(getattr(_module, _kernel), InterpretedFunction):
             importlib.reload(_module)
 
@@ -110,8 +112,15 @@ def _decode_case(device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, 
     kc = torch.randn(B, C_max, H, D, device=device, dtype=dtype)  # garbage beyond the prompt
     vc = torch.randn(B, C_max, H, D, device=device, dtype=dtype)
     kc_ref, vc_ref = kc.float().clone(), vc.float().clone()
-    rat_prefill_cache_reference(k[:, :T_prompt].float(), v[:, :T_prompt].float(),
-                                gl[:, :T_prompt].float(), bias.float(), kc_ref, vc_ref, L)
+    rat_prefill_cache_reference(
+        k[:, :T_prompt].float(),
+        v[:, :T_prompt].float(),
+        gl[:, :T_prompt].float(),
+        bias.float(),
+        kc_ref,
+        vc_ref,
+        L,
+    )
     rat_prefill_cache_triton(k[:, :T_prompt], v[:, :T_prompt], gl[:, :T_prompt], bias, kc, vc, L)
     errs = [(kc.float() - kc_ref).abs().max().item(), (vc.float() - vc_ref).abs().max().item()]
     for t in range(T_prompt, T_prompt + steps):
@@ -128,14 +137,14 @@ def _decode_case(device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, 
     return max(errs)
 
 
-@pytest.mark.parametrize("T_prompt,use_tensor_pos,n_splits", [(8, False, None), (9, True, None),
-                                                              (11, False, 3)])
+@pytest.mark.parametrize(
+    "T_prompt,use_tensor_pos,n_splits", [(8, False, None), (9, True, None), (11, False, 3)]
+)
 def test_decode_interpreted(T_prompt, use_tensor_pos, n_splits):
     """Prompts ending on, just past and inside a chunk (L = 4); steps cross a boundary."""
     if HAS_CUDA:
         pytest.skip("the interpreter cases run where there is no GPU")
-    err = _decode_case("cpu", torch.float32, 2, 4, 2, 16, 4, T_prompt, 5, use_tensor_pos,
-                       n_splits)
+    err = _decode_case("cpu", torch.float32, 2, 4, 2, 16, 4, T_prompt, 5, use_tensor_pos, n_splits)
     assert err < 1e-5
 
 
@@ -222,9 +231,11 @@ def test_core_gpu_float32(L):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("T_prompt,use_tensor_pos,n_splits", [(64, False, None), (65, True, None),
-                                                              (79, True, 4)])
+@pytest.mark.parametrize(
+    "T_prompt,use_tensor_pos,n_splits", [(64, False, None), (65, True, None), (79, True, 4)]
+)
 def test_decode_gpu(T_prompt, use_tensor_pos, n_splits):
-    err = _decode_case("cuda", torch.float32, 3, 16, 2, 128, 16, T_prompt, 20, use_tensor_pos,
-                       n_splits)
+    err = _decode_case(
+        "cuda", torch.float32, 3, 16, 2, 128, 16, T_prompt, 20, use_tensor_pos, n_splits
+    )
     assert err < 1e-4

@@ -15,19 +15,47 @@ from archlab.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "specs" / "tiny"
 PAPER = ROOT / "specs" / "paper"
-FAST = ["--seq", "16,32", "--repeats", "1", "--warmup", "0", "--prompt", "8", "--generate",
-        "2", "--max-batch", "8"]
+FAST = [
+    "--seq",
+    "16,32",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--prompt",
+    "8",
+    "--generate",
+    "2",
+    "--max-batch",
+    "8",
+]
 
 RESULT_KEYS = {
-    "spec": str, "file": str, "target": str, "mode": str, "batch": int, "seq_len": int,
-    "dtype": str, "device": str, "status": str, "error": (str, type(None)),
-    "timing": (dict, type(None)), "tokens_per_s": (float, type(None)),
-    "flops": (int, type(None)), "tflops": (float, type(None)),
-    "flops_frac": (float, type(None)), "bytes": (int, type(None)),
-    "gbps": (float, type(None)), "bw_frac": (float, type(None)),
-    "peak_memory_bytes": (int, type(None)), "cache_bytes_measured": (int, type(None)),
-    "cache_bytes_analytic": (int, type(None)), "backends": dict,
-    "cuda_graph": (bool, type(None)), "scaled": (str, type(None)), "extra": dict,
+    "spec": str,
+    "file": str,
+    "target": str,
+    "mode": str,
+    "batch": int,
+    "seq_len": int,
+    "dtype": str,
+    "device": str,
+    "status": str,
+    "error": (str, type(None)),
+    "timing": (dict, type(None)),
+    "tokens_per_s": (float, type(None)),
+    "flops": (int, type(None)),
+    "tflops": (float, type(None)),
+    "flops_frac": (float, type(None)),
+    "bytes": (int, type(None)),
+    "gbps": (float, type(None)),
+    "bw_frac": (float, type(None)),
+    "peak_memory_bytes": (int, type(None)),
+    "cache_bytes_measured": (int, type(None)),
+    "cache_bytes_analytic": (int, type(None)),
+    "backends": dict,
+    "cuda_graph": (bool, type(None)),
+    "scaled": (str, type(None)),
+    "extra": dict,
     "notes": list,
 }
 TIMING_KEYS = {"median_s", "p10_s", "p90_s", "min_s", "max_s", "runs"}
@@ -63,18 +91,45 @@ def test_profile_json_schema_all_modes(capsys):
 
 
 def test_oom_in_a_sweep_goes_on(capsys):
-    doc = run_json(capsys, "profile", TINY / "attention.yaml", "--mode", "prefill,decode",
-                   "--decode-batch", str(1 << 40), "--json", *FAST)
+    doc = run_json(
+        capsys,
+        "profile",
+        TINY / "attention.yaml",
+        "--mode",
+        "prefill,decode",
+        "--decode-batch",
+        str(1 << 40),
+        "--json",
+        *FAST,
+    )
     check_schema(doc)
     by_mode = {(r["mode"], r["seq_len"]): r["status"] for r in doc["results"]}
-    assert by_mode == {("prefill", 16): "ok", ("prefill", 32): "ok",
-                       ("decode", 16): "oom", ("decode", 32): "oom"}
+    assert by_mode == {
+        ("prefill", 16): "ok",
+        ("prefill", 32): "ok",
+        ("decode", 16): "oom",
+        ("decode", 32): "oom",
+    }
 
 
 def test_profile_table_csv_and_out(tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(["profile", str(TINY / "rat.yaml"), "--mode", "decode", "--out", str(out),
-                 "--csv", str(tmp_path / "x.csv"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                str(TINY / "rat.yaml"),
+                "--mode",
+                "decode",
+                "--out",
+                str(out),
+                "--csv",
+                str(tmp_path / "x.csv"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "scaled-down" in text and "decode" in text and "TFLOP/s" in text
     check_schema(json.loads((out / "profile.json").read_text()))
@@ -84,28 +139,42 @@ def test_profile_table_csv_and_out(tmp_path, capsys):
 
 
 def test_profile_layers(capsys):
-    doc = run_json(capsys, "profile", TINY / "rat.yaml", TINY / "attention.yaml", "--json",
-                   "--layer", "rat:chunk_size=8", "--layer", "attention", "--mode",
-                   "train,decode", *FAST)
+    doc = run_json(
+        capsys,
+        "profile",
+        TINY / "rat.yaml",
+        TINY / "attention.yaml",
+        "--json",
+        "--layer",
+        "rat:chunk_size=8",
+        "--layer",
+        "attention",
+        "--mode",
+        "train,decode",
+        *FAST,
+    )
     check_schema(doc)
     targets = {r["target"] for r in doc["results"]}
     assert any("chunk_size=8" in t for t in targets) and any("attention" in t for t in targets)
     assert len(doc["results"]) == 2 * 2 * 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--mode", "fly"], "unknown mode"),
-    (["--layer", "warp"], "unknown kind"),
-    (["--layer", "rat:chunk_size"], "key=value"),
-    (["--layer", "rat:chunk_size=0"], "--layer rat"),
-    (["--layer", "ssm"], "no spec has"),
-    (["--layer", "rat", "--mode", "throughput"], "whole models"),
-    (["--device", "cuda:0"], None),
-    (["--device", "tpu"], "--device"),
-    (["--seq", "abc"], "bad length"),
-    (["--repeats", "0"], "--repeats"),
-    (["--batch", "-1"], "--batch"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--mode", "fly"], "unknown mode"),
+        (["--layer", "warp"], "unknown kind"),
+        (["--layer", "rat:chunk_size"], "key=value"),
+        (["--layer", "rat:chunk_size=0"], "--layer rat"),
+        (["--layer", "ssm"], "no spec has"),
+        (["--layer", "rat", "--mode", "throughput"], "whole models"),
+        (["--device", "cuda:0"], None),
+        (["--device", "tpu"], "--device"),
+        (["--seq", "abc"], "bad length"),
+        (["--repeats", "0"], "--repeats"),
+        (["--batch", "-1"], "--batch"),
+    ],
+)
 def test_usage_errors_exit_2(argv, message, capsys):
     import torch
 
@@ -130,7 +199,9 @@ def test_compare_analytic_only(tmp_path, capsys):
     doc = run_json(capsys, "compare", *specs, "--seq", "1k,4k", "--json")
     assert doc["schema"] == "archlab.compare/1" and doc["measured"] is None
     assert [(r["spec"], r["seq_len"]) for r in doc["analytic"]][:2] == [
-        ("attention-1.3b", 1024), ("rat-l16-1.3b", 1024)]
+        ("attention-1.3b", 1024),
+        ("rat-l16-1.3b", 1024),
+    ]
     assert doc["analytic"][0]["ratio"]["cache_bytes"] == 1.0
     assert any(c["metric"] == "train_flops" and c["seq_len"] == 547 for c in doc["crossovers"])
     assert main(["compare", *map(str, specs), "--seq", "1k,4k"]) == 0

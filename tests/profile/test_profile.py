@@ -14,7 +14,6 @@ from archlab.profile import LayerTarget, ModelTarget, Settings, Timing, is_oom, 
 from archlab.profile_cli import Scale, scale_plan, stack_period
 from archlab.throughput import device_peaks, measure_throughput
 
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY, PAPER = ROOT / "specs" / "tiny", ROOT / "specs" / "paper"
 CPU = torch.device("cpu")

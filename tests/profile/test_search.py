@@ -43,8 +43,10 @@ def test_limit_reached_is_capped():
     assert s.probes[-1] == (300, True)
 
 
-@pytest.mark.parametrize("threshold,step,expected", [(100, 16, 96), (2688, 16, 2688),
-                                                     (15, 16, 15), (5, 16, 5), (16, 16, 16)])
+@pytest.mark.parametrize(
+    "threshold,step,expected",
+    [(100, 16, 96), (2688, 16, 2688), (15, 16, 15), (5, 16, 5), (16, 16, 16)],
+)
 def test_step_granularity(threshold, step, expected):
     fits, calls = oracle(threshold)
     s = largest_batch(fits, limit=8192, step=step)
