@@ -11,7 +11,7 @@ import torch
 import archlab
 from archlab import profile, throughput
 from archlab.profile import LayerTarget, ModelTarget, Settings, Timing, is_oom, measure
-from archlab.profile_cli import Scale, scale_plan, stack_period
+from archlab.scale import Scale, scale_plan, stack_period
 from archlab.throughput import device_peaks, measure_throughput
 
 ROOT = Path(__file__).resolve().parents[2]
