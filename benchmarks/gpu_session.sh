@@ -2,11 +2,12 @@
 # On the device machine, from the repository root, with `carry: [".whl"]`:
 #   bash benchmarks/gpu_session.sh tests     # GPU tests: every fast backend vs the references
 #   bash benchmarks/gpu_session.sh kernels   # RAT Triton kernels: checks and timings (issue 5)
+#   bash benchmarks/gpu_session.sh layer     # RAT layer vs the published figures (issue 5)
 #   bash benchmarks/gpu_session.sh profile   # the paper's Table 1 and efficiency figure (issue 6)
 # Each stage leaves one log and one tarball of JSON/plots in $OUT (fetched back by the tool);
 # commit them under benchmarks/results/ with this command line, the GPU, versions and date.
 set -u
-stage=${1:?usage: gpu_session.sh tests|kernels|profile}
+stage=${1:?usage: gpu_session.sh tests|kernels|layer|profile}
 out=${OUT:-/tmp/out}
 mkdir -p "$out/$stage"
 source benchmarks/device_setup.sh
@@ -26,6 +27,10 @@ case $stage in
   kernels)
     timeout 560 python3 "$repo/benchmarks/rat_kernels.py" --out "$out/$stage" 2>&1 \
       | tee "$out/$stage/rat_kernels.log"
+    ;;
+  layer)
+    timeout 560 python3 "$repo/benchmarks/rat_layer.py" --out "$out/$stage/rat_layer.json" 2>&1 \
+      | tee "$out/$stage/rat_layer.log"
     ;;
   profile)
     specs=$repo/specs/paper
