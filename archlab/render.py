@@ -38,6 +38,12 @@ def table(headers: list[str], rows: list[list], right: set[int] | None = None) -
     return "\n".join(lines)
 
 
+EDGE_STYLES = {  # kind -> (colour, line style, meaning)
+    "cache_share": ("#c00000", "dashed", "reads the keys/values of (red, dashed)"),
+    "branch": ("#555555", "dotted", "parallel branch in/out (grey, dotted)"),
+    "merge": ("#555555", "dotted", ""),
+    "tied_weights": ("#1f5fbf", "dashdot", "tied weights (blue)"),
+}
 COLORS = {
     "attention": "#e45756",
     "local_attention": "#f58518",
@@ -50,11 +56,20 @@ COLORS = {
 
 def _label(plan: Plan, node: str) -> str:
     data = plan.graph.nodes[node]
-    if data.get("role") != "block":
+    if data.get("role") not in ("block", "branch"):
         return node
     block = plan.blocks[data["index"]]
-    params = ", ".join(f"{k}={v}" for k, v in block.summary().items() if k != "backend")
-    return f"{block.index}: {block.kind}" + (f" ({params})" if params else "")
+    if data["role"] == "branch":  # drawn as its own node: "2.1: rat (chunk_size=4)"
+        branch = block.params.branches[data["branch"]]
+        summary = branch.model_dump(exclude_defaults=True, exclude={"kind"})
+        name = f"{block.index}.{data['branch']}: {branch.kind}"
+    else:
+        summary = block.summary()
+        if block.kind == "parallel":  # its branches have nodes of their own
+            summary = {k: v for k, v in summary.items() if k != "branches"}
+        name = f"{block.index}: {block.kind}"
+    params = ", ".join(f"{k}={v}" for k, v in summary.items() if k != "backend")
+    return name + (f" ({params})" if params else "")
 
 
 def draw_svg(plan: Plan) -> str:
@@ -121,19 +136,55 @@ def write_graph(plan: Plan, path: str | Path) -> None:
     import networkx as nx
 
     order = list(nx.topological_sort(plan.graph))
-    fig, ax = plt.subplots(figsize=(6, 0.32 * len(order) + 0.6))
-    for i, n in enumerate(order):
+    row = {n: i for i, n in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(8, 0.34 * len(order) + 0.8))
+    for n in order:
         kind = plan.graph.nodes[n].get("kind", "")
+        indent = 0.06 if plan.graph.nodes[n].get("role") == "branch" else 0.0
         ax.text(
-            0.02,
-            -i,
+            0.02 + indent,
+            -row[n],
             _label(plan, n),
             va="center",
             family="monospace",
             fontsize=8,
             bbox={"facecolor": COLORS.get(kind, "#eeeeee"), "alpha": 0.5, "boxstyle": "round"},
         )
-    ax.set_ylim(-len(order), 1)
+    for a, b, data in plan.graph.edges(data=True):
+        kind = data.get("kind", "")
+        if kind == "residual" and row[b] == row[a] + 1:
+            ax.annotate(
+                "",
+                (0.01, -row[b] + 0.3),
+                (0.01, -row[a] - 0.3),
+                arrowprops={"arrowstyle": "->", "color": "#333"},
+            )
+            continue
+        style = EDGE_STYLES.get(kind, ("#666", "solid"))
+        ax.annotate(
+            "",
+            (0.0, -row[b]),
+            (0.0, -row[a]),
+            arrowprops={
+                "arrowstyle": "->",
+                "color": style[0],
+                "linestyle": style[1],
+                "connectionstyle": f"arc3,rad={0.25 if kind != 'residual' else -0.25}",
+            },
+        )
+    used = {d.get("kind") for _, _, d in plan.graph.edges(data=True)} - {"residual"}
+    legend = [EDGE_STYLES[k][2] for k in EDGE_STYLES if k in used and EDGE_STYLES[k][2]]
+    if legend:
+        ax.text(
+            0.02,
+            -len(order) - 0.2,
+            "edges  " + "   ".join(legend),
+            fontsize=7,
+            family="monospace",
+            va="top",
+        )
+    ax.set_xlim(-0.25, 1.0)
+    ax.set_ylim(-len(order) - 1, 1)
     ax.set_axis_off()
     ax.set_title(plan.name)
     fig.savefig(path, dpi=120, bbox_inches="tight")
