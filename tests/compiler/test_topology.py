@@ -101,3 +101,21 @@ def test_parallel_errors(stack, needle):
 )
 def test_sharing_errors(stack, needle):
     assert needle in errors_of(f"stack: {stack}\n")
+
+
+def test_graph_drawings_show_sharing_and_branches(tmp_path):
+    from pathlib import Path
+
+    from archlab.render import write_graph
+
+    root = Path(__file__).resolve().parents[2] / "specs" / "tiny"
+    shared = archlab.compile(str(root / "shared.yaml"))
+    assert sum(d["kind"] == "cache_share" for *_, d in shared.graph.edges(data=True)) == 4
+    write_graph(shared, tmp_path / "s.svg")
+    svg = (tmp_path / "s.svg").read_text()
+    assert svg.count("stroke-dasharray") == 4  # one dashed edge per sharer
+    parallel = archlab.compile(str(root / "parallel.yaml"))
+    write_graph(parallel, tmp_path / "p.svg")
+    assert "2.1: rat (heads=4, chunk_size=4)" in (tmp_path / "p.svg").read_text()
+    write_graph(parallel, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
