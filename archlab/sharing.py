@@ -92,6 +92,15 @@ def resolve_sharing(
             continue
         root = out[index].shares_cache_of
         root = index if root is None else root
+        if out[root].kind != b.kind:
+            errors.append(
+                source.issue(
+                    path,
+                    f"cannot share the cache of block {root}: it is "
+                    f"a {out[root].kind} block, this one {b.kind}",
+                )
+            )
+            continue
         mine, theirs = geometry(out[i], model.d_model), geometry(out[root], model.d_model)
         diff = [f"{k} {mine[k]!r} vs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
         if diff:

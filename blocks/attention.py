@@ -20,6 +20,7 @@ from archlab.blocks.base import (
     BlockParams,
     FlopCount,
     LayerCache,
+    check_backend,
     resolve_backend,
 )
 from archlab.blocks.rope import apply_rope, rope_cos_sin
@@ -28,6 +29,7 @@ from archlab.config import ModelConfig
 KIND = "attention"
 SYMBOL = "A"
 IS_MIXER = True
+BACKENDS = ("reference", "sdpa", "flex")
 
 
 class Params(BlockParams):
@@ -50,8 +52,9 @@ class Params(BlockParams):
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
-    """Checks that need the model: head_dim derivable, kv_heads dividing heads."""
-    errors = []
+    """Checks that need the model: head_dim derivable, kv_heads dividing heads; and that
+    the kind has the backend asked for."""
+    errors = check_backend(p.backend, p.kind, BACKENDS)
     if p.head_dim is None and d_model % p.heads:
         errors.append(
             (

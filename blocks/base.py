@@ -73,6 +73,14 @@ class LayerCache:
         return self.tensors[name]
 
 
+def check_backend(backend: str, kind: str, available: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The `backend` error of a kind that does not have the requested backend (else [])."""
+    if backend in ("auto", *available):
+        return []
+    choices = ", ".join(("auto", *available))
+    return [("backend", f"{kind} has no backend {backend!r} (choose from {choices})")]
+
+
 def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
     """FLOPs of a dense projection over `tokens` rows."""
     return 2 * tokens * d_in * d_out

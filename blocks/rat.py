@@ -16,6 +16,7 @@ from archlab.blocks.base import (
     BlockParams,
     FlopCount,
     LayerCache,
+    check_backend,
     linear_flops,
     resolve_backend,
 )
@@ -32,6 +33,7 @@ from archlab.kernels.rat.scan import (
 KIND = "rat"
 SYMBOL = "R"
 IS_MIXER = True
+BACKENDS = ("reference", "flex", "triton")
 
 
 class Params(BlockParams):
@@ -54,8 +56,9 @@ class Params(BlockParams):
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
-    """Checks that need the model: head_dim derivable and even under RoPE, groups dividing."""
-    errors = []
+    """Checks that need the model: head_dim derivable and even under RoPE, groups dividing;
+    and that the kind has the backend asked for."""
+    errors = check_backend(p.backend, KIND, BACKENDS)
     if p.head_dim is None and d_model % p.heads:
         errors.append(
             (

@@ -13,6 +13,7 @@ from archlab.blocks.base import (
     BlockParams,
     FlopCount,
     LayerCache,
+    check_backend,
     linear_flops,
     resolve_backend,
 )
@@ -33,8 +34,8 @@ class Params(BlockParams):
 
 
 def check(p: Params, d_model: int) -> list[tuple[str, str]]:
-    """No check needs the model."""
-    return []
+    """Only that the kind has the backend asked for."""
+    return check_backend(p.backend, KIND, ("reference",))
 
 
 EXAMPLES = [{"kind": "rnn"}, {"kind": "rnn", "bias": True}]

@@ -101,3 +101,20 @@ def test_at_index_out_of_range(tmp_path):
 def test_bad_input_messages(text, needle, tmp_path):
     errs = errors_of(text, tmp_path)
     assert any(needle in str(e) for e in errs), [str(e) for e in errs]
+
+
+@pytest.mark.parametrize(
+    "block,needle",
+    [
+        ("{kind: attention, heads: 4, backend: triton}", "attention has no backend 'triton'"),
+        (
+            "{kind: local_attention, heads: 4, window: 4, backend: triton}",
+            "local_attention has no backend 'triton'",
+        ),
+        ("{kind: rat, heads: 4, chunk_size: 4, backend: sdpa}", "rat has no backend 'sdpa'"),
+        ("{kind: rnn, backend: flex}", "rnn has no backend 'flex'"),
+    ],
+)
+def test_backend_the_kind_does_not_have(block, needle, tmp_path):
+    errs = errors_of(f"model: {{d_model: 64, vocab_size: 10}}\nstack: [{block}]\n", tmp_path)
+    assert errs[0].path == "stack[0].backend" and needle in errs[0].message

@@ -97,6 +97,9 @@ def test_parallel_errors(stack, needle):
             "no block is named 'scr'; did you mean 'src'",
         ),
         ("[attention, {kind: attention, share_cache: true}]", "must be a block index or a block"),
+        ("[mlp, {kind: attention, share_cache: 0}]", "it is a mlp block, this one attention"),
+        ("[rat, {kind: attention, share_cache: 0}]", "it is a rat block, this one attention"),
+        ("[{parallel: [rat]}, {kind: rat, share_cache: 0}]", "it is a parallel block"),
     ],
 )
 def test_sharing_errors(stack, needle):
