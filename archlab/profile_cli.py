@@ -20,7 +20,16 @@ import torch
 
 from archlab.blocks import BLOCKS
 from archlab.plan import Plan
-from archlab.profile import MODES, LayerTarget, ModelTarget, Result, Settings, measure
+from archlab.profile import (
+    MODES,
+    LayerTarget,
+    ModelTarget,
+    Result,
+    Settings,
+    free_memory,
+    is_oom,
+    measure,
+)
 from archlab.scale import Scale, scale_plan, with_dtype
 from archlab.throughput import device_peaks, measure_throughput
 
@@ -349,6 +358,33 @@ class Progress:
             sys.stderr.write("\r" + " " * 100 + "\r")
 
 
+def _unbuilt_results(plan: Plan, label: str, modes: list[str], sizes: Sizes, e: Exception):
+    """One failed Result per case of a target that could not be built (OOM or error)."""
+    status = "oom" if is_oom(e) else "error"
+    error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    cases = [
+        (m, sizes.prompt if m == "throughput" else T)
+        for m in modes
+        for T in ([0] if m == "throughput" else sizes.seqs)
+    ]
+    return [
+        Result(
+            plan.name,
+            plan.file,
+            label,
+            mode,
+            0,
+            T,
+            sizes.dtype or plan.model.dtype,
+            str(sizes.device),
+            status=status,
+            error=error,
+            timing=None,
+        )
+        for mode, T in cases
+    ]
+
+
 def sweep(
     plans: list[Plan],
     modes: list[str],
@@ -370,23 +406,35 @@ def sweep(
                         (
                             lambda p=plan, b=block, s=scaled: LayerTarget(p, b, sizes.device, s),
                             [m for m in modes],
+                            plan,
+                            f"layer {kind}",
                         )
                     )
         else:
-            jobs.append((lambda p=plan, s=scaled: ModelTarget(p, sizes.device, s), modes))
+            jobs.append(
+                (lambda p=plan, s=scaled: ModelTarget(p, sizes.device, s), modes, plan, "model")
+            )
     if layers and not jobs:
         raise _usage_error()("no spec has a block of the --layer kind(s) given")
     cases = sum(
         len(sizes.seqs) * len([m for m in ms if m != "throughput"]) + ("throughput" in ms)
-        for _, ms in jobs
+        for _, ms, *_ in jobs
     )
     run_dtype = dtype or plans[0].model.dtype
     if sizes.device.type == "cuda":
         allow_recompiles()
     peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
     progress, results = Progress(cases, quiet), []
-    for make, job_modes in jobs:
-        target = make()
+    for make, job_modes, plan, label in jobs:
+        try:
+            target = make()
+        except Exception as e:  # noqa: BLE001 - a target that cannot be built is a result
+            failed = _unbuilt_results(plan, label, job_modes, sizes, e)
+            results.extend(failed)
+            for _ in failed:
+                progress.advance()
+            free_memory(sizes.device)
+            continue
         for mode in job_modes:
             if mode == "throughput":
                 progress.start(f"{target.plan.name} {target.label} throughput (batch search)")

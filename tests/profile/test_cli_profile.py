@@ -224,3 +224,47 @@ def test_compare_measure_writes_plots_and_report(tmp_path, capsys):
     doc = json.loads((out / "compare.json").read_text())
     check_schema(doc["measured"])
     assert len(doc["measured"]["results"]) == 3 * (3 * 2 + 1)
+
+
+def test_parallel_blocks_profile_at_the_right_position(capsys):
+    """Every branch of a parallel block is marked as holding T tokens, so prefill runs
+    again and again and decode runs at position T (not 0, 1, 2, ...)."""
+    doc = run_json(
+        capsys,
+        "profile",
+        TINY / "parallel.yaml",
+        "--mode",
+        "prefill,decode",
+        "--json",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--seq",
+        "16",
+    )
+    check_schema(doc)
+    assert [(r["mode"], r["status"]) for r in doc["results"]] == [
+        ("prefill", "ok"),
+        ("decode", "ok"),
+    ]
+
+
+def test_a_target_that_cannot_be_built_is_a_result(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    flex = tmp_path / "flex.yaml"
+    flex.write_text("extends: " + str(TINY / "rat.yaml") + "\ndefaults: {rat: {backend: flex}}\n")
+    doc = run_json(
+        capsys,
+        "profile",
+        TINY / "rat.yaml",
+        flex,
+        "--mode",
+        "prefill",
+        "--json",
+        *FAST,
+    )
+    statuses = [(r["spec"], r["status"]) for r in doc["results"]]
+    assert statuses[:2] == [("tiny-rat", "ok"), ("tiny-rat", "ok")]
+    assert [s for _, s in statuses[2:]] == ["error", "error"]
+    assert "flex" in doc["results"][-1]["error"]
