@@ -482,10 +482,24 @@ def _settings_dict(sizes: Sizes) -> dict:
 
 
 def _plans(specs: list[str]) -> list[Plan]:
+    """The compiled specs, with unique names: results, tables and plots are keyed by name,
+    so a name that two specs share gets the file (and, if need be, the position) added."""
     from archlab import compile
     from archlab.cli import _existing
 
-    return [compile(_existing(s)) for s in specs]
+    plans = [compile(_existing(s)) for s in specs]
+    names = [p.name for p in plans]
+    out = []
+    for i, (plan, spec) in enumerate(zip(plans, specs, strict=True)):
+        name = plan.name
+        if names.count(name) > 1:
+            name = f"{name} ({Path(spec).name})"
+            if [f"{p.name} ({Path(s).name})" for p, s in zip(plans, specs, strict=True)].count(
+                name
+            ) > 1:
+                name = f"{name} #{i + 1}"
+        out.append(dataclasses.replace(plan, name=name))
+    return out
 
 
 def _default_seqs(sizes: Sizes, plans: list[Plan]) -> None:

@@ -268,3 +268,23 @@ def test_a_target_that_cannot_be_built_is_a_result(tmp_path, monkeypatch, capsys
     assert statuses[:2] == [("tiny-rat", "ok"), ("tiny-rat", "ok")]
     assert [s for _, s in statuses[2:]] == ["error", "error"]
     assert "flex" in doc["results"][-1]["error"]
+
+
+def test_specs_with_one_name_are_kept_apart(tmp_path, capsys):
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(
+        "extends: " + str(TINY / "rat.yaml") + "\ndefaults: {rat: {chunk_size: 2}}\n"
+    )
+    doc = run_json(
+        capsys,
+        "compare",
+        TINY / "rat.yaml",
+        variant,
+        "--measure",
+        "--mode",
+        "decode",
+        "--json",
+        *FAST,
+    )
+    names = {r["spec"] for r in doc["measured"]["results"]}
+    assert names == {"tiny-rat (rat.yaml)", "tiny-rat (variant.yaml)"}
