@@ -265,7 +265,7 @@ def test_a_target_that_cannot_be_built_is_a_result(tmp_path, monkeypatch, capsys
         *FAST,
     )
     statuses = [(r["spec"], r["status"]) for r in doc["results"]]
-    assert statuses[:2] == [("tiny-rat", "ok"), ("tiny-rat", "ok")]
+    assert statuses[:2] == [("tiny-rat (rat.yaml)", "ok"), ("tiny-rat (rat.yaml)", "ok")]
     assert [s for _, s in statuses[2:]] == ["error", "error"]
     assert "flex" in doc["results"][-1]["error"]
 
