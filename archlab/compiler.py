@@ -132,8 +132,13 @@ def _validate_model(source: Source, errors: list[SpecIssue]):
         return None, partial
 
 
+def _or_empty(value):
+    """An absent (None) section is empty; any other value is checked as it is."""
+    return {} if value is None else value
+
+
 def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
-    raw = source.data.get("defaults") or {}
+    raw = _or_empty(source.data.get("defaults"))
     if not isinstance(raw, dict):
         errors.append(source.issue(("defaults",), "must be a mapping of kind -> params"))
         return {}
@@ -146,12 +151,19 @@ def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
         elif not isinstance(params, dict):
             errors.append(source.issue(("defaults", kind), "must be a mapping of params"))
         else:
+            for key in ("kind", "name", "share_cache"):
+                if key in params:
+                    errors.append(
+                        source.issue(
+                            ("defaults", kind, key), f"`{key}` belongs on a block, not in defaults"
+                        )
+                    )
             out[kind] = check_fields(source, kind, params, ("defaults", kind), errors)
     return out
 
 
 def _validate_symbols(source: Source, errors) -> dict[str, RawBlock]:
-    raw = source.data.get("symbols") or {}
+    raw = _or_empty(source.data.get("symbols"))
     if not isinstance(raw, dict):
         errors.append(source.issue(("symbols",), "must be a mapping of symbol -> block"))
         return {}
@@ -184,13 +196,14 @@ def apply_defaults_and_patches(
         b.params = {**doc.defaults.get(b.kind, {}), **b.params}
         for branch in b.branches:
             branch.params = {**doc.defaults.get(branch.kind, {}), **branch.params}
-    at = source.data.get("at") or {}
+    at = _or_empty(source.data.get("at"))
     if not isinstance(at, dict):
         errors.append(source.issue(("at",), "must be a mapping of block index -> patch"))
         return blocks
     n = len(blocks)
     if n == 0:
         return blocks
+    patched: dict[int, object] = {}
     for key, patch in at.items():
         path = ("at", key)
         index = key if isinstance(key, int) and not isinstance(key, bool) else None
@@ -206,6 +219,14 @@ def apply_defaults_and_patches(
                 )
             )
             continue
+        if index % n in patched:
+            errors.append(
+                source.issue(
+                    path, f"block {index % n} is already patched by at[{patched[index % n]}]"
+                )
+            )
+            continue
+        patched[index % n] = key
         target = blocks[index % n]
         if isinstance(patch, dict) and "kind" not in patch and "parallel" not in patch:
             patch_block = RawBlock(

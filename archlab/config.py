@@ -17,7 +17,7 @@ DTYPES: dict[str, torch.dtype] = {
 class ModelConfig(BaseModel):
     """Model-wide settings (`model:` in a spec)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     d_model: int = Field(ge=1, le=1 << 20)
     vocab_size: int = Field(ge=1, le=1 << 24)

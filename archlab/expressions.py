@@ -67,6 +67,8 @@ def _eval(node: ast.AST, names: dict[str, int | float]) -> int | float:
             result = _BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ExpressionError("division by zero") from None
+        except OverflowError:
+            raise ExpressionError(f"value out of range (|x| > {MAX_MAGNITUDE:.0e})") from None
         if isinstance(result, complex):
             raise ExpressionError("result is not a real number")
         return _check(result)

@@ -5,6 +5,7 @@ Only `yaml.SafeLoader` is used: tags that would build Python objects are errors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,24 @@ class Source:
 
 
 class _Loader(yaml.SafeLoader):
+    """The safe loader, reading `1e-6` as a number as YAML 1.2 does (YAML 1.1 wants a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+MAX_NODES = 200_000  # aliases can make a small file expand enormously ("billion laughs")
+
+
+class _TooLarge(Exception):
     pass
 
 
 def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, errors, depth=0):
+    if len(positions) > 2 * MAX_NODES:
+        raise _TooLarge
     here = (file, node.start_mark.line + 1, node.start_mark.column + 1)
     positions.setdefault(path, here)
     positions[("$value",) + path] = here
@@ -75,8 +90,10 @@ def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, 
         )
         return None
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+        explicit = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        loader.flatten_mapping(node)  # merged (`<<`) entries first, then the explicit ones
         out: dict = {}
+        seen: set = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 errors.append(_at(file, key_node, path, "mapping keys must be plain scalars"))
@@ -84,9 +101,11 @@ def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, 
             key = loader.construct_object(key_node)
             if not isinstance(key, str | int) or isinstance(key, bool):
                 key = str(key)
-            if key in out:
+            if key in seen and key_node in explicit:
                 errors.append(_at(file, key_node, path + (key,), "duplicate key"))
                 continue
+            if key_node in explicit:
+                seen.add(key)
             positions[path + (key,)] = (
                 file,
                 key_node.start_mark.line + 1,
@@ -142,6 +161,10 @@ def parse_yaml(text: str, file: str) -> Source:
         raise SpecError([SpecIssue(file, 0, 0, "", f"YAML error: {e}")]) from None
     except RecursionError:
         raise SpecError([SpecIssue(file, 0, 0, "", "YAML nested too deeply")]) from None
+    except _TooLarge:
+        raise SpecError(
+            [SpecIssue(file, 0, 0, "", f"YAML expands to more than {MAX_NODES} nodes (aliases)")]
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -221,7 +244,11 @@ def load_source(spec: str | Path | dict) -> Source:
         return load_file(spec)
     if isinstance(spec, str):
         looks_like_path = "\n" not in spec and spec.strip().endswith((".yaml", ".yml"))
-        if looks_like_path or ("\n" not in spec and Path(spec).is_file()):
+        try:
+            is_file = "\n" not in spec and Path(spec).is_file()
+        except (OSError, ValueError):  # not a possible path (too long, NUL byte): YAML
+            is_file = False
+        if looks_like_path or is_file:
             return load_file(spec)
         return resolve_extends(parse_yaml(spec, "<string>"), Path.cwd())
     raise TypeError(f"a spec is a path, a YAML string or a dict, not {type(spec).__name__}")

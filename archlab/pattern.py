@@ -85,6 +85,8 @@ def parse(text: str, symbols: set[str]) -> Group:
             pos += 1
         if pos < len(text) and text[pos] == "x":
             pos += 1
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
             start = pos
             while pos < len(text) and text[pos].isdigit():
                 pos += 1

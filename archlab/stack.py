@@ -59,7 +59,14 @@ def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, P
 def topology(source: Source, item: dict, path: tuple, errors, in_parallel: bool) -> dict:
     """The `name` and `share_cache` keys of a block mapping, checked for their type."""
     out: dict[str, Param] = {}
-    if "name" in item:
+    if "name" in item and in_parallel:
+        errors.append(
+            source.issue(
+                path + ("name",),
+                "a parallel branch has no name of its own (name the parallel block)",
+            )
+        )
+    elif "name" in item:
         name = item["name"]
         if not isinstance(name, str) or not name.isidentifier():
             errors.append(
@@ -210,8 +217,8 @@ def expand(
 def _as_pattern(item: Any) -> str | None:
     if isinstance(item, str) and item not in BLOCKS:
         return item
-    if isinstance(item, dict) and set(item) == {"pattern"}:
-        return item["pattern"] if isinstance(item["pattern"], str) else ""
+    if isinstance(item, dict) and set(item) == {"pattern"} and isinstance(item["pattern"], str):
+        return item["pattern"]
     return None
 
 
@@ -240,7 +247,9 @@ def _count(source, items, paths, symbols, errors, depth) -> int:
         elif isinstance(item, dict) and "repeat" in item:
             total += _count_repeat(source, item, path, symbols, errors, depth)
         elif isinstance(item, dict) and "kind" not in item and "pattern" in item:
-            errors.append(source.issue(path, "a pattern item has only the key `pattern`, a string"))
+            errors.append(
+                source.issue(path, "a pattern item has only the key `pattern`, and it is a string")
+            )
         else:
             if block_from_item(source, item, path, errors) is not None:
                 total += 1

@@ -30,7 +30,7 @@ Backend = Literal["auto", "reference", "sdpa", "flex", "triton"]
 class BlockParams(BaseModel):
     """Base of every block's `Params`: unknown fields are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class BackendUnavailable(RuntimeError):

@@ -118,3 +118,56 @@ def test_bad_input_messages(text, needle, tmp_path):
 def test_backend_the_kind_does_not_have(block, needle, tmp_path):
     errs = errors_of(f"model: {{d_model: 64, vocab_size: 10}}\nstack: [{block}]\n", tmp_path)
     assert errs[0].path == "stack[0].backend" and needle in errs[0].message
+
+
+M = "model: {d_model: 64, vocab_size: 10}\n"
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (M + "stack: [{kind: rat, heads: true, chunk_size: 4}]\n", "must be an integer"),
+        ("model: {d_model: '64', vocab_size: 10}\nstack: [mlp]\n", "must be an integer"),
+        (
+            "model: {d_model: 64, vocab_size: 10, tie_embeddings: 'yes'}\nstack: [mlp]\n",
+            "must be true or false",
+        ),
+        (M + "stack: [{kind: mlp, hidden: '1e15 ** 64'}]\n", "value out of range"),
+        (M + "defaults: []\nstack: [mlp]\n", "must be a mapping"),
+        (M + "symbols: ''\nstack: [mlp]\n", "must be a mapping"),
+        (M + "at: false\nstack: [mlp]\n", "must be a mapping"),
+        (
+            M + "defaults: {attention: {heads: 4, share_cache: 0}}\nstack: A\n",
+            "`share_cache` belongs on a block, not in defaults",
+        ),
+        (
+            M + "stack: [mlp, mlp]\nat: {0: {hidden: 8}, -2: {hidden: 16}}\n",
+            "block 0 is already patched by at[0]",
+        ),
+        (M + "stack: [{parallel: [{kind: rnn, name: inner}]}]\n", "a parallel branch has no name"),
+        (M + "stack: [{pattern: 5}]\n", "a pattern item has only the key `pattern`, and it is"),
+    ],
+)
+def test_review_cases(text, needle, tmp_path):
+    errs = errors_of(text, tmp_path)
+    assert any(needle in str(e) for e in errs), [str(e) for e in errs]
+
+
+def test_yaml_merge_keys_override_and_plain_floats():
+    plan = archlab.compile(
+        "model: {d_model: 64, vocab_size: 10, norm_eps: 1e-5}\n"
+        "symbols: {V: &r {kind: rat, heads: 4, chunk_size: 8}, W: {<<: *r, chunk_size: 64}}\n"
+        'stack: "(V)x 2 W"\n'
+    )
+    assert plan.model.norm_eps == 1e-5
+    assert [b.params.chunk_size for b in plan.blocks] == [8, 8, 64]
+
+
+def test_alias_bombs_and_long_yaml_strings():
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    for i in range(8):
+        bomb += f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n"
+    with pytest.raises(SpecError, match="expands to more than"):
+        archlab.compile(bomb + M + "stack: [mlp]\n")
+    long = "{model: {d_model: 8, vocab_size: 4}, stack: [mlp], description: '" + "a" * 300 + "'}"
+    assert archlab.compile(long).description == "a" * 300
