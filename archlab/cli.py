@@ -72,6 +72,8 @@ def cmd_show(args) -> int:
             write_graph(plan, args.graph)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        except OSError as e:
+            raise UsageError(f"cannot write {args.graph}: {e.strerror or e}") from None
     if args.json:
         _emit_json(
             {
@@ -117,7 +119,15 @@ def cmd_build(args) -> int:
     from archlab.build import build_model
 
     plan = compile(_existing(args.spec))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.seq < 1:
+        raise UsageError(f"--seq must be >= 1 (got {args.seq})")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: not a device: {args.device!r} (e.g. cpu, cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: archlab runs on cpu or cuda, not {device.type}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here")
     print(f"building {plan.name} on {args.device} ...", file=sys.stderr)
     model = build_model(plan, device=args.device, dtype=args.dtype)

@@ -84,3 +84,18 @@ def test_console_script_entry_point(tmp_path):
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and str(bad) in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["show", "specs/tiny/rat.yaml", "--graph", "/nonexistent/dir/g.svg"], "cannot write"),
+        (["build", "specs/tiny/rat.yaml", "--seq", "0"], "--seq must be >= 1"),
+        (["build", "specs/tiny/rat.yaml", "--device", "bogus"], "not a device"),
+        (["build", "specs/tiny/rat.yaml", "--device", "mps"], "cpu or cuda"),
+    ],
+)
+def test_bad_options_are_usage_errors(argv, needle, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
