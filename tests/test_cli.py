@@ -99,3 +99,20 @@ def test_bad_options_are_usage_errors(argv, needle, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_schema_accepts_every_bundled_spec_and_rejects_junk(capsys):
+    import jsonschema
+
+    from archlab.loader import parse_yaml
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    for spec in ALL_SPECS:
+        data = parse_yaml(spec.read_text(), str(spec)).data
+        errors = [e.message for e in validator.iter_errors(data)]
+        assert not errors, (spec, errors[:3])
+    for junk in ({"stack": [{"kind": "rat", "chunk": 4}]}, {"model": {"d_model": "x"}},
+                 {"stack": [{"parallel": []}]}, {"stakc": "R"}):
+        assert list(validator.iter_errors(junk)), junk
