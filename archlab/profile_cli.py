@@ -133,7 +133,8 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
         "--memory-limit",
         type=float,
         default=None,
-        help="GiB for cache + weights in the search (CPU 1/32; CUDA: no limit)",
+        help="GiB for cache + weights in the search (default: CPU 1/32 GiB for the cache "
+        "alone; CUDA no limit)",
     )
     h.add_argument(
         "--gen-sample",
@@ -210,6 +211,7 @@ class Sizes:
     max_batch: int
     batch_step: int
     memory_limit: int | None
+    limit_counts_weights: bool  # a --memory-limit given counts weights; the CPU default not
     gen_sample: int
     refresh_peaks: bool
 
@@ -232,6 +234,8 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
         raise err(f"--device {args.device}: no CUDA device is available here")
     if device.type not in ("cpu", "cuda"):
         raise err(f"--device {args.device}: only cpu and cuda are supported")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # CUDA events and graphs use the current device's stream
     d = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     if args.threads is not None:
         if args.threads < 1:
@@ -287,6 +291,7 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
         pick("max_batch"),
         pick("batch_step"),
         None if limit is None else int(limit * 2**30),
+        args.memory_limit is not None,
         pick("gen_sample"),
         args.refresh_peaks,
     )
@@ -424,8 +429,13 @@ def sweep(
     if sizes.device.type == "cuda":
         allow_recompiles()
     peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
+    by_dtype = {run_dtype: peaks}  # each case's rates are against the peak of its own dtype
     progress, results = Progress(cases, quiet), []
     for make, job_modes, plan, label in jobs:
+        job_dtype = dtype or plan.model.dtype
+        if job_dtype not in by_dtype:
+            by_dtype[job_dtype] = device_peaks(sizes.device, getattr(torch, job_dtype))
+        job_peaks = by_dtype[job_dtype]
         try:
             target = make()
         except Exception as e:  # noqa: BLE001 - a target that cannot be built is a result
@@ -444,10 +454,11 @@ def sweep(
                         sizes.prompt,
                         sizes.generate,
                         sizes.settings,
-                        peaks,
+                        job_peaks,
                         max_batch=sizes.max_batch,
                         step=sizes.batch_step,
                         memory_limit=sizes.memory_limit,
+                        limit_counts_weights=sizes.limit_counts_weights,
                         batch=sizes.gen_batch,
                         sample=sizes.gen_sample,
                     )
@@ -457,7 +468,7 @@ def sweep(
             for T in sizes.seqs:
                 B = sizes.decode_batch if mode == "decode" else sizes.batch_for(T)
                 progress.start(f"{target.plan.name} {target.label} {mode} B={B} T={T}")
-                results.append(measure(target, mode, B, T, sizes.settings, peaks))
+                results.append(measure(target, mode, B, T, sizes.settings, job_peaks))
                 progress.advance()
         del target
     if sizes.scale is not None:

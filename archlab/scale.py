@@ -17,7 +17,8 @@ class Scale:
     blocks as whole repeats of the stack's period (at most `max_blocks`, else the first
     `min_blocks`; 0 keeps every block). Head sizes are kept (heads = d_model // head_dim,
     kv_heads and qk_groups shrunk to divide them), MLP widths scale with d_model, chunk
-    sizes and windows are unchanged."""
+    sizes and windows are unchanged. A spec with cache sharing keeps all its blocks (a
+    prefix could hold only the sources)."""
 
     d_model: int = 256
     vocab_size: int = 4096
@@ -60,7 +61,8 @@ def scale_plan(plan: Plan, scale: Scale, dtype: str) -> tuple[Plan, str]:
     m, order = plan.model, plan.order()
     d_new, n = min(scale.d_model, m.d_model), len(order)
     keep = n
-    if scale.min_blocks:
+    shares = any(b.shares_cache_of is not None for b in order)
+    if scale.min_blocks and not shares:  # a prefix could drop every block that shares a cache
         p = stack_period(plan)
         keep = min(n, p * -(-scale.min_blocks // p))
         keep = keep if keep <= scale.max_blocks else min(n, scale.min_blocks)

@@ -85,12 +85,15 @@ def largest_batch(fits: Callable[[int], bool], limit: int, step: int = 1) -> Sea
     return search
 
 
-def fits_oracle(target: ModelTarget, total_len: int, memory_limit: int | None) -> Callable:
-    """fits(batch): the cache for `total_len` tokens plus the weights within `memory_limit`
-    bytes (when given; sizes from an allocation on the meta device), and, on CUDA, a real
-    cache allocation and one decode step at the last position without running out."""
+def fits_oracle(
+    target: ModelTarget, total_len: int, memory_limit: int | None, count_weights: bool = True
+) -> Callable:
+    """fits(batch): the cache for `total_len` tokens (plus the weights, if `count_weights`)
+    within `memory_limit` bytes (when given; sizes from an allocation on the meta device),
+    and, on CUDA, a real cache allocation and one decode step at the last position without
+    running out."""
     device = target.device
-    weights = weights_bytes(target.plan)
+    weights = weights_bytes(target.plan) if count_weights else 0
 
     def attempt(batch: int) -> bool:
         cache = target.allocate_cache(batch, total_len)
@@ -182,6 +185,7 @@ def measure_throughput(
     max_batch: int = 4096,
     step: int = 1,
     memory_limit: int | None = None,
+    limit_counts_weights: bool = True,
     batch: int | None = None,
     sample: int = 0,
     gen_repeats: int = 1,
@@ -205,7 +209,9 @@ def measure_throughput(
     total = prompt + generate
     try:
         if batch is None:
-            search = largest_batch(fits_oracle(target, total, memory_limit), max_batch, step)
+            search = largest_batch(
+                fits_oracle(target, total, memory_limit, limit_counts_weights), max_batch, step
+            )
             r.extra.update(search=search.probes, capped=search.capped)
             if search.capped:
                 r.notes.append(f"batch search stopped at its limit ({max_batch})")

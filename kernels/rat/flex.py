@@ -41,12 +41,18 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.cache
+def _compiled_create_block_mask():
+    return torch.compile(create_block_mask)  # compiled, it never materializes the T x C mask
+
+
 @functools.lru_cache(maxsize=32)
 def _chunk_causal_mask(seq_len: int, n_chunks: int, chunk_size: int, device: str):
     def mask_mod(b, h, q_idx, kv_idx):
         return q_idx // chunk_size > kv_idx
 
-    return create_block_mask(mask_mod, None, None, seq_len, n_chunks, device=device)
+    build = _compiled_create_block_mask() if device != "cpu" else create_block_mask
+    return build(mask_mod, None, None, seq_len, n_chunks, device=device)
 
 
 def rat_core_flex(
