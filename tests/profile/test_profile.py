@@ -156,3 +156,15 @@ def test_scaling_gqa_and_periods():
     assert len(small.blocks) == len(plan.blocks)
     mlp = next(b for b in small.blocks if b.kind == "mlp").params
     assert mlp.hidden == 8192 * 256 // 2048
+
+
+def test_scaled_copies_of_sharing_specs_keep_their_sharers():
+    import archlab
+
+    plan = archlab.compile(str(ROOT / "specs" / "examples" / "rat_swa_shared.yaml"))
+    small, text = scale_plan(plan, Scale(), "float32")
+    assert len(small.blocks) == len(plan.blocks) == 48 and "48 of 48 blocks" in text
+    sharers = [b.shares_cache_of for b in small.blocks if b.shares_cache_of is not None]
+    assert sharers and set(sharers) == {20, 22}
+    model = archlab.build(small)
+    assert archlab.cost(small).params == sum(p.numel() for p in model.parameters())
