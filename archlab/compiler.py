@@ -188,9 +188,10 @@ def _validate_symbols(source: Source, errors) -> dict[str, RawBlock]:
 
 
 def apply_defaults_and_patches(
-    doc: Document, blocks: list[RawBlock], errors: list[SpecIssue]
+    doc: Document, blocks: list[RawBlock], errors: list[SpecIssue], complete: bool = True
 ) -> list[RawBlock]:
-    """Fill params from `defaults[kind]`, then apply `at` patches."""
+    """Fill params from `defaults[kind]`, then apply `at` patches (only to a complete
+    stack: with items left out, indices would point at the wrong blocks)."""
     source = doc.source
     for b in blocks:
         b.params = {**doc.defaults.get(b.kind, {}), **b.params}
@@ -201,7 +202,12 @@ def apply_defaults_and_patches(
         errors.append(source.issue(("at",), "must be a mapping of block index -> patch"))
         return blocks
     n = len(blocks)
-    if n == 0:
+    if n == 0 or not complete:
+        for key in at:
+            if not isinstance(key, int) or isinstance(key, bool):
+                errors.append(
+                    source.issue(("at", key), f"a block index must be an integer (got {key!r})")
+                )
         return blocks
     patched: dict[int, object] = {}
     for key, patch in at.items():
@@ -325,11 +331,11 @@ def compile_spec(spec: str | Path | dict | Source) -> Plan:
         doc = validate(source, errors)
         if doc is None:
             raise SpecError(errors)
-        blocks = expand(source, doc.symbols, errors)
-        blocks = apply_defaults_and_patches(doc, blocks, errors)
+        blocks, complete = expand(source, doc.symbols, errors)
+        blocks = apply_defaults_and_patches(doc, blocks, errors, complete)
         model = doc.model or doc.partial_model
         planned = resolve(doc, blocks, errors, model) if model is not None else []
-        if len(planned) == len(blocks):
+        if complete and len(planned) == len(blocks):
             planned = resolve_sharing(source, blocks, planned, model, errors)
     except RecursionError:
         raise SpecError([SpecIssue(str(spec)[:80], 0, 0, "", "spec nested too deeply")]) from None

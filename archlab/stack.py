@@ -189,29 +189,36 @@ def _parallel_from_item(source: Source, item: dict, path: tuple, errors) -> RawB
 
 def expand(
     source: Source, symbols_in: dict[str, RawBlock], errors: list[SpecIssue]
-) -> list[RawBlock]:
-    """The stack (kind names, blocks, repeat groups, patterns) -> a flat list of blocks.
-    Returns [] when the stack's structure has errors."""
-    n_before = len(errors)
+) -> tuple[list[RawBlock], bool]:
+    """The stack (kind names, blocks, repeat groups, patterns) -> a flat list of blocks,
+    and whether it is complete. Items with errors are left out (and the list marked
+    incomplete), so that the blocks of the other items can still be checked."""
     if "stack" not in source.data:
-        return []
+        return [], False
     stack = source.data.get("stack")
     items = stack if isinstance(stack, list) else [stack]
     paths = [("stack", i) for i in range(len(items))] if isinstance(stack, list) else [("stack",)]
     symbols = {s: RawBlock(k, {}, ("stack",), kind_path=()) for s, k in DEFAULT_SYMBOLS.items()}
     symbols.update(symbols_in)
-    counted = _count(source, items, paths, symbols, errors, depth=0)
-    if len(errors) == n_before and counted > MAX_BLOCKS:
-        errors.append(
-            source.issue(
-                ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
+    good, counted = [], 0
+    for item, path in zip(items, paths, strict=True):
+        before = len(errors)
+        n = _count(source, [item], [path], symbols, errors, depth=0)
+        if len(errors) == before:
+            good.append((item, path))
+            counted += n
+        if counted > MAX_BLOCKS:
+            errors.append(
+                source.issue(
+                    ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
+                )
             )
-        )
-    if len(errors) == n_before and counted == 0:
+            return [], False
+    complete = len(good) == len(items)
+    if complete and counted == 0:
         errors.append(source.issue(("stack",), "the stack is empty"))
-    if len(errors) > n_before:
-        return []
-    return _expand(source, items, paths, symbols)
+    blocks = _expand(source, [i for i, _ in good], [p for _, p in good], symbols)
+    return blocks, complete
 
 
 def _as_pattern(item: Any) -> str | None:

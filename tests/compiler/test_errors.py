@@ -171,3 +171,19 @@ def test_alias_bombs_and_long_yaml_strings():
         archlab.compile(bomb + M + "stack: [mlp]\n")
     long = "{model: {d_model: 8, vocab_size: 4}, stack: [mlp], description: '" + "a" * 300 + "'}"
     assert archlab.compile(long).description == "a" * 300
+
+
+def test_a_bad_stack_item_does_not_hide_the_others(tmp_path):
+    errs = errors_of(
+        M + 'stack:\n  - "(R Q)x2"\n  - {kind: rat, heads: 4, chunk_size: 0}\n'
+        "  - {kind: mlp, hidden: -1}\n  - {parallel: [rnn], merge: max}\nat: {two: {}}\n",
+        tmp_path,
+    )
+    paths = {e.path for e in errs}
+    assert {
+        "stack[0]",
+        "stack[1].chunk_size",
+        "stack[2].hidden",
+        "stack[3].merge",
+        "at.two",
+    } <= paths, paths
