@@ -106,6 +106,16 @@ def _triton_ops(device: torch.device, requested: str):
     return triton_ops
 
 
+def init_gate_bias_(bias: torch.Tensor, span: int) -> None:
+    """The paper's forget-gate bias init, in place: log(U(1, span - 1)), so that a gate
+    remembers over about `span` steps at the start of training (zeros for span <= 2)."""
+    with torch.no_grad():
+        if span > 2:
+            bias.uniform_(1.0, span - 1.0).log_()
+        else:
+            bias.zero_()
+
+
 class Block(nn.Module):
     """RAT, the mixer alone, parameterised as the paper's layer (weights map one to one):
     in_proj -> z, v, g [heads * head_dim each], q, k [qk_groups * head_dim each];
@@ -142,11 +152,7 @@ class Block(nn.Module):
 
     def reset_gate_bias(self) -> None:
         """gate_bias = log(U(1, chunk_size - 1)), as the paper (zeros for chunk_size <= 2)."""
-        with torch.no_grad():
-            if self.chunk_size > 2:
-                self.gate_bias.uniform_(1.0, self.chunk_size - 1.0).log_()
-            else:
-                self.gate_bias.zero_()
+        init_gate_bias_(self.gate_bias, self.chunk_size)
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""

@@ -17,6 +17,7 @@ from archlab.blocks.base import (
     linear_flops,
     resolve_backend,
 )
+from archlab.blocks.rat import init_gate_bias_
 from archlab.config import ModelConfig
 from archlab.kernels.rat.scan import chunk_scan_parallel
 
@@ -65,12 +66,9 @@ class Block(nn.Module):
             pass  # a backend this kind lacks: forward raises until one is selected
 
     def reset_gate_bias(self) -> None:
-        """gate_bias = log(U(1, max_seq_len - 1)) (zeros for max_seq_len <= 2)."""
-        with torch.no_grad():
-            if self.max_seq_len > 2:
-                self.gate_bias.uniform_(1.0, self.max_seq_len - 1.0).log_()
-            else:
-                self.gate_bias.zero_()
+        """gate_bias = log(U(1, max_seq_len - 1)) (zeros for max_seq_len <= 2): RAT's init
+        with one chunk spanning the sequence."""
+        init_gate_bias_(self.gate_bias, self.max_seq_len)
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
