@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_session.sh kernels   # RAT Triton kernels: checks and timings (issue 5)
 #   bash benchmarks/gpu_session.sh layer     # RAT layer vs the published figures (issue 5)
 #   bash benchmarks/gpu_session.sh profile   # the paper's Table 1 and efficiency figure (issue 6)
+# (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
 # Each stage leaves one log and one tarball of JSON/plots in $OUT (fetched back by the tool);
 # commit them under benchmarks/results/ with this command line, the GPU, versions and date.
 set -u
@@ -34,11 +35,11 @@ case $stage in
     ;;
   profile)
     specs=$repo/specs/paper
-    timeout 200 archlab profile "$specs/attention.yaml" "$specs/rat.yaml" \
+    timeout 200 python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rat.yaml" \
       "$specs/attention_swa.yaml" "$specs/rat_swa.yaml" --mode throughput --prompt 3072 \
       --generate 1024 --gen-sample 16 --json --out "$out/$stage/table1" \
       >"$out/$stage/table1.json" 2>"$out/$stage/table1.log"
-    timeout 340 archlab profile "$specs/attention.yaml" "$specs/rnn.yaml" "$specs/rat.yaml" \
+    timeout 340 python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rnn.yaml" "$specs/rat.yaml" \
       --layer attention --layer rnn --layer rat:chunk_size=16 --layer rat:chunk_size=64 \
       --layer rat:chunk_size=128 --mode train,prefill,decode --seq 4k,16k,64k,128k \
       --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 --json \
