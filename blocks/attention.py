@@ -29,7 +29,7 @@ from archlab.config import ModelConfig
 KIND = "attention"
 SYMBOL = "A"
 IS_MIXER = True
-BACKENDS = ("reference", "sdpa", "flex")
+BACKENDS = ("sdpa", "reference", "flex")  # in the order `auto` tries them
 
 
 class Params(BlockParams):
@@ -89,7 +89,7 @@ class Block(nn.Module):
     backend until `select_backend` is called with a CUDA device.
     """
 
-    PREFERENCE: tuple[str, ...] = ("sdpa", "reference", "flex")  # order tried by `auto`
+    PREFERENCE: tuple[str, ...] = BACKENDS  # order tried by `auto`
 
     def __init__(self, params: Params, model: ModelConfig) -> None:
         super().__init__()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+import attention_helpers as helpers
 import pytest
 import torch
+from attention_helpers import assert_grads_close, rel_err, run
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import local_attention
@@ -37,30 +39,7 @@ def build(kwargs: dict, backend: str, seed: int = 0):
 
 
 def clone(block, backend: str):
-    twin = local_attention.Block(block.params.model_copy(update={"backend": backend}), MODEL)
-    twin.load_state_dict(block.state_dict())
-    return twin
-
-
-def run(block, x: torch.Tensor, g: torch.Tensor):
-    x = x.detach().clone().requires_grad_(True)
-    y = block(x)
-    (y * g).sum().backward()
-    return y.detach(), x.grad, {n: p.grad for n, p in block.named_parameters()}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(floor)).item()
-
-
-def assert_grads_close(grads: dict, grads_ref: dict, tol: float = 1e-5) -> None:
-    """Every parameter gradient within `tol`, relative to its norm, floored at 10% of the
-    largest one: with one visible key (T = 1, window 1) q and k get exactly zero gradient
-    from the reference and rounding noise from sdpa."""
-    assert grads.keys() == grads_ref.keys()
-    floor = 0.1 * max(g.norm().item() for g in grads_ref.values())
-    for name, grad in grads.items():
-        assert rel_err(grad, grads_ref[name], floor) < tol, name
+    return helpers.clone(block, backend, MODEL)
 
 
 def brute_force(block, x_BTD: torch.Tensor) -> torch.Tensor:
