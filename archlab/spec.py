@@ -1,11 +1,12 @@
-"""Pydantic models of the language: the resolved spec (a discriminated union of every
-block kind's `Params` on `kind`) and the JSON Schema that editors validate YAML with."""
+"""The language's constants and its model as written (every block kind's params keyed by
+`kind`), from which the JSON Schema that editors validate YAML with is made. The compiler
+validates each block with its kind's own `Params`, so that errors carry positions."""
 
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from archlab.blocks import BLOCKS
 from archlab.config import ModelConfig
@@ -24,23 +25,6 @@ TOP_LEVEL_KEYS = (
 )
 MAX_BLOCKS = 10_000
 EXPRESSION_NAMES = ("d_model", "vocab_size", "max_seq_len", "norm_eps")
-
-BlockSpec = Annotated[
-    Union[tuple(mod.Params for mod in BLOCKS.values())],  # noqa: UP007
-    Field(discriminator="kind"),
-]
-BLOCK_ADAPTER: TypeAdapter = TypeAdapter(BlockSpec)
-
-
-class ResolvedSpec(BaseModel):
-    """A spec after every resolution step: the model and the flat list of blocks."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    description: str = ""
-    model: ModelConfig
-    blocks: list[BlockSpec]
 
 
 def numeric_kind(annotation: Any) -> type | None:
