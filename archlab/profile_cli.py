@@ -500,15 +500,12 @@ def _plans(specs: list[str]) -> list[Plan]:
 
     plans = [compile(_existing(s)) for s in specs]
     names = [p.name for p in plans]
+    qualified = [f"{p.name} ({Path(s).name})" for p, s in zip(plans, specs, strict=True)]
     out = []
-    for i, (plan, spec) in enumerate(zip(plans, specs, strict=True)):
+    for i, plan in enumerate(plans):
         name = plan.name
         if names.count(name) > 1:
-            name = f"{name} ({Path(spec).name})"
-            if [f"{p.name} ({Path(s).name})" for p, s in zip(plans, specs, strict=True)].count(
-                name
-            ) > 1:
-                name = f"{name} #{i + 1}"
+            name = qualified[i] + (f" #{i + 1}" if qualified.count(qualified[i]) > 1 else "")
         out.append(dataclasses.replace(plan, name=name))
     return out
 
