@@ -333,11 +333,8 @@ def _adamw(module: torch.nn.Module, device: torch.device) -> torch.optim.Optimiz
 def set_length(target: Target, cache, length: int) -> None:
     """Mark every layer's cache as holding `length` tokens (the contents stay as they are:
     no block's work depends on the values in its cache)."""
-    layers = list(target.layers(cache))
-    while layers:  # a parallel block's branches keep counts of their own
-        layer = layers.pop()
-        layer.length = length
-        layers.extend(layer.children)
+    for layer in target.layers(cache):
+        layer.set_length(length)  # a parallel block's branches keep counts of their own
 
 
 # ---- one case --------------------------------------------------------------------------

@@ -64,6 +64,12 @@ class LayerCache:
     children: list[LayerCache] = field(default_factory=list)  # a parallel block's branches
     source: LayerCache | None = None  # the cache this block reads (`share_cache`), not owns
 
+    def set_length(self, length: int) -> None:
+        """Mark this cache, and its branches', as holding `length` tokens."""
+        self.length = length
+        for child in self.children:
+            child.set_length(length)
+
     def nbytes(self) -> int:
         """Bytes this block owns (a shared source's tensors are not counted)."""
         own = sum(t.numel() * t.element_size() for t in self.tensors.values())
