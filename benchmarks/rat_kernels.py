@@ -1,7 +1,7 @@
 """Check and time RAT's Triton kernels on a GPU; writes one JSON file.
 
     python3 benchmarks/rat_kernels.py --out DIR [--sections ceil,check,train,decode]
-    python3 benchmarks/rat_kernels.py --sections aot   # sm_90 register report, no GPU
+    (benchmarks/compile_check.py gives the sm_90 register report without a GPU)
 
 Setup of the RAT paper: d_model 2048, 16 heads of 128, qk_groups 2, chunk 16, bf16,
 262,144 tokens per batch (64x4096, 16x16384, 4x65536, 2x131072). Inputs are strided views
@@ -230,114 +230,6 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
     return res
 
 
-def aot_report():
-    """Compile every kernel for sm_90 without a GPU (Triton's own ptxas) and read registers,
-    stack bytes and local loads from the cubin, and whether the attention uses wgmma."""
-    import re
-    import subprocess
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from archlab.kernels.rat import triton_decode as dec
-
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    bf, f32 = "*bf16", "*fp32"
-    out = []
-
-    def one(fn, types, consts, warps, stages=3):
-        sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
-        k = triton.compile(
-            ASTSource(fn, sig, consts),
-            target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": warps, "num_stages": stages},
-        )
-        path = Path("/tmp") / f"{fn.__name__}.cubin"
-        path.write_bytes(k.asm["cubin"])
-        usage = subprocess.run(
-            [tool, "--dump-resource-usage", path], capture_output=True, text=True
-        ).stdout
-        sass = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True).stdout
-        m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-        out.append(
-            {
-                "kernel": fn.__name__,
-                "consts": {k: v for k, v in consts.items() if k not in ("H", "G", "D", "D2")},
-                "warps": warps,
-                "stages": stages,
-                "regs": int(m.group(1)),
-                "stack_bytes": int(m.group(2)),
-                "LDL": sass.count("LDL"),
-                "HGMMA": sass.count("HGMMA"),
-            }
-        )
-
-    attn = {
-        "QR": bf,
-        "KE": bf,
-        "VE": bf,
-        "VR": bf,
-        "DY": bf,
-        "Y": bf,
-        "SS": f32,
-        "LSE": f32,
-        "DELTA": f32,
-        "DKE": f32,
-        "DVE": f32,
-        "DQI": f32,
-        "scale": "fp32",
-        "scale_log2": "fp32",
-    }
-    for cfgs, fn in (
-        (triton_attention._FWD_CONFIGS, triton_attention.rat_attn_fwd_kernel),
-        (triton_attention._DKV_CONFIGS, triton_attention.rat_attn_bwd_dkv_kernel),
-        (triton_attention._DQ_CONFIGS, triton_attention.rat_attn_bwd_dq_kernel),
-    ):
-        for c in cfgs:
-            one(
-                fn,
-                attn,
-                dict(H=H, G=G, D=D, DOT_PREC="tf32", **c.kwargs),
-                c.num_warps,
-                c.num_stages,
-            )
-    scan = {n: bf for n in "Q K V GL BIAS QR VR KE VE DY DQ DK DV DGL".split()}
-    scan |= {n: f32 for n in "COS SIN SS LSE DELTA DKE DVE DQI DBP DKA SCR".split()}
-    scan |= {"scale": "fp32", "scale_log2": "fp32"}
-    for chunk in (16, 64):
-        BT, _, n_tiles, warps = triton_scan.tile_plan(4096, chunk)
-        one(
-            triton_scan.rat_scan_fwd_kernel,
-            scan,
-            dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True, CORE=True, PARTIAL=False),
-            warps,
-        )
-        BT, _, n_tiles, warps = triton_scan.tile_plan(4096, chunk, backward=True)
-        one(
-            triton_scan.rat_scan_bwd_kernel,
-            scan,
-            dict(H=H, G=G, D2=D // 2, BT=BT, ROPE=True, SINGLE=n_tiles == 1),
-            warps,
-        )
-    decode = {n: bf for n in "Q K V GL BIAS KC VC Y".split()}
-    decode |= {
-        "POS": "*i64",
-        "INV_FREQ": f32,
-        "PM": f32,
-        "PL": f32,
-        "PACC": f32,
-        "scale_log2": "fp32",
-    }
-    for split in (False, True):
-        one(
-            dec.rat_decode_kernel,
-            decode,
-            dict(H=H, G=G, D2=D // 2, BN=64, ROPE=True, POS_PTR=True, SPLIT=split),
-            4,
-        )
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -348,10 +240,6 @@ def main():
     train_shapes = [tuple(map(int, s.split("x"))) for s in args.train.split(",") if s]
     decode_T = [int(t) for t in args.decode_T.split(",") if t]
     sections = args.sections.split(",")
-    if sections == ["aot"]:  # no GPU needed
-        for r in aot_report():
-            print(json.dumps(r))
-        return
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     report = {
         "command": "python3 " + " ".join(sys.argv),

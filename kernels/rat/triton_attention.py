@@ -258,6 +258,13 @@ dq_tuned = triton.autotune(_DQ_CONFIGS, key=_KEY)(rat_attn_bwd_dq_kernel)
 _FIXED = {"BM": 16, "BN": 16, "num_warps": 4}
 
 
+def gpu_tiles(device) -> bool:
+    """Whether launches on `device` take the GPU's tuned tiles (else the interpreter's small
+    fixed ones). One seam, so that `benchmarks/compile_check.py` can compile the GPU path
+    for sm_90 on a machine without a GPU."""
+    return device.type == "cuda"
+
+
 def _dot_prec(dtype) -> str:
     import torch
 
@@ -281,7 +288,7 @@ def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype)
             y.stride(0), y.stride(1), y.stride(2),
             T, L, C, D**-0.5 * LOG2E)
     kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype))
-    if y.is_cuda:
+    if gpu_tiles(y.device):
         fwd_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * H)](*args, **kw)
     else:
         rat_attn_fwd_kernel[(triton.cdiv(T, 16), B * H)](*args, **kw, **_FIXED)
@@ -293,7 +300,7 @@ def attention_delta(y, dy):
 
     B, T, H, D = y.shape
     delta = torch.empty(B, H, T, device=y.device, dtype=torch.float32)
-    BM = 64 if y.is_cuda else 16
+    BM = 64 if gpu_tiles(y.device) else 16
     rat_delta_kernel[(triton.cdiv(T, BM), B * H)](
         y, dy, delta, y.stride(0), y.stride(1), y.stride(2), dy.stride(0), dy.stride(1),
         dy.stride(2), T, H=H, D=D, BM=BM, num_warps=4)
@@ -325,7 +332,7 @@ def attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size):
     dkv_args = (q_rot, k_end, v_end, dy, lse, delta, dke, dve, *strides,
                 T, L, C, C_alloc, scale, scale * LOG2E)
     dq_args = (q_rot, k_end, v_end, dy, lse, delta, dqi, *strides, T, L, C, scale, scale * LOG2E)
-    if dev.type == "cuda":
+    if gpu_tiles(dev):
         dkv_tuned[lambda m: (triton.cdiv(C, m["BN"]), B * H)](*dkv_args, **kw)
         dq_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * G)](*dq_args, **kw)
     else:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from archlab.kernels.rat import triton_attention as _attn
+
 LOG2E = 1.4426950408889634
 
 
@@ -177,7 +179,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
     G = q.shape[1]
     dev = v.device
     C_max = k_cache.shape[1]
-    BN = 64 if dev.type == "cuda" else 16
+    BN = 64 if _attn.gpu_tiles(dev) else 16
     if n_splits is None:
         n_splits = num_splits(B * H, C_max, dev, BN)
     slots_per_split = triton.cdiv(C_max, n_splits)
