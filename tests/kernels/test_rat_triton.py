@@ -193,12 +193,13 @@ def rel_err(a, b):
 def check_bf16_rule(got, ref, low, floor=2e-3):
     """Each tensor: kernel error <= 2 x (error of the reference on bf16 inputs) + floor, and
     finite. Returns {name: (kernel error, reference error)}."""
-    report = {}
+    report, bad = {}, []
     for name, a, b, c in zip(NAMES, got, ref, low, strict=True):
         e_k, e_r = rel_err(a, b), rel_err(c, b)
-        report[name] = (e_k, e_r)
-        assert torch.isfinite(a).all(), name
-        assert e_k <= 2 * e_r + floor, (name, e_k, e_r)
+        report[name] = (round(e_k, 5), round(e_r, 5))
+        if not torch.isfinite(a).all() or not e_k <= 2 * e_r + floor:
+            bad.append(name)
+    assert not bad, (bad, report)
     return report
 
 
