@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{rate}" + (f" ({frac:.0%})" if frac else ""),
                 ]
             )
+            print(" | ".join(rows[-1]), flush=True)  # progress, and kept if the run is cut
+        save(results, peaks, args.out)
         del target
         if cuda:
             torch.cuda.empty_cache()
@@ -133,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             right={3, 4, 5, 6},
         )
     )
+    save(results, peaks, args.out)
+    return 0
+
+
+def save(results: list, peaks, out: str | None) -> None:
+    """Write the JSON (after every variant, so that a cut run keeps what it measured)."""
+    if not out:
+        return
+    cuda = torch.cuda.is_available()
     doc = {
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -142,10 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "peaks": peaks,
         "results": results,
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
-    return 0
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
 
 
 def _triton_version() -> str | None:

@@ -113,6 +113,10 @@ def test_schema_accepts_every_bundled_spec_and_rejects_junk(capsys):
         data = parse_yaml(spec.read_text(), str(spec)).data
         errors = [e.message for e in validator.iter_errors(data)]
         assert not errors, (spec, errors[:3])
-    for junk in ({"stack": [{"kind": "rat", "chunk": 4}]}, {"model": {"d_model": "x"}},
-                 {"stack": [{"parallel": []}]}, {"stakc": "R"}):
+    for junk in (
+        {"stack": [{"kind": "rat", "chunk": 4}]},
+        {"model": {"d_model": "x"}},
+        {"stack": [{"parallel": []}]},
+        {"stakc": "R"},
+    ):
         assert list(validator.iter_errors(junk)), junk

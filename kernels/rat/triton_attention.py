@@ -265,6 +265,15 @@ def gpu_tiles(device) -> bool:
     return device.type == "cuda"
 
 
+def _tuned(device, dtype) -> bool:
+    """Autotuned tiles for 16-bit inputs on the GPU. float32 (a check path, not a fast one)
+    takes the small fixed tiles: its large tiles spill heavily, and ptxas spent minutes on
+    them on the H200 machine (Triton 3.6)."""
+    import torch
+
+    return gpu_tiles(device) and dtype != torch.float32
+
+
 def _dot_prec(dtype) -> str:
     import torch
 
@@ -288,7 +297,7 @@ def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype)
             y.stride(0), y.stride(1), y.stride(2),
             T, L, C, D**-0.5 * LOG2E)
     kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype))
-    if gpu_tiles(y.device):
+    if _tuned(y.device, q_rot.dtype):
         fwd_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * H)](*args, **kw)
     else:
         rat_attn_fwd_kernel[(triton.cdiv(T, 16), B * H)](*args, **kw, **_FIXED)
@@ -332,7 +341,7 @@ def attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size):
     dkv_args = (q_rot, k_end, v_end, dy, lse, delta, dke, dve, *strides,
                 T, L, C, C_alloc, scale, scale * LOG2E)
     dq_args = (q_rot, k_end, v_end, dy, lse, delta, dqi, *strides, T, L, C, scale, scale * LOG2E)
-    if gpu_tiles(dev):
+    if _tuned(dev, q_rot.dtype):
         dkv_tuned[lambda m: (triton.cdiv(C, m["BN"]), B * H)](*dkv_args, **kw)
         dq_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * G)](*dq_args, **kw)
     else:

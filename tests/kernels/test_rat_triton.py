@@ -72,7 +72,8 @@ def run_both(B, T, H, G, D, L, rope, dtype, device, seed=0):
         leaves = [x.detach().clone().requires_grad_() for x in inputs]
         y = fn(*[cast(x) for x in leaves], L, rope)
         y.backward(dy.to(y.dtype))
-        return [y.detach().float()] + [x.grad.float() for x in leaves]
+        # y rounded to the kernel's output dtype (v's), as the gradients are to theirs
+        return [y.detach().to(inputs[2].dtype).float()] + [x.grad.float() for x in leaves]
 
     inputs = (q, k, v, gl, bias)
     got = grads(rat_core_triton, inputs, lambda x: x)
@@ -192,10 +193,20 @@ def rel_err(a, b):
 
 def check_bf16_rule(got, ref, low, floor=2e-3):
     """Each tensor: kernel error <= 2 x (error of the reference on bf16 inputs) + floor, and
-    finite. Returns {name: (kernel error, reference error)}."""
+    finite. Returns {name: (kernel error, reference error)}.
+
+    Errors are relative to the reference tensor's norm, except for a tensor that is zero in
+    exact arithmetic: dq and dk when no chunk is complete (every token's softmax then has a
+    single key, so its gradient vanishes). There the kernel's bf16 rounding noise (delta
+    comes from the bf16 output, as in flash attention) is measured against dv's norm, the
+    layer's gradient scale, not against zero."""
     report, bad = {}, []
+    dv_norm = ref[NAMES.index("dv")].norm().item()
     for name, a, b, c in zip(NAMES, got, ref, low, strict=True):
-        e_k, e_r = rel_err(a, b), rel_err(c, b)
+        denom = b.norm().item()
+        if name != "y" and denom <= 1e-6 * dv_norm:
+            denom = dv_norm
+        e_k, e_r = (a - b).norm().item() / denom, (c - b).norm().item() / denom
         report[name] = (round(e_k, 5), round(e_r, 5))
         if not torch.isfinite(a).all() or not e_k <= 2 * e_r + floor:
             bad.append(name)
