@@ -172,5 +172,14 @@ def flex_attention(
         block_mask=flex_block_mask(q_BTHD.shape[1], window, q_BTHD.device),
         scale=q_BTHD.shape[-1] ** -0.5,
         enable_gqa=q_BTHD.shape[2] != k_BTKD.shape[2],
+        kernel_options=_flex_kernel_options(q_BTHD.shape[1]),
     )
     return out_BHTD.transpose(1, 2)
+
+
+def _flex_kernel_options(seq_len: int) -> dict | None:
+    """Below 128 queries, flex_attention's AUTO backend takes its decoding kernel, for
+    which torch 2.11's inductor found no valid config on the H200 (float32, head_dim 16,
+    77 queries: NoValidChoicesError, benchmarks/results/2026-11-28-h200). Ask for the main
+    Triton kernel there; one query (decode) and full blocks keep AUTO, as run on the H200."""
+    return {"BACKEND": "TRITON"} if 1 < seq_len < 128 else None
