@@ -396,8 +396,10 @@ def sweep(
     sizes: Sizes,
     layers: list[tuple[str, dict]],
     quiet: bool = False,
+    on_result=None,
 ) -> tuple[list[Result], dict | None, list[str]]:
-    """Measure every (spec or layer) x mode x T case; returns results, peaks and notes."""
+    """Measure every (spec or layer) x mode x T case; returns results, peaks and notes.
+    `on_result(results, peaks)`, when given, is called after every case."""
     notes: list[str] = []
     dtype = sizes.dtype
     prepared = [prepare(p, sizes) for p in plans]
@@ -464,12 +466,16 @@ def sweep(
                     )
                 )
                 progress.advance()
+                if on_result:
+                    on_result(results, peaks)
                 continue
             for T in sizes.seqs:
                 B = sizes.decode_batch if mode == "decode" else sizes.batch_for(T)
                 progress.start(f"{target.plan.name} {target.label} {mode} B={B} T={T}")
                 results.append(measure(target, mode, B, T, sizes.settings, job_peaks))
                 progress.advance()
+                if on_result:
+                    on_result(results, peaks)
         del target
     if sizes.scale is not None:
         desc = prepared[0][1]
@@ -530,13 +536,23 @@ def cmd_profile(args) -> int:
         raise _usage_error()("--mode throughput times whole models; it does not take --layer")
     sizes = resolve_sizes(args)
     _default_seqs(sizes, plans)
-    results, peaks, notes = sweep(plans, modes, sizes, layers)
-    doc = results_document(results, peaks, notes, _settings_dict(sizes))
-    if args.out:
-        out = Path(args.out)
+    out = Path(args.out) if args.out else None
+
+    def save(results, peaks, notes) -> None:
+        doc = results_document(results, peaks, notes, _settings_dict(sizes))
         out.mkdir(parents=True, exist_ok=True)
         (out / "profile.json").write_text(json.dumps(doc, indent=2, default=str))
         write_csv(results, str(out / "profile.csv"))
+
+    def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
+        save(results, peaks, [f"partial: {len(results)} cases so far (the run has not ended)"])
+
+    results, peaks, notes = sweep(
+        plans, modes, sizes, layers, on_result=save_partial if out else None
+    )
+    doc = results_document(results, peaks, notes, _settings_dict(sizes))
+    if out:
+        save(results, peaks, notes)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     if args.csv:

@@ -7,7 +7,10 @@
 #             d_model 2048, T = 4096 in bf16), failures printed as they happen
 #   layer     the RAT layer against the published figures (issue 5)
 #   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants)
-#   profile   the paper's Table 1 and efficiency figure (issue 6; needs about 9 minutes)
+#   table1    the RAT paper's Table 1 through `archlab profile --mode throughput` (issue 6)
+#   figure    the paper's efficiency figure through `archlab profile --layer` (issue 6)
+#   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
+#   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
 # Each stage leaves one tarball of its logs and JSON in $OUT (fetched back by the tool), made
 # even when the stage hits its limit; commit them under benchmarks/results/ with this
@@ -45,17 +48,21 @@ case $stage in
       --repeats 5 --variants "${LAYER_VARIANTS:-}" >"$out/$stage/rat_layer.log" 2>&1
     tail -30 "$out/$stage/rat_layer.log"
     ;;
-  profile)
+  table1)  # the RAT paper's Table 1: throughput at 1.3B (prompt 3072, generate 1024)
     specs=$repo/specs/paper
-    timeout 200 python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rat.yaml" \
+    timeout "$limit" python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rat.yaml" \
       "$specs/attention_swa.yaml" "$specs/rat_swa.yaml" --mode throughput --prompt 3072 \
-      --generate 1024 --gen-sample 16 --json --out "$out/$stage/table1" \
-      >"$out/$stage/table1.json" 2>"$out/$stage/table1.log"
-    timeout 340 python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rnn.yaml" "$specs/rat.yaml" \
-      --layer attention --layer rnn --layer rat:chunk_size=16 --layer rat:chunk_size=64 \
-      --layer rat:chunk_size=128 --mode train,prefill,decode --seq 4k,16k,64k,128k \
-      --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 --json \
-      --out "$out/$stage/layers" >"$out/$stage/layers.json" 2>"$out/$stage/layers.log"
+      --generate 1024 --gen-sample 16 --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+    tail -20 "$out/$stage/profile.log"
+    ;;
+  figure)  # the RAT paper's efficiency figure: single layers, 4K to 128K tokens
+    specs=$repo/specs/paper
+    timeout "$limit" python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rnn.yaml" \
+      "$specs/rat.yaml" --layer attention --layer rnn --layer rat:chunk_size=16 \
+      --layer rat:chunk_size=64 --layer rat:chunk_size=128 --mode train,prefill,decode \
+      --seq 4k,16k,64k,128k --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 \
+      --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+    tail -40 "$out/$stage/profile.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

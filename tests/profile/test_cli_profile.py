@@ -288,3 +288,27 @@ def test_specs_with_one_name_are_kept_apart(tmp_path, capsys):
     )
     names = {r["spec"] for r in doc["measured"]["results"]}
     assert names == {"tiny-rat (rat.yaml)", "tiny-rat (variant.yaml)"}
+
+
+def test_out_is_written_after_every_case(tmp_path, monkeypatch, capsys):
+    """A run cut short keeps what it measured: with --out, profile.json is rewritten after
+    each case (marked partial), and the finished run replaces it with the whole sweep."""
+    import archlab.profile_cli as profile_cli
+
+    seen = []
+    real_sweep = profile_cli.sweep
+
+    def sweep(*args, on_result=None, **kw):
+        def spy(results, peaks):
+            on_result(results, peaks)
+            seen.append(json.loads((tmp_path / "profile.json").read_text()))
+
+        return real_sweep(*args, on_result=spy, **kw)
+
+    monkeypatch.setattr(profile_cli, "sweep", sweep)
+    argv = ["profile", str(TINY / "rat.yaml"), "--mode", "train,prefill", "--out", str(tmp_path)]
+    assert main([*argv, *FAST]) == 0
+    assert [len(d["results"]) for d in seen] == [1, 2, 3, 4]
+    assert all(any("partial" in n for n in d["notes"]) for d in seen)
+    final = json.loads((tmp_path / "profile.json").read_text())
+    assert len(final["results"]) == 4 and not any("partial" in n for n in final["notes"])
