@@ -137,6 +137,15 @@ def train_case(B, T, ceil):
                 q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
             )
         )
+        default = triton_scan.CHANNEL_BLOCK
+        for block in (8, 16, 32):  # the backward scan's channels per program
+            triton_scan.CHANNEL_BLOCK = block
+            parts[f"scan_bwd_channels{block}"] = median_ms(
+                lambda: triton_scan.scan_backward(
+                    q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
+                )
+            )
+        triton_scan.CHANNEL_BLOCK = default
         res["parts_ms"] = parts
     res["autotuned"] = {
         name: str(fn.best_config)

@@ -64,8 +64,8 @@ def _cos_sin(COS, SIN, t, L, mask, cols, D2: tl.constexpr, ROPE: tl.constexpr):
         cos = tl.load(COS + c[:, None] * D2 + cols[None, :], mask=mask[:, None], other=1.0)
         sin = tl.load(SIN + c[:, None] * D2 + cols[None, :], mask=mask[:, None], other=0.0)
     else:
-        cos = tl.full([t.shape[0], D2], 1.0, tl.float32)
-        sin = tl.zeros([t.shape[0], D2], tl.float32)
+        cos = tl.full([t.shape[0], cols.shape[0]], 1.0, tl.float32)
+        sin = tl.zeros([t.shape[0], cols.shape[0]], tl.float32)
     return cos, sin
 
 
@@ -176,17 +176,73 @@ def rat_scan_fwd_kernel(
 
 
 @triton.jit
+def rat_scan_ds_kernel(
+    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, P, DS,
+    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+    s_dy_b, s_dy_t, s_dy_h,
+    T, L, SEG, n_tiles, scale_log2,
+    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
+    ROPE: tl.constexpr,
+):
+    """Grid (segments, B * G), as the forward scan. The backward's reductions over all
+    channels: the own key's softmax weight p = exp2(q_rot . k_rot * scale_log2 - lse) and
+    its score gradient ds = p * (dy . v_run - delta), [B,H,T] float32, from the states
+    recomputed in float32."""
+    pid_s = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = (pid_bg // G).to(tl.int64)
+    g = pid_bg % G
+    rows = tl.arange(0, BT)
+    cols = tl.arange(0, D2)
+    seg0 = pid_s * SEG
+    for hh in range(H // G):
+        h = g + hh * G
+        bh = b * H + h
+        ck_lo = tl.zeros([D2], tl.float32)
+        ck_hi = tl.zeros([D2], tl.float32)
+        cv_lo = tl.zeros([D2], tl.float32)
+        cv_hi = tl.zeros([D2], tl.float32)
+        for j in range(n_tiles):
+            r = j * BT + rows
+            t = seg0 + r
+            valid = (r < SEG) & (t < T)
+            sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
+                GL, BIAS, K, V, b, g, h, t, valid, L, cols,
+                s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
+                ck_lo, ck_hi, cv_lo, cv_hi, D2)
+            cos, sin = _cos_sin(COS, SIN, t, L, valid, cols, D2, ROPE)
+            kr_lo, kr_hi = _rot(sk_lo, sk_hi, cos, sin, ROPE)
+            q_lo, q_hi = _load_halves(Q + b * s_q_b + t * s_q_t + g * s_q_g, cols, valid, D2)
+            qr_lo, qr_hi = _rot(q_lo, q_hi, cos, sin, ROPE)
+            lse = tl.load(LSE + bh * T + t, mask=valid, other=0.0)
+            delta = tl.load(DELTA + bh * T + t, mask=valid, other=0.0)
+            ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1) * scale_log2
+            p = tl.where(valid, tl.exp2(ss - lse), 0.0)
+            dy_lo, dy_hi = _load_halves(DY + b * s_dy_b + t * s_dy_t + h * s_dy_h, cols, valid,
+                                        D2)
+            ds = p * (tl.sum(dy_lo * sv_lo + dy_hi * sv_hi, axis=1) - delta)
+            tl.store(P + bh * T + t, p, mask=valid)
+            tl.store(DS + bh * T + t, ds, mask=valid)
+            ck_lo = _last_row(sk_lo, rows, BT)
+            ck_hi = _last_row(sk_hi, rows, BT)
+            cv_lo = _last_row(sv_lo, rows, BT)
+            cv_hi = _last_row(sv_hi, rows, BT)
+
+
+@triton.jit
 def _bwd_tile(
-    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
-    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+    Q, K, V, GL, BIAS, COS, SIN, DY, P, DS, DKE, DVE, DV, DGL,
+    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, rows, cols,
     s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
     s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h, s_dgl_b, s_dgl_t, s_dgl_h,
     ck_lo, ck_hi, cv_lo, cv_hi, ak_lo_c, ak_hi_c, av_lo_c, av_hi_c,
     H: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr, ROPE: tl.constexpr,
 ):
-    """One head, one tile. Stores dv and dgate_logits; returns dq of the own-key term
-    (rotated frame, natural order), this head's dk (reversed order), the adjoint carries
-    for the tile before, and the tile's bias-gradient sums."""
+    """One head, one tile, the channel block `cols` of each RoPE half. Stores dv and
+    dgate_logits; returns dq of the own-key term (rotated frame, natural order), this head's
+    dk (reversed order), the adjoint carries for the tile before, and the tile's
+    bias-gradient sums. The own key's weight p and score gradient ds come precomputed
+    (`rat_scan_ds_kernel`: they reduce over all channels)."""
     D: tl.constexpr = 2 * D2
     bh = b * H + h
     r_n = j * BT + rows
@@ -196,29 +252,22 @@ def _bwd_tile(
     t_r = seg0 + r_r
     valid_r = (r_r < SEG) & (t_r < T)
 
-    # natural order: states, the own score, its weight p and score gradient ds
+    # natural order: states and the own key's part of dq
     sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
         GL, BIAS, K, V, b, g, h, t_n, valid_n, L, cols,
         s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
         ck_lo, ck_hi, cv_lo, cv_hi, D2)
     cos_n, sin_n = _cos_sin(COS, SIN, t_n, L, valid_n, cols, D2, ROPE)
     kr_lo, kr_hi = _rot(sk_lo, sk_hi, cos_n, sin_n, ROPE)
-    q_lo, q_hi = _load_halves(Q + b * s_q_b + t_n * s_q_t + g * s_q_g, cols, valid_n, D2)
-    qr_lo, qr_hi = _rot(q_lo, q_hi, cos_n, sin_n, ROPE)
-    lse = tl.load(LSE + bh * T + t_n, mask=valid_n, other=0.0)
-    delta = tl.load(DELTA + bh * T + t_n, mask=valid_n, other=0.0)
-    ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1) * scale_log2
-    p = tl.where(valid_n, tl.exp2(ss - lse), 0.0)
-    dy_lo, dy_hi = _load_halves(DY + b * s_dy_b + t_n * s_dy_t + h * s_dy_h, cols, valid_n, D2)
-    ds = p * (tl.sum(dy_lo * sv_lo + dy_hi * sv_hi, axis=1) - delta)
+    ds = tl.load(DS + bh * T + t_n, mask=valid_n, other=0.0)
     dq_lo = (scale * ds)[:, None] * kr_lo
     dq_hi = (scale * ds)[:, None] * kr_hi
     ek_lo = tl.flip(sk_lo - k_lo, 0)
     ek_hi = tl.flip(sk_hi - k_hi, 0)
     ev_lo = tl.flip(sv_lo - v_lo, 0)
     ev_hi = tl.flip(sv_hi - v_hi, 0)
-    p_r = tl.flip(p, 0)
-    ds_r = tl.flip(ds, 0)
+    p_r = tl.load(P + bh * T + t_r, mask=valid_r, other=0.0)
+    ds_r = tl.load(DS + bh * T + t_r, mask=valid_r, other=0.0)
 
     # reversed order: gradients of the running states, then the adjoint scan
     cos_r, sin_r = _cos_sin(COS, SIN, t_r, L, valid_r, cols, D2, ROPE)
@@ -259,20 +308,22 @@ def _bwd_tile(
 
 @triton.jit
 def rat_scan_bwd_kernel(
-    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DQI,
+    Q, K, V, GL, BIAS, COS, SIN, DY, P, DS, DKE, DVE, DQI,
     DQ, DK, DV, DGL, DBP, DKA, SCR,
     s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
     s_dy_b, s_dy_t, s_dy_h, s_dq_b, s_dq_t, s_dq_g, s_dk_b, s_dk_t, s_dk_g,
     s_dv_b, s_dv_t, s_dv_h, s_dgl_b, s_dgl_t, s_dgl_h,
-    T, L, SEG, n_tiles, n_seg, C_alloc, scale, scale_log2,
-    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
+    T, L, SEG, n_tiles, n_seg, C_alloc, scale,
+    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, DB: tl.constexpr, BT: tl.constexpr,
     ROPE: tl.constexpr, SINGLE: tl.constexpr,
 ):
-    """Grid (segments, B * G). Inputs besides the forward's: dy, lse and delta [B,H,T],
-    the attention's gradients of the chunk ends DKE/DVE [B,H,C,D] (fp32, rotated frame) and
-    its dq DQI [B,T,G,D] (fp32, rotated frame, summed over the group's heads). Writes dq, dk,
-    dv, dgate_logits and per-segment bias-gradient sums DBP [B*n_seg, H, D]. With SINGLE
-    (one tile per segment) dq and dk are summed in registers; otherwise through DQI and DKA
+    """Grid (segments, B * G, D2 / DB): a program owns DB channels of each RoPE half, so
+    that its tiles stay small (registers) and many programs share an SM. Inputs besides the
+    forward's: dy, the own key's p and ds [B,H,T] (`rat_scan_ds_kernel`), the attention's
+    gradients of the chunk ends DKE/DVE [B,H,C,D] (fp32, rotated frame) and its dq DQI
+    [B,T,G,D] (fp32, rotated frame, summed over the group's heads). Writes dq, dk, dv,
+    dgate_logits and per-segment bias-gradient sums DBP [B*n_seg, H, D]. With SINGLE (one
+    tile per segment) dq and dk are summed in registers; otherwise through DQI and DKA
     (fp32 [B,T,G,D], zeroed), with the tile carries kept in SCR."""
     pid_s = tl.program_id(0)
     pid_bg = tl.program_id(1)
@@ -280,23 +331,23 @@ def rat_scan_bwd_kernel(
     g = pid_bg % G
     D: tl.constexpr = 2 * D2
     rows = tl.arange(0, BT)
-    cols = tl.arange(0, D2)
+    cols = tl.program_id(2) * DB + tl.arange(0, DB)
     seg0 = pid_s * SEG
     prog = b * n_seg + pid_s
-    zero = tl.zeros([D2], tl.float32)
+    zero = tl.zeros([DB], tl.float32)
     if SINGLE:
         t_n = seg0 + rows
         valid_n = (rows < SEG) & (t_n < T)
         t_r = seg0 + (BT - 1 - rows)
         valid_r = ((BT - 1 - rows) < SEG) & (t_r < T)
         dq_lo, dq_hi = _load_halves(DQI + ((b * T + t_n) * G + g) * D, cols, valid_n, D2)
-        dk_lo = tl.zeros([BT, D2], tl.float32)
-        dk_hi = tl.zeros([BT, D2], tl.float32)
+        dk_lo = tl.zeros([BT, DB], tl.float32)
+        dk_hi = tl.zeros([BT, DB], tl.float32)
         for hh in range(H // G):
             h = g + hh * G
             dq1_lo, dq1_hi, dk1_lo, dk1_hi, a0, a1, a2, a3, db_lo, db_hi = _bwd_tile(
-                Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
-                b, g, h, seg0, 0, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+                Q, K, V, GL, BIAS, COS, SIN, DY, P, DS, DKE, DVE, DV, DGL,
+                b, g, h, seg0, 0, SEG, T, L, C_alloc, scale, rows, cols,
                 s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h,
                 s_gl_b, s_gl_t, s_gl_h, s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h,
                 s_dgl_b, s_dgl_t, s_dgl_h,
@@ -349,8 +400,8 @@ def rat_scan_bwd_kernel(
                 cv_lo = tl.load(scr + (j * 4 + 2) * D2 + cols)
                 cv_hi = tl.load(scr + (j * 4 + 3) * D2 + cols)
                 dq1_lo, dq1_hi, dk1_lo, dk1_hi, a0, a1, a2, a3, db1_lo, db1_hi = _bwd_tile(
-                    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, DKE, DVE, DV, DGL,
-                    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, scale_log2, rows, cols,
+                    Q, K, V, GL, BIAS, COS, SIN, DY, P, DS, DKE, DVE, DV, DGL,
+                    b, g, h, seg0, j, SEG, T, L, C_alloc, scale, rows, cols,
                     s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h,
                     s_gl_b, s_gl_t, s_gl_h, s_dy_b, s_dy_t, s_dy_h, s_dv_b, s_dv_t, s_dv_h,
                     s_dgl_b, s_dgl_t, s_dgl_h,
@@ -454,6 +505,18 @@ def scan_forward(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta,
     return q_rot, v_run, s_self, k_end, v_end
 
 
+CHANNEL_BLOCK = 8  # 110 registers at 4 warps on sm_90 (Triton 3.6): four programs per SM
+
+
+def channel_block(D2: int, device) -> int:
+    """Channels of each RoPE half per backward program: CHANNEL_BLOCK on the GPU (small
+    tiles, several programs per SM), 4 under the interpreter so that the CPU tests cover
+    several blocks. Not yet timed on a GPU: `benchmarks/rat_kernels.py` sweeps 8/16/32."""
+    from archlab.kernels.rat.triton_attention import gpu_tiles
+
+    return min(D2, CHANNEL_BLOCK if gpu_tiles(device) else 4)
+
+
 def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_end, dq_inter,
                   chunk_size, rope, rope_theta):
     """Launch the backward pass. dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
@@ -465,9 +528,27 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     G = k.shape[2]
     L = chunk_size
     dev = v.device
+    scale = D**-0.5
+    cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (lse, lse)
+    # pass 1: p and ds of the own key (reductions over all channels), as the forward scans
+    p = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+    ds = torch.empty_like(p)
+    BT, SEG, n_tiles, warps = tile_plan(T, L)
+    rat_scan_ds_kernel[(triton.cdiv(T, SEG), B * G)](
+        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, p, ds,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        T, L, SEG, n_tiles, scale * 1.4426950408889634,
+        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope,
+        num_warps=warps,
+    )
+    # pass 2: the adjoint scans, on channel blocks
     BT, SEG, n_tiles, warps = tile_plan(T, L, backward=True)
     n_seg = triton.cdiv(T, SEG)
     single = n_tiles == 1
+    DB = channel_block(D // 2, dev)
     dq = torch.empty(q.shape, device=dev, dtype=q.dtype)
     dk = torch.empty(k.shape, device=dev, dtype=k.dtype)
     dv = torch.empty(v.shape, device=dev, dtype=v.dtype)
@@ -478,10 +559,8 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     else:
         dka = torch.zeros(B, T, G, D, device=dev, dtype=torch.float32)
         scr = torch.empty(B * n_seg, H, n_tiles, 4, D // 2, device=dev, dtype=torch.float32)
-    cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (dbp, dbp)
-    scale = D**-0.5
-    rat_scan_bwd_kernel[(n_seg, B * G)](
-        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, dk_end, dv_end, dq_inter,
+    rat_scan_bwd_kernel[(n_seg, B * G, D // 2 // DB)](
+        q, k, v, gate_logits, gate_bias, cos, sin, dy, p, ds, dk_end, dv_end, dq_inter,
         dq, dk, dv, dgl, dbp, dka, scr,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -489,9 +568,9 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
         dy.stride(0), dy.stride(1), dy.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         dgl.stride(0), dgl.stride(1), dgl.stride(2),
-        T, L, SEG, n_tiles, n_seg, dk_end.shape[2], scale, scale * 1.4426950408889634,
-        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope, SINGLE=single,
-        num_warps=warps,
+        T, L, SEG, n_tiles, n_seg, dk_end.shape[2], scale,
+        H=H, G=G, D2=D // 2, DB=DB, BT=BT, ROPE=rope, SINGLE=single,
+        num_warps=4 if DB < D // 2 else warps,
     )
     dbias = dbp.sum(0).reshape(H * D).to(gate_bias.dtype)
     return dq, dk, dv, dgl, dbias
