@@ -5,7 +5,7 @@ worth a GPU run to find. This script swaps Triton's driver for a compile-only on
 reports an sm_90 target, makes every launch a compile (`warmup`), compiles every autotune
 candidate, and reads each binary's registers, spills and shared memory.
 
-    python benchmarks/compile_check.py [--arch 90] [--json FILE]
+    python benchmarks/compile_check.py [--arch 90] [--json FILE] [--case "d128 L16 bf16"]
 
 It drives the real launchers in `archlab.kernels.rat` (forward, backward, prefill, decode)
 over head dims, chunk sizes, dtypes and RoPE on/off, with CPU tensors that are never read.
@@ -150,13 +150,16 @@ def launches(B, T, H, G, D, L, dtype, rope) -> dict:
     }
 
 
-def drive(rec: Recorder) -> list[str]:
-    """Run every launcher once per case; return the failures."""
+def drive(rec: Recorder, only: str = "") -> list[str]:
+    """Run every launcher once per case (those whose label contains `only`); return the
+    failures."""
     from archlab.kernels.rat import triton_attention
 
     triton_attention.gpu_tiles = lambda device: True
     failures = []
     for label, *shape in cases():
+        if only not in label:
+            continue
         rec.case = label
         for name, step in launches(*shape).items():
             try:
@@ -170,10 +173,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability (90 = Hopper)")
     ap.add_argument("--json", help="write every compiled kernel's resources here")
+    ap.add_argument("--case", default="", help="only the cases whose label contains this")
     args = ap.parse_args(argv)
     rec = Recorder()
     install(args.arch, rec)
-    failures = drive(rec)
+    failures = drive(rec, args.case)
     rows = sorted(rec.rows.values(), key=lambda r: (r["kernel"], r["case"]))
     print(f"{'kernel':28} {'case':22} {'BM':>4} {'BN':>4} {'BT':>4} {'w':>2} {'st':>2} "
           f"{'smem':>7} {'regs':>4} {'stack':>5} {'hgmma':>5}")

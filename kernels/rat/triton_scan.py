@@ -35,6 +35,13 @@ def _last_row(x, rows, BT: tl.constexpr):
 
 
 @triton.jit
+def _carries(sk_lo, sk_hi, sv_lo, sv_hi, rows, BT: tl.constexpr):
+    # the states of a tile's last row: the carries into the next tile
+    return (_last_row(sk_lo, rows, BT), _last_row(sk_hi, rows, BT),
+            _last_row(sv_lo, rows, BT), _last_row(sv_hi, rows, BT))
+
+
+@triton.jit
 def _load_halves(ptr_rows, cols, mask, D2: tl.constexpr):
     lo = tl.load(ptr_rows[:, None] + cols[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
     hi = tl.load(ptr_rows[:, None] + D2 + cols[None, :], mask=mask[:, None], other=0.0)
@@ -169,10 +176,7 @@ def rat_scan_fwd_kernel(
                 ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1)
                 tl.store(SS + (b * H + h) * T + t, ss, mask=valid)
                 _store_halves(VR + ((b * T + t) * H + h) * D, cols, sv_lo, sv_hi, valid, D2)
-            ck_lo = _last_row(sk_lo, rows, BT)
-            ck_hi = _last_row(sk_hi, rows, BT)
-            cv_lo = _last_row(sv_lo, rows, BT)
-            cv_hi = _last_row(sv_hi, rows, BT)
+            ck_lo, ck_hi, cv_lo, cv_hi = _carries(sk_lo, sk_hi, sv_lo, sv_hi, rows, BT)
 
 
 @triton.jit
@@ -223,10 +227,7 @@ def rat_scan_ds_kernel(
             ds = p * (tl.sum(dy_lo * sv_lo + dy_hi * sv_hi, axis=1) - delta)
             tl.store(P + bh * T + t, p, mask=valid)
             tl.store(DS + bh * T + t, ds, mask=valid)
-            ck_lo = _last_row(sk_lo, rows, BT)
-            ck_hi = _last_row(sk_hi, rows, BT)
-            cv_lo = _last_row(sv_lo, rows, BT)
-            cv_hi = _last_row(sv_hi, rows, BT)
+            ck_lo, ck_hi, cv_lo, cv_hi = _carries(sk_lo, sk_hi, sv_lo, sv_hi, rows, BT)
 
 
 @triton.jit
@@ -382,10 +383,7 @@ def rat_scan_bwd_kernel(
                     GL, BIAS, K, V, b, g, h, t, valid, L, cols,
                     s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
                     ck_lo, ck_hi, cv_lo, cv_hi, D2)
-                ck_lo = _last_row(sk_lo, rows, BT)
-                ck_hi = _last_row(sk_hi, rows, BT)
-                cv_lo = _last_row(sv_lo, rows, BT)
-                cv_hi = _last_row(sv_hi, rows, BT)
+                ck_lo, ck_hi, cv_lo, cv_hi = _carries(sk_lo, sk_hi, sv_lo, sv_hi, rows, BT)
             tl.debug_barrier()
             a0 = zero
             a1 = zero
