@@ -1,4 +1,5 @@
-"""`archlab profile` and `archlab compare`: sizes, targets, the sweep and its output.
+"""`archlab profile` and `archlab compare`: their options, sizes and output (the sweep
+itself is in `archlab.sweep`).
 
 `register(subparsers)` adds both sub-commands to the `archlab` parser. Sizes default by
 device: on CUDA the specs run as written; on the CPU each spec is replaced by a clearly
@@ -13,25 +14,15 @@ import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from archlab.blocks import BLOCKS
 from archlab.plan import Plan
-from archlab.profile import (
-    MODES,
-    LayerTarget,
-    ModelTarget,
-    Result,
-    Settings,
-    free_memory,
-    is_oom,
-    measure,
-)
-from archlab.scale import Scale, scale_plan, with_dtype
-from archlab.throughput import device_peaks, measure_throughput
+from archlab.profile import MODES, Settings
+from archlab.scale import Scale
+from archlab.sweep import Sizes, prepare, sweep, usage_error
 
 CPU_DEFAULTS = {
     "seq": "256",
@@ -65,12 +56,6 @@ GPU_DEFAULTS = {
     "memory_limit": None,
     "gen_sample": 0,
 }
-
-
-def _usage_error():
-    from archlab.cli import UsageError
-
-    return UsageError
 
 
 # ---- options ---------------------------------------------------------------------------
@@ -152,7 +137,7 @@ def parse_modes(text: str) -> list[str]:
     modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise _usage_error()(
+        raise usage_error()(
             f"unknown mode {bad[0] if bad else text!r} (choose from {', '.join(MODES)} or all)"
         )
     return modes
@@ -162,14 +147,14 @@ def parse_layer(text: str) -> tuple[str, dict]:
     """'rat:chunk_size=64,qk_groups=1' -> ('rat', {'chunk_size': 64, 'qk_groups': 1})."""
     kind, _, rest = text.partition(":")
     if kind not in BLOCKS:
-        raise _usage_error()(
+        raise usage_error()(
             f"--layer {text}: unknown kind {kind!r} (choose from {', '.join(BLOCKS)})"
         )
     overrides: dict = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
-            raise _usage_error()(f"--layer {text}: expected key=value, got {item!r}")
+            raise usage_error()(f"--layer {text}: expected key=value, got {item!r}")
         low = value.lower()
         overrides[key] = (
             True
@@ -193,37 +178,11 @@ def _is_float(text: str) -> bool:
         return False
 
 
-@dataclass
-class Sizes:
-    """Everything a sweep needs to know besides the specs and modes."""
-
-    device: torch.device
-    dtype: str | None
-    scale: Scale | None
-    seqs: list[int]
-    batch: int | None
-    tokens: int | None
-    decode_batch: int
-    settings: Settings
-    prompt: int
-    generate: int
-    gen_batch: int | None
-    max_batch: int
-    batch_step: int
-    memory_limit: int | None
-    limit_counts_weights: bool  # a --memory-limit given counts weights; the CPU default not
-    gen_sample: int
-    refresh_peaks: bool
-
-    def batch_for(self, seq_len: int) -> int:
-        return self.batch or (max(1, self.tokens // seq_len) if self.tokens else 1)
-
-
 def resolve_sizes(args, compare: bool = False) -> Sizes:
     """Device-dependent defaults filled in from `args`; UsageError for bad values."""
     from archlab.cli import parse_lengths
 
-    err = _usage_error()
+    err = usage_error()
     name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     name = "cpu" if name == "auto" else name
     try:
@@ -297,198 +256,6 @@ def resolve_sizes(args, compare: bool = False) -> Sizes:
     )
 
 
-def prepare(plan: Plan, sizes: Sizes) -> tuple[Plan, str | None]:
-    """The plan as it will run: scaled down (with its description) or in the run dtype."""
-    if sizes.scale is not None:
-        try:
-            return scale_plan(plan, sizes.scale, sizes.dtype or plan.model.dtype)
-        except ValueError as e:
-            raise _usage_error()(f"{e} (use --full-size or another --d-model)") from None
-    return with_dtype(plan, sizes.dtype or plan.model.dtype), None
-
-
-def layer_block(plan: Plan, kind: str, overrides: dict):
-    """The first block of `kind` in `plan` with `overrides` applied (None if it has none)."""
-    block = next((b for b in plan.order() if b.kind == kind), None)
-    if block is None:
-        return None
-    try:
-        params = type(block.params).model_validate({**block.params.model_dump(), **overrides})
-    except ValueError as e:
-        errors = getattr(e, "errors", lambda: [])()
-        why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errors) or str(e)
-        raise _usage_error()(f"--layer {kind}: {why}") from None
-    problems = BLOCKS[kind].check(params, plan.model.d_model)
-    if problems:
-        raise _usage_error()(f"--layer {kind}: {problems[0][0]}: {problems[0][1]}")
-    return dataclasses.replace(block, params=params)
-
-
-# ---- the sweep -------------------------------------------------------------------------
-
-
-def allow_recompiles(limit: int = 64) -> None:
-    """A sweep runs many shapes: let torch.compile'd kernels (flex attention, compiled with
-    dynamic=False) recompile per shape instead of falling back to eager after 8."""
-    try:
-        import torch._dynamo.config as config
-
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), limit))
-    except (ImportError, AttributeError):
-        pass
-
-
-class Progress:
-    """A one-line progress bar on a terminal's stderr; one line per case elsewhere."""
-
-    def __init__(self, total: int, quiet: bool = False):
-        self.total, self.done, self.quiet = total, 0, quiet
-        self.tty = sys.stderr.isatty()
-
-    def start(self, label: str) -> None:
-        if self.quiet:
-            return
-        n = self.done
-        if self.tty:
-            bar = "#" * (20 * n // max(1, self.total))
-            sys.stderr.write(f"\r[{bar:<20}] {n}/{self.total} {label[:60]:<60}")
-        else:
-            sys.stderr.write(f"[{n + 1}/{self.total}] {label}\n")
-        sys.stderr.flush()
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.tty and not self.quiet and self.done == self.total:
-            sys.stderr.write("\r" + " " * 100 + "\r")
-
-
-def _unbuilt_results(plan: Plan, label: str, modes: list[str], sizes: Sizes, e: Exception):
-    """One failed Result per case of a target that could not be built (OOM or error)."""
-    status = "oom" if is_oom(e) else "error"
-    error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-    cases = [
-        (m, sizes.prompt if m == "throughput" else T)
-        for m in modes
-        for T in ([0] if m == "throughput" else sizes.seqs)
-    ]
-    return [
-        Result(
-            plan.name,
-            plan.file,
-            label,
-            mode,
-            0,
-            T,
-            sizes.dtype or plan.model.dtype,
-            str(sizes.device),
-            status=status,
-            error=error,
-            timing=None,
-        )
-        for mode, T in cases
-    ]
-
-
-def sweep(
-    plans: list[Plan],
-    modes: list[str],
-    sizes: Sizes,
-    layers: list[tuple[str, dict]],
-    quiet: bool = False,
-    on_result=None,
-) -> tuple[list[Result], dict | None, list[str]]:
-    """Measure every (spec or layer) x mode x T case; returns results, peaks and notes.
-    `on_result(results, peaks)`, when given, is called after every case."""
-    notes: list[str] = []
-    dtype = sizes.dtype
-    prepared = [prepare(p, sizes) for p in plans]
-    jobs = []  # (make target, [(mode, batch, T)])
-    for plan, scaled in prepared:
-        if layers:
-            for kind, overrides in layers:
-                block = layer_block(plan, kind, overrides)
-                if block is not None:
-                    jobs.append(
-                        (
-                            lambda p=plan, b=block, s=scaled: LayerTarget(p, b, sizes.device, s),
-                            [m for m in modes],
-                            plan,
-                            f"layer {kind}",
-                        )
-                    )
-        else:
-            jobs.append(
-                (lambda p=plan, s=scaled: ModelTarget(p, sizes.device, s), modes, plan, "model")
-            )
-    if layers and not jobs:
-        raise _usage_error()("no spec has a block of the --layer kind(s) given")
-    cases = sum(
-        len(sizes.seqs) * len([m for m in ms if m != "throughput"]) + ("throughput" in ms)
-        for _, ms, *_ in jobs
-    )
-    run_dtype = dtype or plans[0].model.dtype
-    if sizes.device.type == "cuda":
-        allow_recompiles()
-    peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
-    by_dtype = {run_dtype: peaks}  # each case's rates are against the peak of its own dtype
-    progress, results = Progress(cases, quiet), []
-    for make, job_modes, plan, label in jobs:
-        job_dtype = dtype or plan.model.dtype
-        if job_dtype not in by_dtype:
-            by_dtype[job_dtype] = device_peaks(sizes.device, getattr(torch, job_dtype))
-        job_peaks = by_dtype[job_dtype]
-        try:
-            target = make()
-        except Exception as e:  # noqa: BLE001 - a target that cannot be built is a result
-            failed = _unbuilt_results(plan, label, job_modes, sizes, e)
-            results.extend(failed)
-            for _ in failed:
-                progress.advance()
-            free_memory(sizes.device)
-            continue
-        for mode in job_modes:
-            if mode == "throughput":
-                progress.start(f"{target.plan.name} {target.label} throughput (batch search)")
-                results.append(
-                    measure_throughput(
-                        target,
-                        sizes.prompt,
-                        sizes.generate,
-                        sizes.settings,
-                        job_peaks,
-                        max_batch=sizes.max_batch,
-                        step=sizes.batch_step,
-                        memory_limit=sizes.memory_limit,
-                        limit_counts_weights=sizes.limit_counts_weights,
-                        batch=sizes.gen_batch,
-                        sample=sizes.gen_sample,
-                    )
-                )
-                progress.advance()
-                if on_result:
-                    on_result(results, peaks)
-                continue
-            for T in sizes.seqs:
-                B = sizes.decode_batch if mode == "decode" else sizes.batch_for(T)
-                progress.start(f"{target.plan.name} {target.label} {mode} B={B} T={T}")
-                results.append(measure(target, mode, B, T, sizes.settings, job_peaks))
-                progress.advance()
-                if on_result:
-                    on_result(results, peaks)
-        del target
-    if sizes.scale is not None:
-        desc = prepared[0][1]
-        notes.append(
-            f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
-            "per spec in 'scaled'); use --full-size for the specs as written"
-        )
-    timed = [r.timing for r in results if r.timing is not None and r.timing.runs >= 3]
-    if sizes.device.type == "cpu" and sum(t.spread > 0.5 for t in timed) > len(timed) / 4:
-        notes.append("timings are noisy (is the machine busy?); --threads 1 steadies them")
-    return results, peaks, notes
-
-
 # ---- the commands ----------------------------------------------------------------------
 
 
@@ -533,7 +300,7 @@ def cmd_profile(args) -> int:
     modes = parse_modes(args.mode)
     layers = [parse_layer(t) for t in args.layer]
     if layers and "throughput" in modes:
-        raise _usage_error()("--mode throughput times whole models; it does not take --layer")
+        raise usage_error()("--mode throughput times whole models; it does not take --layer")
     sizes = resolve_sizes(args)
     _default_seqs(sizes, plans)
     out = Path(args.out) if args.out else None

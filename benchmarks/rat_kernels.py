@@ -65,6 +65,7 @@ def ceilings():
 
 
 def check():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the tests' helpers
     spec = importlib.util.spec_from_file_location(
         "test_rat_triton", Path(__file__).parent.parent / "tests/kernels/test_rat_triton.py"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from numerics import rel_err
 
 from archlab.config import ModelConfig
 
@@ -19,10 +20,6 @@ def run(block, x: torch.Tensor, g: torch.Tensor):
     y = block(x)
     (y * g).sum().backward()
     return y.detach(), x.grad, {n: p.grad for n, p in block.named_parameters()}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(floor)).item()
 
 
 def assert_grads_close(grads: dict, grads_ref: dict, tol: float = 1e-5) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import rel_err
 
 from archlab.blocks import BLOCKS
 from archlab.config import ModelConfig
@@ -29,10 +30,6 @@ def make_block(kind: str, i: int, seed: int = 0) -> tuple[object, torch.nn.Modul
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return params, block
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 @pytest.mark.parametrize("kind,i", CASES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import rel_err
 
 from archlab.blocks import BLOCKS
 from archlab.config import ModelConfig
@@ -29,10 +30,6 @@ PARAMS = {
     "ssm": {"kind": "ssm"},
     "mlp": {"kind": "mlp"},
 }
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
 def run(block, x, dy):
@@ -69,7 +66,7 @@ def test_fast_backend_matches_reference_in_bf16(kind):
     pairs = [("y", y_fast, y_low, y_ref), ("dx", dx_fast, dx_low, dx_ref)]
     pairs += [(n, g_fast[n], g_low[n], g_ref[n]) for n in g_ref]
     for name, f, low, r in pairs:
-        err_fast, err_low = rel(f, r), rel(low, r)
+        err_fast, err_low = rel_err(f, r), rel_err(low, r)
         report[name] = (round(err_fast, 5), round(err_low, 5))
         assert err_fast <= 2 * err_low + 2e-3, (kind, name, err_fast, err_low, report)
     print(kind, report)
@@ -93,5 +90,5 @@ def test_decode_equals_forward_float32(kind):
         outs = [block.prefill(x[:, :prompt], cache)]
         for t in range(prompt, prompt + steps):
             outs.append(block.step(x[:, t : t + 1], cache))
-    assert rel(torch.cat(outs, 1), full) < 1e-4
+    assert rel_err(torch.cat(outs, 1), full) < 1e-4
     assert mod.param_count(params, D_MODEL) == sum(p.numel() for p in block.parameters())

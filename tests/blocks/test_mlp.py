@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import mlp
@@ -25,10 +26,6 @@ def build(activation: str, hidden: int | None = 24, bias: bool = True, seed: int
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return block
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b).norm() / b.norm()).item()
 
 
 def formula(block, x_BTD: torch.Tensor, w: dict) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import rat, rnn
@@ -30,10 +31,6 @@ def make_rat(seed: int = 0, **kw) -> rat.Block:
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return block
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 def split_in_proj(block: rat.Block, x: torch.Tensor):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from numerics import rel_err
 
 from archlab.blocks import rat
 from archlab.config import ModelConfig
@@ -35,10 +36,6 @@ def pair(seed: int, **kw) -> tuple[rat.Block, rat.Block]:
     return ref, fast
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
 @pytest.mark.parametrize("T,L,G", [(13, 4, 2), (9, 16, 1), (8, 1, 2)])
 def test_forward_and_gradients(T, L, G):
     ref, fast = pair(T, heads=2, chunk_size=L, qk_groups=G)
@@ -53,9 +50,9 @@ def test_forward_and_gradients(T, L, G):
         outs.append((y.detach(), x.grad.clone(), grads))
     (y_r, dx_r, g_r), (y_f, dx_f, g_f) = outs
     tol = 1e-4 if DEVICE.type == "cpu" else 3e-3  # fp32 interpreter / tf32 on a GPU
-    assert rel(y_f, y_r) < tol and rel(dx_f, dx_r) < tol
+    assert rel_err(y_f, y_r) < tol and rel_err(dx_f, dx_r) < tol
     for name in g_r:
-        assert rel(g_f[name], g_r[name]) < tol, name
+        assert rel_err(g_f[name], g_r[name]) < tol, name
 
 
 @pytest.mark.parametrize("T,L,prompt", [(11, 4, 6), (10, 3, 9), (7, 16, 2)])
@@ -70,8 +67,8 @@ def test_fused_prefill_and_decode_match_reference(T, L, prompt):
             outs += [block.step(x[:, t : t + 1], cache) for t in range(prompt, T)]
             results.append((torch.cat(outs, 1), cache["k"].clone(), cache["v"].clone()))
     (y_r, k_r, v_r), (y_f, k_f, v_f) = results
-    assert rel(y_f, y_r) < 1e-4
-    assert rel(k_f, k_r) < 1e-4 and rel(v_f, v_r) < 1e-4
+    assert rel_err(y_f, y_r) < 1e-4
+    assert rel_err(k_f, k_r) < 1e-4 and rel_err(v_f, v_r) < 1e-4
 
 
 def test_triton_needs_a_power_of_two_head_dim():

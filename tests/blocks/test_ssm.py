@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import ssm
@@ -26,10 +27,6 @@ def make_block(params: dict, seed: int = 0, model: ModelConfig = MODEL) -> ssm.B
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return block
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def mamba2_by_hand(block: ssm.Block, u: torch.Tensor) -> torch.Tensor:

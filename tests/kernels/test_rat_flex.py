@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from numerics import rel_err
 from torch.nn.attention.flex_attention import flex_attention
 
 from archlab.blocks import rat
@@ -20,10 +21,6 @@ from archlab.kernels.rat.scan import rat_core_scan, rat_scan_states
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 CUDA = torch.cuda.is_available()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def core_inputs(B, T, H, G, D, device="cpu", dtype=torch.float32, seed=0):

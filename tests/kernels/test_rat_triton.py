@@ -33,6 +33,8 @@ if not HAS_CUDA:
         if not isinstance(getattr(_module, _kernel), InterpretedFunction):
             importlib.reload(_module)
 
+from numerics import rel_err  # noqa: E402
+
 from archlab.kernels.rat.reference import (  # noqa: E402
     rat_core_reference,
     rat_decode_reference,
@@ -185,10 +187,6 @@ def test_flop_counter_and_fake():
 
 
 # --- GPU: real shapes, bf16 -----------------------------------------------------------------
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / (b.norm() + 1e-12)).item()
 
 
 def bf16_rule(got, ref, low, floor=2e-3):

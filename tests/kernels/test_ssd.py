@@ -12,12 +12,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import rel_err
 
 from archlab.kernels.ssd.reference import segment_sums, ssd_chunked, ssd_naive
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def ssd_inputs(B, T, H, P, G, N, device="cpu", seed=0, with_state=True):
@@ -103,6 +100,8 @@ def test_fla_under_triton_interpreter(check):
     """fla's kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before
     triton and fla are imported: hence a fresh interpreter."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # numerics.py
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests_dir, env.get("PYTHONPATH")]))
     run = subprocess.run(
         [sys.executable, __file__, check], env=env, capture_output=True, text=True, timeout=600
     )
