@@ -146,7 +146,8 @@ def launches(B, T, H, G, D, L, dtype, rope) -> dict:
             t(64, slots, H, D), t(64, slots, H, D), None, T - 1, L, rope, 1e4),
         "decode split": lambda: triton_decode.decode_step(
             t(1, G, D), t(1, G, D), t(1, H, D), t(1, H, D), bias,
-            t(1, 4096, H, D), t(1, 4096, H, D), torch.tensor(T - 1), 0, L, rope, 1e4),
+            t(1, 4096, H, D), t(1, 4096, H, D), torch.tensor(T - 1), 0, L, rope, 1e4,
+            own_last=True),
     }
 
 

@@ -180,7 +180,7 @@ def train_case(B, T, ceil):
     return res
 
 
-def decode_case(B, T, ceil, graph=True, n_splits=None):
+def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False):
     torch.manual_seed(0)
     C_max = T // L + 1
     kc = torch.empty(B, C_max, H, D, device="cuda", dtype=torch.bfloat16).normal_()
@@ -194,7 +194,7 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
     k = proj[:, 3 * HD + GD :].unflatten(-1, (G, D))
     pos = torch.tensor(T, device="cuda")  # T tokens cached: the step reads T // L chunk ends
 
-    if n_splits is None:
+    if n_splits is None and not own_last:
 
         def step():
             return rat_decode_triton(q, k, v, gl, bias, kc, vc, pos, L)
@@ -202,7 +202,7 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
 
         def step():
             return triton_decode.decode_step(
-                q, k, v, gl, bias, kc, vc, pos, -1, L, True, 10000.0, n_splits
+                q, k, v, gl, bias, kc, vc, pos, -1, L, True, 10000.0, n_splits, own_last
             )
 
     stream = torch.cuda.Stream()
@@ -226,6 +226,7 @@ def decode_case(B, T, ceil, graph=True, n_splits=None):
         "T": T,
         "ms": ms,
         "graph": graph,
+        "own_key_last": own_last,
         "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
         "flops": 4 * D * H * B * (c + 1),
         "min_bytes": read,
@@ -286,6 +287,7 @@ def main():
             "decode",
             lambda: (
                 [decode_case(DECODE_BATCH, T, ceil) for T in decode_T]
+                + [decode_case(DECODE_BATCH, T, ceil, own_last=True) for T in decode_T]
                 + [
                     decode_case(8, max(decode_T), ceil, n_splits=1),
                     decode_case(8, max(decode_T), ceil),
@@ -305,7 +307,8 @@ def main():
         )
     for r in report.get("decode", []) if isinstance(report.get("decode"), list) else []:
         print(
-            f"decode B={r['B']} T={r['T']} splits={r['n_splits']}: {r['ms']:.3f} ms "
+            f"decode B={r['B']} T={r['T']} splits={r['n_splits']}"
+            f"{' own key last' if r.get('own_key_last') else ''}: {r['ms']:.3f} ms "
             f"({r['GBps']:.0f} GB/s, {r['x_bound']:.2f}x bound {r['bound_ms']:.3f})"
         )
     print("wrote", path)

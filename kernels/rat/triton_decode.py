@@ -21,6 +21,53 @@ from archlab.kernels.rat import triton_attention as _attn
 LOG2E = 1.4426950408889634
 
 
+@triton.jit
+def _own_key(GL, BIAS, K, V, KC, VC, b, g, h, pos, c, L, cols, cos, sin, qr_lo, qr_hi,
+             s_gl_b, s_gl_h, s_k_b, s_k_g, s_v_b, s_v_h, s_kc_b, s_kc_c, s_kc_h,
+             s_vc_b, s_vc_c, s_vc_h, scale_log2, m, l_sum, acc_lo, acc_hi,
+             D2: tl.constexpr, ROPE: tl.constexpr):
+    """Advance the running state of chunk c by this token, store it in slot c (rotated
+    when the chunk completes), and fold the token's own key into the online softmax."""
+    gl_ptr = GL + b * s_gl_b + h * s_gl_h + cols
+    gate_lo = tl.sigmoid(tl.load(gl_ptr).to(tl.float32)
+                         + tl.load(BIAS + h * 2 * D2 + cols).to(tl.float32))
+    gate_hi = tl.sigmoid(tl.load(gl_ptr + D2).to(tl.float32)
+                         + tl.load(BIAS + h * 2 * D2 + D2 + cols).to(tl.float32))
+    go_on = (cols * 0 + pos % L) != 0  # not a chunk start: continue the state
+    kc_ptr = KC + b * s_kc_b + c * s_kc_c + h * s_kc_h + cols
+    vc_ptr = VC + b * s_vc_b + c * s_vc_c + h * s_vc_h + cols
+    k_ptr = K + b * s_k_b + g * s_k_g + cols
+    v_ptr = V + b * s_v_b + h * s_v_h + cols
+    kn_lo = (1.0 - gate_lo) * tl.load(k_ptr).to(tl.float32) \
+        + gate_lo * tl.load(kc_ptr, mask=go_on, other=0.0).to(tl.float32)
+    kn_hi = (1.0 - gate_hi) * tl.load(k_ptr + D2).to(tl.float32) \
+        + gate_hi * tl.load(kc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
+    vn_lo = (1.0 - gate_lo) * tl.load(v_ptr).to(tl.float32) \
+        + gate_lo * tl.load(vc_ptr, mask=go_on, other=0.0).to(tl.float32)
+    vn_hi = (1.0 - gate_hi) * tl.load(v_ptr + D2).to(tl.float32) \
+        + gate_hi * tl.load(vc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
+    if ROPE:
+        ks_lo = kn_lo * cos - kn_hi * sin
+        ks_hi = kn_hi * cos + kn_lo * sin
+    else:
+        ks_lo = kn_lo
+        ks_hi = kn_hi
+    complete = ((pos + 1) % L) == 0  # the chunk ends here: store the rotated key
+    tl.store(kc_ptr, tl.where(complete, ks_lo, kn_lo).to(KC.dtype.element_ty))
+    tl.store(kc_ptr + D2, tl.where(complete, ks_hi, kn_hi).to(KC.dtype.element_ty))
+    tl.store(vc_ptr, vn_lo.to(VC.dtype.element_ty))
+    tl.store(vc_ptr + D2, vn_hi.to(VC.dtype.element_ty))
+    s_own = tl.sum(qr_lo * ks_lo + qr_hi * ks_hi, axis=0) * scale_log2
+    m_new = tl.maximum(m, s_own)
+    alpha = tl.exp2(m - m_new)
+    p_own = tl.exp2(s_own - m_new)
+    l_sum = l_sum * alpha + p_own
+    acc_lo = acc_lo * alpha + p_own * vn_lo
+    acc_hi = acc_hi * alpha + p_own * vn_hi
+    m = m_new
+    return m, l_sum, acc_lo, acc_hi
+
+
 @triton.jit(do_not_specialize=["pos_int"])
 def rat_decode_kernel(
     Q, K, V, GL, BIAS, KC, VC, POS, pos_int, INV_FREQ, PM, PL, PACC, Y,
@@ -28,7 +75,7 @@ def rat_decode_kernel(
     s_kc_b, s_kc_c, s_kc_h, s_vc_b, s_vc_c, s_vc_h, s_y_b, s_y_h,
     L, slots_per_split, n_splits, scale_log2,
     H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BN: tl.constexpr,
-    ROPE: tl.constexpr, POS_PTR: tl.constexpr, SPLIT: tl.constexpr,
+    ROPE: tl.constexpr, POS_PTR: tl.constexpr, SPLIT: tl.constexpr, OWN_LAST: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -50,46 +97,19 @@ def rat_decode_kernel(
         qr_lo = q_lo * cos - q_hi * sin
         qr_hi = q_hi * cos + q_lo * sin
     else:
+        cos = tl.full([D2], 1.0, tl.float32)
+        sin = tl.zeros([D2], tl.float32)
         qr_lo = q_lo
         qr_hi = q_hi
     m = tl.full([], float("-inf"), tl.float32)
     l_sum = tl.full([], 0.0, tl.float32)
     acc_lo = tl.zeros([D2], tl.float32)
     acc_hi = tl.zeros([D2], tl.float32)
-    if pid_s == 0:
-        gl_ptr = GL + b * s_gl_b + h * s_gl_h + cols
-        gate_lo = tl.sigmoid(tl.load(gl_ptr).to(tl.float32)
-                             + tl.load(BIAS + h * 2 * D2 + cols).to(tl.float32))
-        gate_hi = tl.sigmoid(tl.load(gl_ptr + D2).to(tl.float32)
-                             + tl.load(BIAS + h * 2 * D2 + D2 + cols).to(tl.float32))
-        go_on = (cols * 0 + pos % L) != 0  # not a chunk start: continue the state
-        kc_ptr = KC + b * s_kc_b + c * s_kc_c + h * s_kc_h + cols
-        vc_ptr = VC + b * s_vc_b + c * s_vc_c + h * s_vc_h + cols
-        k_ptr = K + b * s_k_b + g * s_k_g + cols
-        v_ptr = V + b * s_v_b + h * s_v_h + cols
-        kn_lo = (1.0 - gate_lo) * tl.load(k_ptr).to(tl.float32) \
-            + gate_lo * tl.load(kc_ptr, mask=go_on, other=0.0).to(tl.float32)
-        kn_hi = (1.0 - gate_hi) * tl.load(k_ptr + D2).to(tl.float32) \
-            + gate_hi * tl.load(kc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
-        vn_lo = (1.0 - gate_lo) * tl.load(v_ptr).to(tl.float32) \
-            + gate_lo * tl.load(vc_ptr, mask=go_on, other=0.0).to(tl.float32)
-        vn_hi = (1.0 - gate_hi) * tl.load(v_ptr + D2).to(tl.float32) \
-            + gate_hi * tl.load(vc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
-        if ROPE:
-            ks_lo = kn_lo * cos - kn_hi * sin
-            ks_hi = kn_hi * cos + kn_lo * sin
-        else:
-            ks_lo = kn_lo
-            ks_hi = kn_hi
-        complete = ((pos + 1) % L) == 0  # the chunk ends here: store the rotated key
-        tl.store(kc_ptr, tl.where(complete, ks_lo, kn_lo).to(KC.dtype.element_ty))
-        tl.store(kc_ptr + D2, tl.where(complete, ks_hi, kn_hi).to(KC.dtype.element_ty))
-        tl.store(vc_ptr, vn_lo.to(VC.dtype.element_ty))
-        tl.store(vc_ptr + D2, vn_hi.to(VC.dtype.element_ty))
-        m = tl.sum(qr_lo * ks_lo + qr_hi * ks_hi, axis=0) * scale_log2
-        l_sum = tl.full([], 1.0, tl.float32)
-        acc_lo = vn_lo
-        acc_hi = vn_hi
+    if (not OWN_LAST) and pid_s == 0:
+        m, l_sum, acc_lo, acc_hi = _own_key(
+            GL, BIAS, K, V, KC, VC, b, g, h, pos, c, L, cols, cos, sin, qr_lo, qr_hi,
+            s_gl_b, s_gl_h, s_k_b, s_k_g, s_v_b, s_v_h, s_kc_b, s_kc_c, s_kc_h,
+            s_vc_b, s_vc_c, s_vc_h, scale_log2, m, l_sum, acc_lo, acc_hi, D2, ROPE)
     lo = pid_s * slots_per_split
     hi = tl.minimum(c, lo + slots_per_split)
     offs_n = tl.arange(0, BN)
@@ -113,6 +133,13 @@ def rat_decode_kernel(
         acc_lo = acc_lo * alpha + tl.sum(p[:, None] * v_lo, axis=0)
         acc_hi = acc_hi * alpha + tl.sum(p[:, None] * v_hi, axis=0)
         m = m_new
+    # OWN_LAST: the own key after the cache reads, which then need not wait for the state's
+    # loads and stores (slot c, which no split reads); measured order: first
+    if OWN_LAST and pid_s == 0:
+        m, l_sum, acc_lo, acc_hi = _own_key(
+            GL, BIAS, K, V, KC, VC, b, g, h, pos, c, L, cols, cos, sin, qr_lo, qr_hi,
+            s_gl_b, s_gl_h, s_k_b, s_k_g, s_v_b, s_v_h, s_kc_b, s_kc_c, s_kc_h,
+            s_vc_b, s_vc_c, s_vc_h, scale_log2, m, l_sum, acc_lo, acc_hi, D2, ROPE)
     if SPLIT:
         idx = pid_bh * n_splits + pid_s
         tl.store(PM + idx, m)
@@ -171,8 +198,10 @@ def num_splits(batch_heads: int, slots: int, device, block: int) -> int:
 
 
 def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, pos_int,
-                chunk_size, rope, rope_theta, n_splits=None):
-    """Launch one decode step; returns y [B, H, D] in v's dtype."""
+                chunk_size, rope, rope_theta, n_splits=None, own_last=False):
+    """Launch one decode step; returns y [B, H, D] in v's dtype. `own_last` folds the
+    token's own key in after the cache reads instead of before (same result; which is
+    faster is for `benchmarks/rat_kernels.py` to measure)."""
     import torch
 
     B, H, D = v.shape
@@ -202,7 +231,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         chunk_size, slots_per_split, n_splits, D**-0.5 * LOG2E,
         H=H, G=G, D2=D // 2, BN=BN, ROPE=rope, POS_PTR=pos_tensor is not None, SPLIT=split,
-        num_warps=4,
+        OWN_LAST=own_last, num_warps=4,
     )
     if split:
         rat_decode_combine_kernel[(B * H,)](

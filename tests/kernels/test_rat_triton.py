@@ -109,7 +109,9 @@ def test_core_interpreted_float32(B, T, H, G, D, L, rope):
         assert (a - b).abs().max().item() <= 2e-5 * scale + 1e-6, name
 
 
-def _decode_case(device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, n_splits=None):
+def _decode_case(
+    device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, n_splits=None, own_last=False
+):
     q, k, v, gl, bias = make_inputs(B, T_prompt + steps, H, G, D, dtype, device, seed=7)
     C_max = -(-(T_prompt + steps) // L) + 2
     kc = torch.randn(B, C_max, H, D, device=device, dtype=dtype)  # garbage beyond the prompt
@@ -130,7 +132,9 @@ def _decode_case(device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, 
         args = (q[:, t], k[:, t], v[:, t], gl[:, t], bias)
         y_ref = rat_decode_reference(*[a.float() for a in args], kc_ref, vc_ref, t, L)
         if n_splits is not None:
-            y = triton_decode.decode_step(*args, kc, vc, None, t, L, True, 10000.0, n_splits)
+            y = triton_decode.decode_step(
+                *args, kc, vc, None, t, L, True, 10000.0, n_splits, own_last
+            )
         else:
             pos = torch.tensor(t, device=device) if use_tensor_pos else t
             y = rat_decode_triton(*args, kc, vc, pos, L)
@@ -141,13 +145,23 @@ def _decode_case(device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, 
 
 
 @pytest.mark.parametrize(
-    "T_prompt,use_tensor_pos,n_splits", [(8, False, None), (9, True, None), (11, False, 3)]
+    "T_prompt,use_tensor_pos,n_splits,own_last",
+    [
+        (8, False, None, False),
+        (9, True, None, False),
+        (11, False, 3, False),
+        (11, False, 3, True),
+        (8, False, 1, True),
+    ],
 )
-def test_decode_interpreted(T_prompt, use_tensor_pos, n_splits):
-    """Prompts ending on, just past and inside a chunk (L = 4); steps cross a boundary."""
+def test_decode_interpreted(T_prompt, use_tensor_pos, n_splits, own_last):
+    """Prompts ending on, just past and inside a chunk (L = 4); steps cross a boundary; the
+    own key folded in before or after the cache reads."""
     if HAS_CUDA:
         pytest.skip("the interpreter cases run where there is no GPU")
-    err = _decode_case("cpu", torch.float32, 2, 4, 2, 16, 4, T_prompt, 5, use_tensor_pos, n_splits)
+    err = _decode_case(
+        "cpu", torch.float32, 2, 4, 2, 16, 4, T_prompt, 5, use_tensor_pos, n_splits, own_last
+    )
     assert err < 1e-5
 
 
