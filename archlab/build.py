@@ -74,20 +74,28 @@ class ModelCache:
 class ArchModel(nn.Module):
     """The model a spec describes. `forward(ids [B, T]) -> logits [B, T, vocab]`."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, dtype: torch.dtype | None = None):
+        """Weights are initialised in float32, then cast to `dtype` (when given) one block
+        at a time, so that a large model never holds a whole float32 copy."""
         super().__init__()
         self.plan = plan
         m = plan.model
+
+        def cast(module: nn.Module) -> nn.Module:
+            return module if dtype is None else module.to(dtype=dtype)
+
         self.embedding = nn.Embedding(m.vocab_size, m.d_model)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        cast(self.embedding)
         sources = {b.shares_cache_of for b in plan.blocks} - {None}
         self.blocks = nn.ModuleList(
-            ResidualBlock(make_norm(m), BLOCKS[b.kind].Block(b.params, m), i, i in sources)
+            cast(ResidualBlock(make_norm(m), BLOCKS[b.kind].Block(b.params, m), i, i in sources))
             for i, b in enumerate(plan.order())
         )
-        self.final_norm = make_norm(m)
+        self.final_norm = cast(make_norm(m))
         self.lm_head = nn.Linear(m.d_model, m.vocab_size, bias=False)
-        nn.init.normal_(self.embedding.weight, std=0.02)
         nn.init.normal_(self.lm_head.weight, std=0.02)
+        cast(self.lm_head)
         if m.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
 
@@ -150,8 +158,7 @@ def build_model(
         dtype = DTYPES[dtype]
     dtype = dtype or plan.model.torch_dtype
     with torch.device(device):
-        model = ArchModel(plan)
-    model = model.to(dtype=dtype)
+        model = ArchModel(plan, dtype)
     if device.type != "meta":
         model.select_backends(device)
     return model

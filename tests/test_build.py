@@ -94,3 +94,18 @@ def test_backends_are_reported():
     assert {backends[i] for i, b in enumerate(model.plan.order()) if b.kind == "rat"} == {
         "reference"
     }
+
+
+@pytest.mark.parametrize("spec", ["hybrid", "parallel", "shared"])
+def test_a_low_precision_build_is_the_float32_build_cast(spec):
+    """Weights are initialised in float32 and cast block by block: the same seed gives
+    the float32 model's weights, rounded, whatever the dtype asked for."""
+    plan = archlab.compile(str(TINY / f"{spec}.yaml"))
+    torch.manual_seed(0)
+    full = archlab.build(plan, dtype=torch.float32).state_dict()
+    torch.manual_seed(0)
+    low = archlab.build(plan, dtype=torch.bfloat16).state_dict()
+    assert list(full) == list(low)
+    for name, w in full.items():
+        want = w.to(torch.bfloat16) if w.is_floating_point() else w
+        assert low[name].dtype == want.dtype and torch.equal(low[name], want), name
