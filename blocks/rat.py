@@ -22,13 +22,12 @@ from archlab.blocks.base import (
 )
 from archlab.config import ModelConfig
 from archlab.kernels.rat.flex import flex_available, rat_core_flex
-from archlab.kernels.rat.reference import rat_decode_reference, rat_decode_shared_reference
-from archlab.kernels.rat.scan import (
-    rat_attend,
-    rat_core_scan,
-    rat_prefill_cache_scan,
-    rat_scan_states,
+from archlab.kernels.rat.reference import (
+    expand_groups,
+    rat_decode_reference,
+    rat_decode_shared_reference,
 )
+from archlab.kernels.rat.scan import rat_core_scan, rat_prefill_cache_scan
 
 KIND = "rat"
 SYMBOL = "R"
@@ -210,10 +209,11 @@ class Block(nn.Module):
     def forward(self, x_BTD: torch.Tensor, shared_kv=None, return_kv: bool = False):
         """[B, T, d_model] -> [B, T, d_model], any T.
 
-        Cache sharing: `return_kv` also returns the running keys and values (un-rotated,
-        float32, [B, T, H, D]) that a later block with `share_cache` reads; such a block
-        takes them as `shared_kv` and attends over them with its own queries (in PyTorch,
-        whatever the backend: a source block runs the scan once more to hand them on)."""
+        Cache sharing: `return_kv` also returns what a later block with `share_cache` needs
+        to rebuild this block's keys and values: its inputs (k, v, gate logits, gate bias).
+        Such a block takes them as `shared_kv` and runs its own backend's core on them with
+        its own queries, so that the keys/values are scanned inside that core (the Triton
+        and flex kernels included) rather than materialised."""
         core = self._check_backend(x_BTD)
         if self.shares:
             if shared_kv is None:
@@ -222,14 +222,20 @@ class Block(nn.Module):
                     "pass them as shared_kv (the model does)"
                 )
             z, q = self.project(x_BTD)
-            L = self.chunk_size
-            return self.output(z, rat_attend(q, *shared_kv, L, self.rope, ROPE_THETA))
+            return self.output(z, self._attend_shared(core, q, shared_kv))
         z, q, k, v, gl = self.project(x_BTD)
         y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
         if not return_kv:
             return self.output(z, y)
-        kv = rat_scan_states(k, v, gl, self.gate_bias, self.chunk_size)
-        return self.output(z, y), kv
+        return self.output(z, y), (k, v, gl, self.gate_bias)
+
+    def _attend_shared(self, core: Callable, q: torch.Tensor, shared_kv: tuple) -> torch.Tensor:
+        """This block's queries over a source block's keys/values, given as the source's
+        inputs (k [B,T,G',D], v and gate logits [B,T,H,D], gate bias)."""
+        k, v, gl, bias = shared_kv
+        if q.shape[2] != k.shape[2]:  # other qk groups than the source: one group per head
+            q, k = expand_groups(q, self.heads), expand_groups(k, self.heads)
+        return core(q, k, v, gl, bias, self.chunk_size, self.rope, ROPE_THETA)
 
     def allocate_cache(
         self,
@@ -280,7 +286,7 @@ class Block(nn.Module):
         rat_prefill_cache_scan(*states, kc, vc, L, self.rope, ROPE_THETA)
         cache.length = x_BTD.shape[1]
         if return_kv:
-            return self.output(z, y), rat_scan_states(k, v, gl, self.gate_bias, L)
+            return self.output(z, y), (k, v, gl, self.gate_bias)
         return self.output(z, y)
 
     @torch.no_grad()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from numerics import rel_err
 
 import archlab
 from archlab.blocks.base import BackendUnavailable
@@ -109,3 +113,32 @@ def test_a_low_precision_build_is_the_float32_build_cast(spec):
     for name, w in full.items():
         want = w.to(torch.bfloat16) if w.is_floating_point() else w
         assert low[name].dtype == want.dtype and torch.equal(low[name], want), name
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or Triton's interpreter",
+)
+def test_rat_cache_sharing_runs_the_sharers_backend():
+    """specs/tiny/shared.yaml (a RAT block sharing another's cache, with other qk groups,
+    and a chain) with every rat block on `triton` equals it on `reference`: logits and every
+    gradient. A sharer rebuilds the source's keys/values inside its own core."""
+    spec = yaml.safe_load((TINY / "shared.yaml").read_text())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = torch.randint(0, spec["model"]["vocab_size"], (2, 13), device=device)
+    results = []
+    for backend in ("reference", "triton"):
+        variant = copy.deepcopy(spec)
+        variant["defaults"]["rat"]["backend"] = backend
+        torch.manual_seed(0)
+        model = archlab.build(archlab.compile(variant), device=device, dtype=torch.float32)
+        randomize(model)
+        logits = model(ids)
+        (logits * torch.linspace(-1, 1, logits.shape[-1], device=device)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    (ref, g_ref), (fast, g_fast) = results
+    assert rel_err(fast, ref) < 1e-4
+    assert g_fast.keys() == g_ref.keys() and any("gate_bias" in n for n in g_ref)
+    for name in g_ref:
+        assert rel_err(g_fast[name], g_ref[name]) < 1e-4, name
