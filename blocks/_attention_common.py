@@ -13,13 +13,13 @@ and QK^T and PV at 2 * head_dim FLOPs each per visible (query, key) pair per hea
 from __future__ import annotations
 
 import functools
-import importlib.util
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from archlab.blocks.base import FlopCount, linear_flops
+from archlab.kernels.flex_compiled import compiled_create_block_mask, compiled_flex
 
 SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
@@ -128,25 +128,6 @@ def sdpa_attention(
     return out_BHTD.transpose(1, 2)
 
 
-def flex_available(device: torch.device) -> bool:
-    """flex_attention compiles to Triton kernels for CUDA devices only."""
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
-
-
-@functools.cache
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
-@functools.cache
-def _compiled_create_block_mask():
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    return torch.compile(create_block_mask)  # compiled, it never materializes the T x T mask
-
-
 @functools.lru_cache(maxsize=32)
 def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
     """The causal (or sliding-window) BlockMask for one length, built once per (T, device)."""
@@ -158,14 +139,14 @@ def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
 
     mask_mod = causal if window is None else sliding
-    return _compiled_create_block_mask()(mask_mod, None, None, seq_len, seq_len, device=device)
+    return compiled_create_block_mask()(mask_mod, None, None, seq_len, seq_len, device=device)
 
 
 def flex_attention(
     q_BTHD: torch.Tensor, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, window: int | None
 ) -> torch.Tensor:
     """Causal (sliding-window when `window` is set) attention with compiled flex_attention."""
-    out_BHTD = _compiled_flex()(
+    out_BHTD = compiled_flex()(
         q_BTHD.transpose(1, 2),
         k_BTKD.transpose(1, 2),
         v_BTKD.transpose(1, 2),

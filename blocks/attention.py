@@ -25,6 +25,7 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.rope import apply_rope, rope_cos_sin
 from archlab.config import ModelConfig
+from archlab.kernels.flex_compiled import flex_available
 
 KIND = "attention"
 SYMBOL = "A"
@@ -134,7 +135,7 @@ class Block(nn.Module):
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
         device = torch.device(device)
-        can_run = {"reference": True, "sdpa": True, "flex": common.flex_available(device)}
+        can_run = {"reference": True, "sdpa": True, "flex": flex_available(device)}
         available = {name: can_run[name] for name in self.PREFERENCE}
         self.backend = resolve_backend(self.params.backend, device, available)
         return self.backend

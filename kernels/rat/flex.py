@@ -18,32 +18,19 @@ import math
 import torch
 
 from archlab.blocks.rope import apply_rope, rope_cos_sin
+from archlab.kernels.flex_compiled import (
+    compiled_create_block_mask,
+    compiled_flex,
+    create_block_mask,
+    flex_available,
+)
 from archlab.kernels.rat.reference import chunk_ends, expand_groups
 from archlab.kernels.rat.scan import rat_scan_states
 
-try:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-except ImportError:  # pragma: no cover - torch without FlexAttention
-    create_block_mask = flex_attention = None
 try:  # newer torch asks for the log-sum-exp this way; `return_lse` is deprecated there
     from torch.nn.attention.flex_attention import AuxRequest
 except ImportError:  # pragma: no cover
     AuxRequest = None
-
-
-def flex_available(device: torch.device) -> bool:
-    """True where this backend can run: FlexAttention present and a CUDA device."""
-    return flex_attention is not None and torch.device(device).type == "cuda"
-
-
-@functools.cache
-def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
-
-
-@functools.cache
-def _compiled_create_block_mask():
-    return torch.compile(create_block_mask)  # compiled, it never materializes the T x C mask
 
 
 @functools.lru_cache(maxsize=32)
@@ -51,7 +38,7 @@ def _chunk_causal_mask(seq_len: int, n_chunks: int, chunk_size: int, device: str
     def mask_mod(b, h, q_idx, kv_idx):
         return q_idx // chunk_size > kv_idx
 
-    build = _compiled_create_block_mask() if device != "cpu" else create_block_mask
+    build = compiled_create_block_mask() if device != "cpu" else create_block_mask
     return build(mask_mod, None, None, seq_len, n_chunks, device=device)
 
 
@@ -71,7 +58,7 @@ def rat_core_flex(
     if not flex_available(v.device):
         raise RuntimeError("rat_core_flex needs FlexAttention on a CUDA device")
     args = (q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta)
-    return rat_core_flex_with(_compiled_flex(), *args)
+    return rat_core_flex_with(compiled_flex(), *args)
 
 
 def rat_core_flex_with(
