@@ -15,12 +15,10 @@ Shapes: B batch, T tokens, H heads, G qk groups, D head_dim, L chunk_size, C chu
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from archlab.blocks.rope import apply_rope, rope_cos_sin
-from archlab.kernels.rat.reference import chunk_ends, expand_groups, forget_gate
+from archlab.kernels.rat.reference import chunk_ends, expand_groups, forget_gate, rat_attend
 
 
 def _shift(x: torch.Tensor, offset: int, fill: float, dim: int) -> torch.Tensor:
@@ -76,38 +74,6 @@ def rat_scan_states(
     kv = torch.stack([expand_groups(k.float(), H), v.float()], dim=2)  # [B, T, 2, H, D]
     kv_run = chunk_scan_parallel(kv, g[:, :, None], chunk_size)
     return kv_run[:, :, 0], kv_run[:, :, 1]
-
-
-def rat_attend(
-    q: torch.Tensor,
-    k_run: torch.Tensor,
-    v_run: torch.Tensor,
-    chunk_size: int,
-    rope: bool = True,
-    rope_theta: float = 10000.0,
-    attn_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Token t in chunk c attends over the chunk ends of chunks < c and its own running
-    key/value. q [B, T, G, D]; k_run, v_run [B, T, H, D] (un-rotated) -> y [B, T, H, D].
-
-    RoPE is applied in float32; the products and the softmax run in `attn_dtype`
-    (float32 for the reference; a lower one gives the low-precision baseline of tests)."""
-    B, T, H, D = v_run.shape
-    qh = expand_groups(q.float(), H)
-    if rope:
-        cos, sin = rope_cos_sin(torch.arange(T, device=q.device) // chunk_size, D, rope_theta)
-        qh, k_run = apply_rope(qh, cos, sin), apply_rope(k_run.float(), cos, sin)
-    qh, k_run, v_run = qh.to(attn_dtype), k_run.to(attn_dtype), v_run.to(attn_dtype)
-    k_end, v_end = chunk_ends(k_run, chunk_size), chunk_ends(v_run, chunk_size)  # [B, C, H, D]
-    scale = 1.0 / math.sqrt(D)
-    scores = torch.einsum("bthd,bchd->bhtc", qh, k_end) * scale
-    chunk_of_t = torch.arange(T, device=q.device) // chunk_size
-    visible = torch.arange(k_end.shape[1], device=q.device)[None, :] < chunk_of_t[:, None]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    score_self = torch.einsum("bthd,bthd->bht", qh, k_run)[..., None] * scale
-    probs = torch.softmax(torch.cat([scores, score_self], dim=-1), dim=-1)
-    y = torch.einsum("bhtc,bchd->bthd", probs[..., :-1], v_end)
-    return y + probs[..., -1].permute(0, 2, 1)[..., None] * v_run
 
 
 def rat_core_scan(
