@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from archlab.kernels.rat import triton_attention as _attn
+from archlab.kernels.rat.triton_scan import _rot
 
 LOG2E = 1.4426950408889634
 
@@ -46,12 +47,7 @@ def _own_key(GL, BIAS, K, V, KC, VC, b, g, h, pos, c, L, cols, cos, sin, qr_lo, 
         + gate_lo * tl.load(vc_ptr, mask=go_on, other=0.0).to(tl.float32)
     vn_hi = (1.0 - gate_hi) * tl.load(v_ptr + D2).to(tl.float32) \
         + gate_hi * tl.load(vc_ptr + D2, mask=go_on, other=0.0).to(tl.float32)
-    if ROPE:
-        ks_lo = kn_lo * cos - kn_hi * sin
-        ks_hi = kn_hi * cos + kn_lo * sin
-    else:
-        ks_lo = kn_lo
-        ks_hi = kn_hi
+    ks_lo, ks_hi = _rot(kn_lo, kn_hi, cos, sin, ROPE)
     complete = ((pos + 1) % L) == 0  # the chunk ends here: store the rotated key
     tl.store(kc_ptr, tl.where(complete, ks_lo, kn_lo).to(KC.dtype.element_ty))
     tl.store(kc_ptr + D2, tl.where(complete, ks_hi, kn_hi).to(KC.dtype.element_ty))
@@ -94,13 +90,10 @@ def rat_decode_kernel(
         ang = c.to(tl.float32) * tl.load(INV_FREQ + cols)
         cos = tl.cos(ang)
         sin = tl.sin(ang)
-        qr_lo = q_lo * cos - q_hi * sin
-        qr_hi = q_hi * cos + q_lo * sin
-    else:
+    else:  # unused, but _own_key takes them
         cos = tl.full([D2], 1.0, tl.float32)
         sin = tl.zeros([D2], tl.float32)
-        qr_lo = q_lo
-        qr_hi = q_hi
+    qr_lo, qr_hi = _rot(q_lo, q_hi, cos, sin, ROPE)
     m = tl.full([], float("-inf"), tl.float32)
     l_sum = tl.full([], 0.0, tl.float32)
     acc_lo = tl.zeros([D2], tl.float32)
