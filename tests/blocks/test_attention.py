@@ -195,42 +195,12 @@ def test_backend_selection():
         attention.Block(attention.Params(heads=4, backend="triton"), MODEL)
 
 
-def check_low_precision(module, kwargs: dict, backend: str) -> None:
-    """Shared GPU check: `backend` in bf16 against the float32 reference; its error must be
-    at most about twice that of the reference run in bf16 (flash-attention's rule)."""
-    model = ModelConfig(d_model=512, vocab_size=64, max_seq_len=1024, dtype="bfloat16")
-    cuda = torch.device("cuda")
-    torch.manual_seed(0)
-    ref32 = module.Block(module.Params(**kwargs, backend="reference"), model)
-    with torch.no_grad():
-        for p in ref32.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    ref32 = ref32.to(cuda)
-    ref16 = clone(ref32, "reference", model).to(cuda, torch.bfloat16)
-    fast = clone(ref32, backend, model).to(cuda, torch.bfloat16)
-    assert fast.select_backend(cuda) == backend
-    x, g = torch.randn(2, 1024, 512, device=cuda), torch.randn(2, 1024, 512, device=cuda)
-    want = run(ref32, x, g)
-    low = run(ref16, x.bfloat16(), g.bfloat16())
-    got = run(fast, x.bfloat16(), g.bfloat16())
-
-    def close(a, b, ref, what):
-        err, ref_err = (a.float() - ref).abs().max(), (b.float() - ref).abs().max()
-        floor = 1e-3 * ref.abs().max()
-        assert err <= 2 * ref_err + floor, f"{what}: {err:.3g} vs bf16 reference {ref_err:.3g}"
-
-    close(got[0], low[0], want[0], "output")
-    close(got[1], low[1], want[1], "input grad")
-    for name, grad in want[2].items():
-        close(got[2][name], low[2][name], grad, name)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_cuda_bf16_backend_against_float32_reference(backend):
     kwargs = {"heads": 8, "kv_heads": 2, "qk_norm": True}
-    check_low_precision(attention, kwargs, backend)
+    helpers.check_low_precision(attention, kwargs, backend)
 
 
 @pytest.mark.gpu
@@ -238,14 +208,4 @@ def test_cuda_bf16_backend_against_float32_reference(backend):
 @pytest.mark.parametrize("seq_len", [1, 77, 300])
 def test_cuda_flex_odd_lengths_and_decode(seq_len):
     ref = build({"heads": 4, "kv_heads": 2, "head_dim": 16, "qk_norm": True}, "reference")
-    fast = clone(ref, "flex").cuda()
-    ref = ref.cuda()
-    assert fast.select_backend("cuda") == "flex"
-    x = torch.randn(2, seq_len + 3, D_MODEL, device="cuda")
-    with torch.no_grad():
-        want = ref(x)
-        assert rel_err(fast(x[:, :seq_len]), want[:, :seq_len]) < 1e-3
-        cache = fast.allocate_cache(2, seq_len + 3)
-        outs = [fast.prefill(x[:, :seq_len], cache)]
-        outs += [fast.step(x[:, t : t + 1], cache) for t in range(seq_len, seq_len + 3)]
-    assert rel_err(torch.cat(outs, dim=1), want) < 1e-3
+    helpers.check_flex_prefix_and_decode(ref, clone(ref, "flex"), seq_len, D_MODEL)

@@ -167,32 +167,8 @@ def test_backend_selection():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_cuda_bf16_backend_against_float32_reference(backend):
-    """`backend` in bf16 against the float32 reference: its error at most about twice that
-    of the reference run in bf16 (flash-attention's rule), on the output and every grad."""
-    model = ModelConfig(d_model=512, vocab_size=64, max_seq_len=1024, dtype="bfloat16")
-    cuda, bf16 = torch.device("cuda"), torch.bfloat16
-    params = local_attention.Params(heads=8, kv_heads=2, window=128, qk_norm=True)
-    torch.manual_seed(0)
-    ref32 = local_attention.Block(params.model_copy(update={"backend": "reference"}), model)
-    with torch.no_grad():
-        for p in ref32.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    blocks = {}
-    for name, dtype in [("reference", torch.float32), ("reference", bf16), (backend, bf16)]:
-        block = local_attention.Block(params.model_copy(update={"backend": name}), model)
-        block.load_state_dict(ref32.state_dict())
-        block.to(cuda, dtype).select_backend(cuda)
-        blocks[name, dtype] = block
-    assert blocks[backend, bf16].backend == backend
-    x, g = torch.randn(2, 1024, 512, device=cuda), torch.randn(2, 1024, 512, device=cuda)
-    want = run(blocks["reference", torch.float32], x, g)
-    low = run(blocks["reference", bf16], x.to(bf16), g.to(bf16))
-    got = run(blocks[backend, bf16], x.to(bf16), g.to(bf16))
-    pairs = [("output", got[0], low[0], want[0]), ("input grad", got[1], low[1], want[1])]
-    pairs += [(n, got[2][n], low[2][n], want[2][n]) for n in want[2]]
-    for what, a, b, ref in pairs:
-        err, ref_err = (a.float() - ref).abs().max(), (b.float() - ref).abs().max()
-        assert err <= 2 * ref_err + 1e-3 * ref.abs().max(), f"{what}: {err:.3g} vs {ref_err:.3g}"
+    kwargs = {"heads": 8, "kv_heads": 2, "window": 128, "qk_norm": True}
+    helpers.check_low_precision(local_attention, kwargs, backend)
 
 
 @pytest.mark.gpu
@@ -206,16 +182,5 @@ def test_cuda_auto_is_flex():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("seq_len,window", [(1, 5), (77, 5), (300, 129), (300, 1)])
 def test_cuda_flex_odd_lengths_and_decode(seq_len, window):
-    kwargs = {"heads": 4, "kv_heads": 2, "head_dim": 16, "window": window}
-    ref = build(kwargs, "reference")
-    fast = clone(ref, "flex").cuda()
-    ref = ref.cuda()
-    assert fast.select_backend("cuda") == "flex"
-    x = torch.randn(2, seq_len + 3, D_MODEL, device="cuda")
-    with torch.no_grad():
-        want = ref(x)
-        assert rel_err(fast(x[:, :seq_len]), want[:, :seq_len]) < 1e-3
-        cache = fast.allocate_cache(2, seq_len + 3)
-        outs = [fast.prefill(x[:, :seq_len], cache)]
-        outs += [fast.step(x[:, t : t + 1], cache) for t in range(seq_len, seq_len + 3)]
-    assert rel_err(torch.cat(outs, dim=1), want) < 1e-3
+    ref = build({"heads": 4, "kv_heads": 2, "head_dim": 16, "window": window}, "reference")
+    helpers.check_flex_prefix_and_decode(ref, clone(ref, "flex"), seq_len, D_MODEL)
