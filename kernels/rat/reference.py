@@ -173,11 +173,7 @@ def rat_decode_reference(
     complete = (pos + 1) % chunk_size == 0
     k_cache[:, c] = (k_self if complete else k_new).to(k_cache.dtype)
     v_cache[:, c] = v_new.to(v_cache.dtype)
-    scale = 1.0 / math.sqrt(D)
-    keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)  # [B, c + 1, H, D]
-    values = torch.cat([v_cache[:, :c].float(), v_new[:, None]], dim=1)
-    probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) * scale, dim=-1)
-    return torch.einsum("bhc,bchd->bhd", probs, values)
+    return _attend_cache(qh, k_cache, v_cache, c, k_self, v_new)
 
 
 def rat_decode_shared_reference(
@@ -200,7 +196,14 @@ def rat_decode_shared_reference(
         qh = apply_rope(qh[:, None], cos, sin)[:, 0]
         if not complete:  # a chunk in progress is stored un-rotated
             k_self = apply_rope(k_self[:, None], cos, sin)[:, 0]
-    keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)
-    values = v_cache[:, : c + 1].float()
-    probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) / math.sqrt(D), dim=-1)
+    return _attend_cache(qh, k_cache, v_cache, c, k_self, v_cache[:, c].float())
+
+
+def _attend_cache(qh, k_cache, v_cache, c: int, k_self, v_self) -> torch.Tensor:
+    """One query per head [B, H, D] over the ends of chunks 0..c-1 in the cache and the
+    token's own (rotated) key and value -> y [B, H, D] float32."""
+    keys = torch.cat([k_cache[:, :c].float(), k_self[:, None]], dim=1)  # [B, c + 1, H, D]
+    values = torch.cat([v_cache[:, :c].float(), v_self[:, None]], dim=1)
+    scale = 1.0 / math.sqrt(qh.shape[-1])
+    probs = torch.softmax(torch.einsum("bhd,bchd->bhc", qh, keys) * scale, dim=-1)
     return torch.einsum("bhc,bchd->bhd", probs, values)
