@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from archlab.blocks.base import FlopCount, linear_flops
-from archlab.kernels.flex_compiled import compiled_create_block_mask, compiled_flex
+from archlab.kernels.flex_compiled import (
+    compiled_create_block_mask,
+    compiled_flex,
+    kernel_options,
+)
 
 SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
@@ -153,14 +157,6 @@ def flex_attention(
         block_mask=flex_block_mask(q_BTHD.shape[1], window, q_BTHD.device),
         scale=q_BTHD.shape[-1] ** -0.5,
         enable_gqa=q_BTHD.shape[2] != k_BTKD.shape[2],
-        kernel_options=_flex_kernel_options(q_BTHD.shape[1]),
+        kernel_options=kernel_options(q_BTHD.shape[1]),
     )
     return out_BHTD.transpose(1, 2)
-
-
-def _flex_kernel_options(seq_len: int) -> dict | None:
-    """Below 128 queries, flex_attention's AUTO backend takes its decoding kernel, for
-    which torch 2.11's inductor found no valid config on the H200 (float32, head_dim 16,
-    77 queries: NoValidChoicesError, benchmarks/results/2026-11-28-h200). Ask for the main
-    Triton kernel there; one query (decode) and full blocks keep AUTO, as run on the H200."""
-    return {"BACKEND": "TRITON"} if 1 < seq_len < 128 else None

@@ -36,3 +36,12 @@ def compiled_flex():
 def compiled_create_block_mask():
     """`create_block_mask` under torch.compile: it never materializes the full mask."""
     return torch.compile(create_block_mask)
+
+
+def kernel_options(query_len: int) -> dict | None:
+    """Below 128 queries, flex_attention's AUTO backend takes its decoding kernel, for
+    which torch 2.11's inductor found no valid config on the H200 (float32, head_dim 16,
+    77 queries: NoValidChoicesError, benchmarks/results/2026-11-28-h200). Ask for the main
+    Triton kernel there; one query (decode) and full blocks keep AUTO, as run on the H200.
+    Every flex_attention call of archlab passes this."""
+    return {"BACKEND": "TRITON"} if 1 < query_len < 128 else None

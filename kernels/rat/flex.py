@@ -23,6 +23,7 @@ from archlab.kernels.flex_compiled import (
     compiled_flex,
     create_block_mask,
     flex_available,
+    kernel_options,
 )
 from archlab.kernels.rat.reference import chunk_ends, expand_groups
 from archlab.kernels.rat.scan import rat_scan_states
@@ -91,15 +92,12 @@ def rat_core_flex_with(
     v_end = chunk_ends(v_run.to(dtype), chunk_size).transpose(1, 2).contiguous()
     mask = _chunk_causal_mask(T, n_chunks, chunk_size, str(v.device))
     q_BHTD = qh.transpose(1, 2).contiguous()
+    kw = dict(block_mask=mask, scale=scale, kernel_options=kernel_options(T))
     if AuxRequest is not None:
-        y_inter, aux = attend(
-            q_BHTD, k_end, v_end, block_mask=mask, scale=scale, return_aux=AuxRequest(lse=True)
-        )
+        y_inter, aux = attend(q_BHTD, k_end, v_end, return_aux=AuxRequest(lse=True), **kw)
         lse_inter = aux.lse
     else:
-        y_inter, lse_inter = attend(
-            q_BHTD, k_end, v_end, block_mask=mask, scale=scale, return_lse=True
-        )
+        y_inter, lse_inter = attend(q_BHTD, k_end, v_end, return_lse=True, **kw)
     has_inter = (torch.arange(T, device=v.device) >= chunk_size)[None, :, None]  # [1, T, 1]
     lse_inter = torch.where(has_inter, lse_inter.transpose(1, 2).float(), float("-inf"))
     y_inter = torch.where(has_inter[..., None], y_inter.transpose(1, 2).float(), 0.0)

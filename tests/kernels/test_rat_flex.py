@@ -29,9 +29,9 @@ def core_inputs(B, T, H, G, D, device="cpu", dtype=torch.float32, seed=0):
     return [torch.randn(s, device=device).to(dtype).requires_grad_(True) for s in shapes]
 
 
-def dense_flex(q, k, v, block_mask, scale, return_aux=None, return_lse=False):
+def dense_flex(q, k, v, block_mask, scale, return_aux=None, return_lse=False, kernel_options=None):
     """FlexAttention's contract written densely (eager flex has no CPU backward): masked
-    rows give output 0 and lse -inf."""
+    rows give output 0 and lse -inf. `kernel_options` only choose flex's kernels."""
     mask = block_mask.mask_mod(
         0, 0, torch.arange(q.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
     )
