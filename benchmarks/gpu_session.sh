@@ -6,7 +6,8 @@
 #   tests     every GPU test (fast backends vs the references, the contract suite at
 #             d_model 2048, T = 4096 in bf16), failures printed as they happen
 #   layer     the RAT layer against the published figures (issue 5)
-#   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants)
+#   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants;
+#    TESTS_K="pytest -k expression" selects some of the GPU tests)
 #   table1    the RAT paper's Table 1 through `archlab profile --mode throughput` (issue 6)
 #   figure    the paper's efficiency figure through `archlab profile --layer` (issue 6)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
@@ -34,7 +35,7 @@ mkdir -p "$out/$stage"
 case $stage in
   tests)
     ARCHLAB_INSTAFAIL=1 timeout "$limit" python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
-      -o faulthandler_timeout=120 --durations=15 "$repo/tests/blocks" "$repo/tests/kernels" \
+      -o faulthandler_timeout=120 --durations=15 -k "${TESTS_K:-}" "$repo/tests/blocks" "$repo/tests/kernels" \
       --junitxml="$out/$stage/junit.xml" >"$out/$stage/pytest.log" 2>&1
     grep -E "^FAILED|passed|failed" "$out/$stage/pytest.log"
     ;;
