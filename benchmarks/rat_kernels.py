@@ -45,12 +45,42 @@ def median_ms(fn, **kw):
 
 
 def views(proj):
+    """q, k, v, gate logits as slices of the projection (each slice's backward fills a
+    zeroed projection-sized gradient, and autograd adds them up)."""
     HD, GD = H * D, G * D
     v = proj[..., HD : 2 * HD].unflatten(-1, (H, D))
     gl = proj[..., 2 * HD : 3 * HD].unflatten(-1, (H, D))
     q = proj[..., 3 * HD : 3 * HD + GD].unflatten(-1, (G, D))
     k = proj[..., 3 * HD + GD :].unflatten(-1, (G, D))
     return q, k, v, gl
+
+
+def split_views(proj):
+    """The same tensors through one `split`, as the rat block takes them (its backward is
+    one concatenation)."""
+    HD, GD = H * D, G * D
+    _, v, gl, q, k = proj.split([HD, HD, HD, GD, GD], dim=-1)
+    return (
+        q.unflatten(-1, (G, D)),
+        k.unflatten(-1, (G, D)),
+        v.unflatten(-1, (H, D)),
+        gl.unflatten(-1, (H, D)),
+    )
+
+
+# (channels per program, warps) of the backward scan, and (BLOCK_N, warps, stages) of the
+# decode kernel, timed against the defaults
+SCAN_BWD_CHOICES = [(8, 4), (16, 2), (16, 4), (16, 8), (32, 4), (32, 8)]
+DECODE_CHOICES = [
+    (32, 4, 3),
+    (64, 2, 3),
+    (64, 4, 2),
+    (64, 4, 4),
+    (64, 8, 3),
+    (128, 4, 3),
+    (128, 8, 3),
+    (128, 8, 2),
+]
 
 
 def ceilings():
@@ -93,7 +123,7 @@ def check():
     return out
 
 
-def train_case(B, T, ceil):
+def train_case(B, T, ceil, sweep=False):
     torch.manual_seed(0)
     proj = torch.randn(B, T, WIDTH, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(H * D, device="cuda", dtype=torch.bfloat16)
@@ -110,6 +140,12 @@ def train_case(B, T, ceil):
         rat_core_triton(qq, kk, vv, gg, bias_g, L).backward(dy)
 
     res["fwd_bwd_ms"] = median_ms(fwd_bwd, grad_to_none=[proj_g, bias_g])
+
+    def fwd_bwd_split():
+        qq, kk, vv, gg = split_views(proj_g)
+        rat_core_triton(qq, kk, vv, gg, bias_g, L).backward(dy)
+
+    res["fwd_bwd_split_ms"] = median_ms(fwd_bwd_split, grad_to_none=[proj_g, bias_g])
     # the parts, on the same inputs
     with torch.no_grad():
         parts = {}
@@ -138,15 +174,16 @@ def train_case(B, T, ceil):
                 q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
             )
         )
-        default = triton_scan.CHANNEL_BLOCK
-        for block in (8, 16, 32):  # the backward scan's channels per program
-            triton_scan.CHANNEL_BLOCK = block
-            parts[f"scan_bwd_channels{block}"] = median_ms(
+        default = triton_scan.CHANNEL_BLOCK, triton_scan.CHANNEL_WARPS
+        for block, warps in SCAN_BWD_CHOICES if sweep else []:
+            triton_scan.CHANNEL_BLOCK, triton_scan.CHANNEL_WARPS = block, warps
+            parts[f"scan_bwd_channels{block}_warps{warps}"] = median_ms(
                 lambda: triton_scan.scan_backward(
                     q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
                 )
             )
-        triton_scan.CHANNEL_BLOCK = default
+        triton_scan.CHANNEL_BLOCK, triton_scan.CHANNEL_WARPS = default
+        parts["scan_ds"] = median_ms(lambda: scan_ds_only(q, k, v, gl, bias, dy, lse, delta))
         res["parts_ms"] = parts
     res["autotuned"] = {
         name: str(fn.best_config)
@@ -180,7 +217,26 @@ def train_case(B, T, ceil):
     return res
 
 
-def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False):
+def scan_ds_only(q, k, v, gl, bias, dy, lse, delta):
+    """The backward scan's first pass alone (p and ds), as `scan_backward` launches it."""
+    B_, T_ = v.shape[:2]
+    p = torch.empty(B_, H, T_, device=v.device, dtype=torch.float32)
+    ds = torch.empty_like(p)
+    cos, sin = triton_scan.rope_table(triton.cdiv(T_, L), D, 10000.0, v.device)
+    BT, SEG, n_tiles, warps = triton_scan.tile_plan(T_, L)
+    # fmt: off
+    triton_scan.rat_scan_ds_kernel[(triton.cdiv(T_, SEG), B_ * G)](
+        q, k, v, gl, bias, cos, sin, dy, lse, delta, p, ds,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), gl.stride(0), gl.stride(1), gl.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        T_, L, SEG, n_tiles, D**-0.5 * 1.4426950408889634,
+        H=H, G=G, D2=D // 2, BT=BT, ROPE=True, num_warps=warps,
+    )
+    # fmt: on
+
+
+def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False, tile=None):
     torch.manual_seed(0)
     C_max = T // L + 1
     kc = torch.empty(B, C_max, H, D, device="cuda", dtype=torch.bfloat16).normal_()
@@ -194,6 +250,9 @@ def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False):
     k = proj[:, 3 * HD + GD :].unflatten(-1, (G, D))
     pos = torch.tensor(T, device="cuda")  # T tokens cached: the step reads T // L chunk ends
 
+    default_tile = triton_decode.BLOCK_N, triton_decode.NUM_WARPS, triton_decode.NUM_STAGES
+    if tile is not None:
+        triton_decode.BLOCK_N, triton_decode.NUM_WARPS, triton_decode.NUM_STAGES = tile
     if n_splits is None and not own_last:
 
         def step():
@@ -218,6 +277,8 @@ def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False):
         ms = median_ms(g.replay, warmup=50, rep=300)
     else:
         ms = median_ms(step)
+    tile_used = triton_decode.BLOCK_N, triton_decode.NUM_WARPS, triton_decode.NUM_STAGES
+    triton_decode.BLOCK_N, triton_decode.NUM_WARPS, triton_decode.NUM_STAGES = default_tile
     c = T // L
     read = 2 * B * c * H * D * 2 + B * (2 * G * D + 2 * H * D) * 2
     bound_ms = read / (ceil["copy_GBps"] * 1e9) * 1e3
@@ -227,6 +288,7 @@ def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False):
         "ms": ms,
         "graph": graph,
         "own_key_last": own_last,
+        "tile": dict(zip(("BLOCK_N", "num_warps", "num_stages"), tile_used, strict=True)),
         "n_splits": n_splits or triton_decode.num_splits(B * H, C_max, kc.device, 64),
         "flops": 4 * D * H * B * (c + 1),
         "min_bytes": read,
@@ -281,7 +343,10 @@ def main():
     if "check" in sections:
         section("check", check)
     if "train" in sections:
-        section("train", lambda: [train_case(B, T, ceil) for B, T in train_shapes])
+        section(
+            "train",
+            lambda: [train_case(B, T, ceil, sweep=i == 0) for i, (B, T) in enumerate(train_shapes)],
+        )
     if "decode" in sections:
         section(
             "decode",
@@ -291,6 +356,11 @@ def main():
                 + [
                     decode_case(8, max(decode_T), ceil, n_splits=1),
                     decode_case(8, max(decode_T), ceil),
+                ]
+                + [
+                    decode_case(DECODE_BATCH, T, ceil, tile=tile)
+                    for T in (min(decode_T), max(decode_T))
+                    for tile in DECODE_CHOICES
                 ]
             ),
         )
@@ -302,13 +372,15 @@ def main():
         print(
             f"train B={r['B']} T={r['T']}: fwd {r['fwd_ms']:.2f} ms ({r['fwd_TFLOPs']:.0f} TF/s,"
             f" floor {r['fwd_floor_ms']:.2f}) fwd+bwd {r['fwd_bwd_ms']:.2f} ms "
-            f"({r['fwd_bwd_TFLOPs']:.0f} TF/s, floor {r['fwd_bwd_floor_ms']:.2f}) parts "
+            f"({r['fwd_bwd_TFLOPs']:.0f} TF/s, floor {r['fwd_bwd_floor_ms']:.2f}; through one "
+            f"split {r['fwd_bwd_split_ms']:.2f}) parts "
             + " ".join(f"{k}={v:.2f}" for k, v in r["parts_ms"].items())
         )
     for r in report.get("decode", []) if isinstance(report.get("decode"), list) else []:
         print(
             f"decode B={r['B']} T={r['T']} splits={r['n_splits']}"
-            f"{' own key last' if r.get('own_key_last') else ''}: {r['ms']:.3f} ms "
+            f"{' own key last' if r.get('own_key_last') else ''} tile {tuple(r['tile'].values())}"
+            f": {r['ms']:.3f} ms "
             f"({r['GBps']:.0f} GB/s, {r['x_bound']:.2f}x bound {r['bound_ms']:.3f})"
         )
     print("wrote", path)

@@ -165,6 +165,10 @@ def rat_decode_combine_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
     tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty))
 
 
+# the decode kernel's tile on the GPU: cache slots per iteration, warps, pipeline stages
+# (`benchmarks/rat_kernels.py` times alternatives)
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
+
 _INV_FREQ: dict = {}
 
 
@@ -201,7 +205,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
     G = q.shape[1]
     dev = v.device
     C_max = k_cache.shape[1]
-    BN = 64 if _attn.gpu_tiles(dev) else 16
+    BN = BLOCK_N if _attn.gpu_tiles(dev) else 16
     if n_splits is None:
         n_splits = num_splits(B * H, C_max, dev, BN)
     slots_per_split = triton.cdiv(C_max, n_splits)
@@ -224,7 +228,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         chunk_size, slots_per_split, n_splits, D**-0.5 * LOG2E,
         H=H, G=G, D2=D // 2, BN=BN, ROPE=rope, POS_PTR=pos_tensor is not None, SPLIT=split,
-        OWN_LAST=own_last, num_warps=4,
+        OWN_LAST=own_last, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     if split:
         rat_decode_combine_kernel[(B * H,)](

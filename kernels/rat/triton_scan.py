@@ -503,13 +503,14 @@ def scan_forward(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta,
     return q_rot, v_run, s_self, k_end, v_end
 
 
-CHANNEL_BLOCK = 8  # 110 registers at 4 warps on sm_90 (Triton 3.6): four programs per SM
+CHANNEL_BLOCK = 16  # fastest of 8/16/32 on the H200 at 4 warps (docs/rat_kernels.md)
+CHANNEL_WARPS = 4  # warps of a backward program on channel blocks
 
 
 def channel_block(D2: int, device) -> int:
     """Channels of each RoPE half per backward program: CHANNEL_BLOCK on the GPU (small
     tiles, several programs per SM), 4 under the interpreter so that the CPU tests cover
-    several blocks. Not yet timed on a GPU: `benchmarks/rat_kernels.py` sweeps 8/16/32."""
+    several blocks. `benchmarks/rat_kernels.py` times the choices."""
     from archlab.kernels.rat.triton_attention import gpu_tiles
 
     return min(D2, CHANNEL_BLOCK if gpu_tiles(device) else 4)
@@ -568,7 +569,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
         dgl.stride(0), dgl.stride(1), dgl.stride(2),
         T, L, SEG, n_tiles, n_seg, dk_end.shape[2], scale,
         H=H, G=G, D2=D // 2, DB=DB, BT=BT, ROPE=rope, SINGLE=single,
-        num_warps=4 if DB < D // 2 else warps,
+        num_warps=CHANNEL_WARPS if DB < D // 2 else warps,
     )
     dbias = dbp.sum(0).reshape(H * D).to(gate_bias.dtype)
     return dq, dk, dv, dgl, dbias
