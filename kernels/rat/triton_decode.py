@@ -165,9 +165,10 @@ def rat_decode_combine_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
     tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty))
 
 
-# the decode kernel's tile on the GPU: cache slots per iteration, warps, pipeline stages
-# (`benchmarks/rat_kernels.py` times alternatives)
-BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
+# the decode kernel's tile on the GPU: cache slots per iteration, warps, pipeline stages.
+# Fastest of the eight that `benchmarks/rat_kernels.py` timed on the H200 at T = 4K and 64K
+# (docs/rat_kernels.md): 2 warps took 17% less time than 4 at 4K.
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 2, 3
 
 _INV_FREQ: dict = {}
 

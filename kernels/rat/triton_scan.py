@@ -316,23 +316,32 @@ def rat_scan_bwd_kernel(
     s_dv_b, s_dv_t, s_dv_h, s_dgl_b, s_dgl_t, s_dgl_h,
     T, L, SEG, n_tiles, n_seg, C_alloc, scale,
     H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, DB: tl.constexpr, BT: tl.constexpr,
-    ROPE: tl.constexpr, SINGLE: tl.constexpr,
+    ROPE: tl.constexpr, SINGLE: tl.constexpr, CH_MAJOR: tl.constexpr,
 ):
-    """Grid (segments, B * G, D2 / DB): a program owns DB channels of each RoPE half, so
-    that its tiles stay small (registers) and many programs share an SM. Inputs besides the
-    forward's: dy, the own key's p and ds [B,H,T] (`rat_scan_ds_kernel`), the attention's
-    gradients of the chunk ends DKE/DVE [B,H,C,D] (fp32, rotated frame) and its dq DQI
-    [B,T,G,D] (fp32, rotated frame, summed over the group's heads). Writes dq, dk, dv,
-    dgate_logits and per-segment bias-gradient sums DBP [B*n_seg, H, D]. With SINGLE (one
-    tile per segment) dq and dk are summed in registers; otherwise through DQI and DKA
-    (fp32 [B,T,G,D], zeroed), with the tile carries kept in SCR."""
-    pid_s = tl.program_id(0)
+    """Grid (segments x channel blocks, B * G): a program owns DB channels of each RoPE
+    half, so that its tiles stay small (registers) and many programs share an SM. With
+    CH_MAJOR the channel blocks of a segment are neighbouring programs (run together, so
+    the rows they split stay in L2); otherwise every segment's first block comes first.
+    Inputs besides the forward's: dy, the own key's p and ds [B,H,T]
+    (`rat_scan_ds_kernel`), the attention's gradients of the chunk ends DKE/DVE [B,H,C,D]
+    (fp32, rotated frame) and its dq DQI [B,T,G,D] (fp32, rotated frame, summed over the
+    group's heads). Writes dq, dk, dv, dgate_logits and per-segment bias-gradient sums
+    DBP [B*n_seg, H, D]. With SINGLE (one tile per segment) dq and dk are summed in
+    registers; otherwise through DQI and DKA (fp32 [B,T,G,D], zeroed), with the tile
+    carries kept in SCR."""
+    NCB: tl.constexpr = D2 // DB
+    if CH_MAJOR:
+        pid_s = tl.program_id(0) // NCB
+        pid_c = tl.program_id(0) % NCB
+    else:
+        pid_s = tl.program_id(0) % n_seg
+        pid_c = tl.program_id(0) // n_seg
     pid_bg = tl.program_id(1)
     b = (pid_bg // G).to(tl.int64)
     g = pid_bg % G
     D: tl.constexpr = 2 * D2
     rows = tl.arange(0, BT)
-    cols = tl.program_id(2) * DB + tl.arange(0, DB)
+    cols = pid_c * DB + tl.arange(0, DB)
     seg0 = pid_s * SEG
     prog = b * n_seg + pid_s
     zero = tl.zeros([DB], tl.float32)
@@ -505,6 +514,7 @@ def scan_forward(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta,
 
 CHANNEL_BLOCK = 16  # fastest of 8/16/32 on the H200 at 4 warps (docs/rat_kernels.md)
 CHANNEL_WARPS = 4  # warps of a backward program on channel blocks
+CHANNEL_MAJOR = True  # a segment's channel blocks run as neighbouring programs
 
 
 def channel_block(D2: int, device) -> int:
@@ -558,7 +568,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     else:
         dka = torch.zeros(B, T, G, D, device=dev, dtype=torch.float32)
         scr = torch.empty(B * n_seg, H, n_tiles, 4, D // 2, device=dev, dtype=torch.float32)
-    rat_scan_bwd_kernel[(n_seg, B * G, D // 2 // DB)](
+    rat_scan_bwd_kernel[(n_seg * (D // 2 // DB), B * G)](
         q, k, v, gate_logits, gate_bias, cos, sin, dy, p, ds, dk_end, dv_end, dq_inter,
         dq, dk, dv, dgl, dbp, dka, scr,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -568,7 +578,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         dgl.stride(0), dgl.stride(1), dgl.stride(2),
         T, L, SEG, n_tiles, n_seg, dk_end.shape[2], scale,
-        H=H, G=G, D2=D // 2, DB=DB, BT=BT, ROPE=rope, SINGLE=single,
+        H=H, G=G, D2=D // 2, DB=DB, BT=BT, ROPE=rope, SINGLE=single, CH_MAJOR=CHANNEL_MAJOR,
         num_warps=CHANNEL_WARPS if DB < D // 2 else warps,
     )
     dbias = dbp.sum(0).reshape(H * D).to(gate_bias.dtype)

@@ -109,6 +109,21 @@ def test_core_interpreted_float32(B, T, H, G, D, L, rope):
         assert (a - b).abs().max().item() <= 2e-5 * scale + 1e-6, name
 
 
+@pytest.mark.parametrize("channel_major", [True, False])
+def test_core_interpreted_backward_channel_orders(channel_major, monkeypatch):
+    """The backward scan's two program orders (channel blocks of a segment together, or
+    every segment's first block first) on several channel blocks and segments."""
+    if HAS_CUDA:
+        pytest.skip("the interpreter cases run where there is no GPU")
+    from archlab.kernels.rat import triton_scan
+
+    monkeypatch.setattr(triton_scan, "CHANNEL_MAJOR", channel_major)
+    got, ref, _ = run_both(2, 40, 2, 2, 32, 16, True, torch.float32, "cpu", seed=7)
+    for name, a, b in zip(NAMES, got, ref, strict=True):
+        scale = b.abs().max().item() + 1e-6
+        assert (a - b).abs().max().item() <= 2e-5 * scale + 1e-6, name
+
+
 def _decode_case(
     device, dtype, B, H, G, D, L, T_prompt, steps, use_tensor_pos, n_splits=None, own_last=False
 ):
