@@ -1,7 +1,8 @@
 """FlexAttention compiled once per process, shared by the attention blocks
 (`blocks/_attention_common.py`) and RAT's flex backend (`kernels/rat/flex.py`): one
 `torch.compile` wrapper each for `flex_attention` and `create_block_mask`, so that every
-caller shares their compiled graphs and recompile budget."""
+caller shares their compiled graphs. Their calls never fall back to eager execution
+(`compile_guarded`)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,51 @@ def flex_available(device: torch.device | str) -> bool:
     )
 
 
+RECOMPILE_LIMIT = 64
+"""Graphs per compiled function (one per length and mask). Dynamo's default is 8, past
+which it runs the function eagerly, and eager flex_attention materializes the whole score
+matrix: a sweep that had compiled RAT's flex backend at a few lengths then asked local
+attention at 4K for 64 GiB (benchmarks/results/2026-11-28-h200, `layer`)."""
+
+
+class RecompileLimitError(RuntimeError):
+    """A compiled FlexAttention function reached RECOMPILE_LIMIT graphs in this process."""
+
+
+def compile_guarded(fn, **compile_kwargs):
+    """torch.compile(fn) whose calls never fall back to eager: up to RECOMPILE_LIMIT graphs,
+    then RecompileLimitError (with dynamo's own recompile limit for other code untouched)."""
+    compiled = torch.compile(fn, **compile_kwargs)
+    config = torch._dynamo.config
+    patch = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+    patch = {name: value for name, value in patch.items() if hasattr(config, name)}
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        patch["recompile_limit"] = RECOMPILE_LIMIT
+        try:
+            with config.patch(**patch):
+                return compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+            raise RecompileLimitError(
+                f"{fn.__name__} has been compiled for {RECOMPILE_LIMIT} shapes or masks in "
+                "this process (archlab.kernels.flex_compiled.RECOMPILE_LIMIT); run fewer "
+                "sequence lengths per process or raise the limit"
+            ) from e
+
+    return call
+
+
 @functools.cache
 def compiled_flex():
     """`flex_attention` under torch.compile (static shapes: one graph per length)."""
-    return torch.compile(flex_attention, dynamic=False)
+    return compile_guarded(flex_attention, dynamic=False)
 
 
 @functools.cache
 def compiled_create_block_mask():
     """`create_block_mask` under torch.compile: it never materializes the full mask."""
-    return torch.compile(create_block_mask)
+    return compile_guarded(create_block_mask)
 
 
 def kernel_options(query_len: int) -> dict | None:
