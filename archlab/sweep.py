@@ -85,18 +85,6 @@ def layer_block(plan: Plan, kind: str, overrides: dict):
     return dataclasses.replace(block, params=params)
 
 
-def allow_recompiles(limit: int = 64) -> None:
-    """A sweep runs many shapes: let torch.compile'd kernels (flex attention, compiled with
-    dynamic=False) recompile per shape instead of falling back to eager after 8."""
-    try:
-        import torch._dynamo.config as config
-
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), limit))
-    except (ImportError, AttributeError):
-        pass
-
-
 class Progress:
     """A one-line progress bar on a terminal's stderr; one line per case elsewhere."""
 
@@ -186,8 +174,6 @@ def sweep(
         for _, ms, *_ in jobs
     )
     run_dtype = dtype or plans[0].model.dtype
-    if sizes.device.type == "cuda":
-        allow_recompiles()
     peaks = device_peaks(sizes.device, getattr(torch, run_dtype), sizes.refresh_peaks)
     by_dtype = {run_dtype: peaks}  # each case's rates are against the peak of its own dtype
     progress, results = Progress(cases, quiet), []

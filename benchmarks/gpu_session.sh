@@ -10,6 +10,8 @@
 #    TESTS_K="pytest -k expression" selects some of the GPU tests)
 #   table1    the RAT paper's Table 1 through `archlab profile --mode throughput` (issue 6)
 #   figure    the paper's efficiency figure through `archlab profile --layer` (issue 6)
+#   compare   the README's main command at real sizes: `archlab compare --measure` of
+#             the paper's attention, RAT and RAT-SWA specs (issue 6)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -64,6 +66,12 @@ case $stage in
       --seq 4k,16k,64k,128k --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 \
       --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
     tail -40 "$out/$stage/profile.log"
+    ;;
+  compare)  # whole 1.3B models side by side: table, plots and report.md
+    specs=$repo/specs/paper
+    timeout "$limit" python3 -m archlab.cli compare "$specs/attention.yaml" "$specs/rat.yaml" \
+      "$specs/rat_swa.yaml" --measure --out "$out/$stage/compare" >"$out/$stage/compare.log" 2>&1
+    tail -30 "$out/$stage/compare.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
