@@ -26,3 +26,27 @@ def test_rat_layer_small_run(tmp_path, capsys, monkeypatch):
     done = {(r["variant"], r["mode"]) for r in doc["results"] if r["status"] == "ok"}
     assert ("rat L=16 reference", "train") in done and ("attention sdpa", "decode") in done
     assert "rat L=16 triton" in capsys.readouterr().out  # listed as unavailable on a CPU
+
+
+def test_plot_rat_layer_draws_both_json_kinds(tmp_path):
+    """The efficiency figure from a rat_layer.py JSON and from the profiler's
+    (`archlab profile --layer`), here the committed GPU results."""
+    results = ROOT / "benchmarks" / "results" / "2026-11-28b-h200"
+    plot = load("plot_rat_layer")
+    for name in ("rat_layer", "figure"):
+        out = tmp_path / name
+        assert plot.main([str(results / f"{name}.json"), "--out", str(out)]) == 0
+        assert out.with_suffix(".png").stat().st_size > 10_000
+        assert "<svg" in out.with_suffix(".svg").read_text()[:2000]
+
+
+def test_plot_rat_layer_names_profiler_layers():
+    plot = load("plot_rat_layer")
+    row = {
+        "target": "layer rat(heads=16, chunk_size=64, head_dim=128)",
+        "backends": {"rat": "triton"},
+    }
+    assert plot.variant(row) == "rat(chunk_size=64) (rat:triton)"
+    row = {"target": "layer attention(heads=16, head_dim=128)", "backends": {"attention": "sdpa"}}
+    assert plot.variant(row) == "attention (attention:sdpa)"
+    assert plot.variant({"variant": "rat L=16 triton"}) == "rat L=16 triton"
