@@ -230,21 +230,8 @@ def train_case(B, T, ceil, sweep=False):
 
 def scan_ds_only(q, k, v, gl, bias, dy, lse, delta):
     """The backward scan's first pass alone (p and ds), as `scan_backward` launches it."""
-    B_, T_ = v.shape[:2]
-    p = torch.empty(B_, H, T_, device=v.device, dtype=torch.float32)
-    ds = torch.empty_like(p)
-    cos, sin = triton_scan.rope_table(triton.cdiv(T_, L), D, 10000.0, v.device)
-    BT, SEG, n_tiles, warps = triton_scan.tile_plan(T_, L)
-    # fmt: off
-    triton_scan.rat_scan_ds_kernel[(triton.cdiv(T_, SEG), B_ * G)](
-        q, k, v, gl, bias, cos, sin, dy, lse, delta, p, ds,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), gl.stride(0), gl.stride(1), gl.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        T_, L, SEG, n_tiles, D**-0.5 * 1.4426950408889634,
-        H=H, G=G, D2=D // 2, BT=BT, ROPE=True, num_warps=warps,
-    )
-    # fmt: on
+    cos, sin = triton_scan.rope_table(triton.cdiv(v.shape[1], L), D, 10000.0, v.device)
+    return triton_scan.own_key_grads(q, k, v, gl, bias, cos, sin, dy, lse, delta, L, True)
 
 
 def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False, tile=None):

@@ -30,8 +30,8 @@ def flex_available(device: torch.device | str) -> bool:
 RECOMPILE_LIMIT = 64
 """Graphs per compiled function (one per length and mask). Dynamo's default is 8, past
 which it runs the function eagerly, and eager flex_attention materializes the whole score
-matrix: a sweep that had compiled RAT's flex backend at a few lengths then asked local
-attention at 4K for 64 GiB (benchmarks/results/2026-11-28-h200, `layer`)."""
+matrix: a benchmark that had compiled RAT's flex backend at a few lengths then asked local
+attention at 4K for 64 GiB (benchmarks/results/2026-11-28b-h200, run 3)."""
 
 
 class RecompileLimitError(RuntimeError):
@@ -40,19 +40,22 @@ class RecompileLimitError(RuntimeError):
 
 def compile_guarded(fn, **compile_kwargs):
     """torch.compile(fn) whose calls never fall back to eager: up to RECOMPILE_LIMIT graphs,
-    then RecompileLimitError (with dynamo's own recompile limit for other code untouched)."""
+    then RecompileLimitError. Dynamo's settings for other code stay as they are; inside an
+    enclosing torch.compile the call is traced under that compile's settings."""
     compiled = torch.compile(fn, **compile_kwargs)
     config = torch._dynamo.config
-    patch = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
-    patch = {name: value for name, value in patch.items() if hasattr(config, name)}
+    limit_hit = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        patch["recompile_limit"] = RECOMPILE_LIMIT
+        if torch.compiler.is_compiling():
+            return compiled(*args, **kwargs)
+        wanted = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+        patch = {name: value for name, value in wanted.items() if hasattr(config, name)}
         try:
             with config.patch(**patch):
                 return compiled(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+        except limit_hit as e:
             raise RecompileLimitError(
                 f"{fn.__name__} has been compiled for {RECOMPILE_LIMIT} shapes or masks in "
                 "this process (archlab.kernels.flex_compiled.RECOMPILE_LIMIT); run fewer "

@@ -530,6 +530,30 @@ def channel_block(D2: int, device) -> int:
     return min(D2, CHANNEL_BLOCK if gpu_tiles(device) else 4)
 
 
+def own_key_grads(q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, chunk_size, rope):
+    """The backward's first pass (`rat_scan_ds_kernel`): the own key's softmax weight p and
+    score gradient ds, [B, H, T] float32. cos, sin: `rope_table` (any tensors without
+    RoPE)."""
+    import torch
+
+    B, T, H, D = v.shape
+    G = k.shape[2]
+    p = torch.empty(B, H, T, device=v.device, dtype=torch.float32)
+    ds = torch.empty_like(p)
+    BT, SEG, n_tiles, warps = tile_plan(T, chunk_size)
+    rat_scan_ds_kernel[(triton.cdiv(T, SEG), B * G)](
+        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, p, ds,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        T, chunk_size, SEG, n_tiles, D**-0.5 * 1.4426950408889634,
+        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope,
+        num_warps=warps,
+    )
+    return p, ds
+
+
 def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_end, dq_inter,
                   chunk_size, rope, rope_theta):
     """Launch the backward pass. dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
@@ -544,19 +568,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     scale = D**-0.5
     cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (lse, lse)
     # pass 1: p and ds of the own key (reductions over all channels), as the forward scans
-    p = torch.empty(B, H, T, device=dev, dtype=torch.float32)
-    ds = torch.empty_like(p)
-    BT, SEG, n_tiles, warps = tile_plan(T, L)
-    rat_scan_ds_kernel[(triton.cdiv(T, SEG), B * G)](
-        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, p, ds,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        T, L, SEG, n_tiles, scale * 1.4426950408889634,
-        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope,
-        num_warps=warps,
-    )
+    p, ds = own_key_grads(q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, L, rope)
     # pass 2: the adjoint scans, on channel blocks
     BT, SEG, n_tiles, warps = tile_plan(T, L, backward=True)
     n_seg = triton.cdiv(T, SEG)

@@ -52,3 +52,11 @@ def test_other_code_keeps_dynamos_limit():
     before = torch._dynamo.config.recompile_limit
     compiled_counting([])(torch.randn(2))
     assert torch._dynamo.config.recompile_limit == before
+
+
+def test_traced_whole_inside_an_enclosing_compile():
+    """A model compiled whole (fullgraph) traces through the guard, with no graph break."""
+    inner = compiled_counting([])
+    outer = torch.compile(lambda x: inner(x) + 1, backend="eager", fullgraph=True)
+    x = torch.randn(5)
+    assert torch.allclose(outer(x), 2 * x.sum() + 1)
