@@ -350,7 +350,7 @@ def cmd_profile(args) -> int:
 
 def cmd_compare(args) -> int:
     """`archlab compare`: analytic (and with --measure, measured) side by side."""
-    from archlab.compare import compare_outputs, write_csv
+    from archlab.compare import compare_outputs, results_document, write_csv
 
     plans = _plans(args.specs)
     sizes = resolve_sizes(args, compare=True)
@@ -358,9 +358,21 @@ def cmd_compare(args) -> int:
         sizes.gen_sample = 16  # keeps the GPU comparison to minutes: estimated, and labelled
     _default_seqs(sizes, plans)
     results, peaks, notes, measured, note = None, None, [], None, ""
+    out = Path(args.out) if args.out else None
+    partial = out / "measured.partial.json" if out else None
+
+    def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
+        doc = results_document(
+            results, peaks, [f"partial: {len(results)} cases so far (the run has not ended)"], {}
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(doc, indent=2, default=str))
+
     if args.measure:
         modes = parse_modes(args.mode)
-        results, peaks, notes = sweep(plans, modes, sizes, [])
+        results, peaks, notes = sweep(
+            plans, modes, sizes, [], on_result=save_partial if out else None
+        )
         prepared = [prepare(p, sizes) for p in plans]
         measured = [p for p, _ in prepared]
         note = (
@@ -375,9 +387,11 @@ def cmd_compare(args) -> int:
         measured,
         notes,
         peaks,
-        Path(args.out) if args.out else None,
+        out,
         note,
     )
+    if partial is not None:
+        partial.unlink(missing_ok=True)  # compare.json now holds the whole sweep
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     if args.csv and results:

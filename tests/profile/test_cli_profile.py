@@ -312,3 +312,28 @@ def test_out_is_written_after_every_case(tmp_path, monkeypatch, capsys):
     assert all(any("partial" in n for n in d["notes"]) for d in seen)
     final = json.loads((tmp_path / "profile.json").read_text())
     assert len(final["results"]) == 4 and not any("partial" in n for n in final["notes"])
+
+
+def test_compare_out_keeps_partial_results_until_done(tmp_path, monkeypatch, capsys):
+    """compare --measure --out writes measured.partial.json after every case, so a run cut
+    short keeps what it measured; the finished run removes it (compare.json has it all)."""
+    import archlab.profile_cli as profile_cli
+
+    seen = []
+    real_sweep = profile_cli.sweep
+
+    def sweep(*args, on_result=None, **kw):
+        def spy(results, peaks):
+            on_result(results, peaks)
+            seen.append(json.loads((tmp_path / "measured.partial.json").read_text()))
+
+        return real_sweep(*args, on_result=spy, **kw)
+
+    monkeypatch.setattr(profile_cli, "sweep", sweep)
+    argv = ["compare", str(TINY / "rat.yaml"), "--measure", "--mode", "prefill"]
+    assert main([*argv, "--out", str(tmp_path), *FAST]) == 0
+    assert [len(d["results"]) for d in seen] == [1, 2]
+    assert all(any("partial" in n for n in d["notes"]) for d in seen)
+    assert not (tmp_path / "measured.partial.json").exists()
+    final = json.loads((tmp_path / "compare.json").read_text())
+    assert len(final["measured"]["results"]) == 2
