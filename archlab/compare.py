@@ -315,9 +315,11 @@ def compare_outputs(
     peaks: dict | None,
     out: Path | None,
     measured_note: str = "",
+    settings: dict | None = None,
 ) -> tuple[str, dict]:
     """The text (tables, crossovers, notes) and the JSON document of a comparison
-    (`measured_note` says on what the measurements ran, for the plots' titles); with
+    (`measured_note` says on what the measurements ran, for the plots' titles; `settings`
+    are the sweep's, recorded with the measured results); with
     `out`, also plots, compare.json, compare.csv (measured results) and report.md there."""
     analytic = analytic_rows(plans, seqs)
     headers, rows = compare_rows(plans, seqs, analytic, results)
@@ -358,7 +360,9 @@ def compare_outputs(
         "analytic": analytic,
         "crossovers": points,
         "notes": notes,
-        "measured": None if results is None else results_document(results, peaks, notes, {}),
+        "measured": None
+        if results is None
+        else results_document(results, peaks, notes, settings or {}),
         "files": [],
     }
     if out is not None:

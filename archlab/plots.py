@@ -72,7 +72,11 @@ def _lines(ax, series: dict[str, tuple[list, list]], markers: bool) -> None:
         if not pts:
             continue
         (line,) = ax.plot(
-            *zip(*pts, strict=True), marker="os^Dv<>"[i % 7] if markers else None, lw=1.6, ms=4
+            *zip(*pts, strict=True),
+            marker="os^Dv<>"[i % 7] if markers else None,
+            color=f"C{i}",  # the spec's colour, even where an earlier spec drew nothing
+            lw=1.6,
+            ms=4,
         )
         ends.append((pts[-1], name, line.get_color()))
     ends.sort(key=lambda e: e[0][1])
@@ -91,6 +95,27 @@ def _lines(ax, series: dict[str, tuple[list, list]], markers: bool) -> None:
             va="center",
         )
     ax.margins(x=0.25)
+
+
+def _failures(ax, failed: list[tuple[Result, str]]) -> None:
+    """A cross at the foot of the plot for each case that did not run (out of memory or an
+    error), in its spec's colour and labelled, so that a missing point is never silent."""
+    at_x: dict[int, int] = {}
+    top = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    for r, color in failed:
+        n = at_x[r.seq_len] = at_x.get(r.seq_len, -1) + 1
+        ax.plot([r.seq_len], [0.04], marker="x", color=color, ms=7, transform=top)
+        ax.annotate(
+            f"{r.spec}: {'OOM' if r.status == 'oom' else 'error'}",
+            (r.seq_len, 0.04),
+            xycoords=top,
+            xytext=(0, 7 + 9 * n),
+            textcoords="offset points",
+            color=color,
+            fontsize=7,
+            ha="center",
+            va="bottom",
+        )
 
 
 def _crossings(ax, points: list[dict], xs: list[float]) -> None:
@@ -161,13 +186,14 @@ def write_plots(
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
         mplans = measured_plans or plans
         for ax, mode in zip(axes, TIMED, strict=True):
-            series = {}
-            for p in mplans:
+            series, failed = {}, []
+            for i, p in enumerate(mplans):
                 rs = [r for r in results if r.spec == p.name and r.mode == mode]
                 series[p.name] = (
                     [r.seq_len for r in rs],
                     [r.timing.median_s * 1e3 if r.status == "ok" else None for r in rs],
                 )
+                failed += [(r, f"C{i}") for r in rs if r.status != "ok"]
             _lines(ax, series, markers=True)
             batch = {r.batch for r in results if r.mode == mode}
             _style(
@@ -179,6 +205,7 @@ def write_plots(
                 f"{mode}, batch {'/'.join(map(str, sorted(batch)))}",
             )
             _crossings(ax, crossover_points(mplans, MODE_METRIC[mode]), seqs)
+            _failures(ax, failed)
         fig.suptitle(
             f"Measured latency ({measured_note}); dashed: cost-model crossovers "
             "of the measured models",

@@ -363,7 +363,10 @@ def cmd_compare(args) -> int:
 
     def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
         doc = results_document(
-            results, peaks, [f"partial: {len(results)} cases so far (the run has not ended)"], {}
+            results,
+            peaks,
+            [f"partial: {len(results)} cases so far (the run has not ended)"],
+            _settings_dict(sizes),
         )
         out.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(doc, indent=2, default=str))
@@ -389,6 +392,7 @@ def cmd_compare(args) -> int:
         peaks,
         out,
         note,
+        _settings_dict(sizes),
     )
     if partial is not None:
         partial.unlink(missing_ok=True)  # compare.json now holds the whole sweep

@@ -337,3 +337,17 @@ def test_compare_out_keeps_partial_results_until_done(tmp_path, monkeypatch, cap
     assert not (tmp_path / "measured.partial.json").exists()
     final = json.loads((tmp_path / "compare.json").read_text())
     assert len(final["measured"]["results"]) == 2
+
+
+def test_compare_marks_failed_cases_on_the_latency_plot(tmp_path, capsys):
+    """A case that ran out of memory is drawn as a labelled cross, not left out silently;
+    compare.json keeps the sweep's settings with the measured results."""
+    pytest.importorskip("matplotlib")
+    argv = ["compare", str(TINY / "attention.yaml"), str(TINY / "rat.yaml"), "--measure"]
+    argv += ["--mode", "decode", "--decode-batch", str(1 << 40), "--out", str(tmp_path)]
+    assert main([*argv, *FAST]) == 0
+    capsys.readouterr()
+    svg = (tmp_path / "latency.svg").read_text()
+    assert svg.count(": OOM -->") == 4  # two specs at two lengths, each labelled
+    settings = json.loads((tmp_path / "compare.json").read_text())["measured"]["settings"]
+    assert settings["decode_batch"] == 1 << 40 and settings["seqs"] == [16, 32]
