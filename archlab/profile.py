@@ -269,11 +269,9 @@ class LayerTarget(_Target):
         self, plan: Plan, block: PlannedBlock, device: torch.device, scaled: str | None = None
     ):
         self.plan, self.block, self.device, self.scaled = plan, block, device, scaled
-        params = block.summary()
+        params = block.summary()  # what differs from the defaults, a backend asked for included
         self.label = f"layer {block.kind}" + (
-            "(" + ", ".join(f"{k}={v}" for k, v in params.items() if k != "backend") + ")"
-            if params
-            else ""
+            "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
         )
         self.kind = BLOCKS[block.kind]
         m = plan.model

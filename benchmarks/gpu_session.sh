@@ -12,6 +12,8 @@
 #   figure    the paper's efficiency figure through `archlab profile --layer` (issue 6)
 #   compare   the README's main command at real sizes: `archlab compare --measure` of
 #             the paper's attention, RAT and RAT-SWA specs (issue 6)
+#   ssm       the Mamba-2 block alone: fla (`triton`) against the `reference` backend,
+#             train and prefill (issue 3)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -72,6 +74,12 @@ case $stage in
     timeout "$limit" python3 -m archlab.cli compare "$specs/attention.yaml" "$specs/rat.yaml" \
       "$specs/rat_swa.yaml" --measure --out "$out/$stage/compare" >"$out/$stage/compare.log" 2>&1
     tail -30 "$out/$stage/compare.log"
+    ;;
+  ssm)  # the SSM block of a 1B hybrid, alone: fla's kernels against the PyTorch reference
+    timeout "$limit" python3 -m archlab.cli profile "$repo/specs/examples/megatron_ssm_hybrid.yaml" \
+      --layer ssm --layer ssm:backend=reference --mode train,prefill --seq 4k,8k \
+      --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+    tail -12 "$out/$stage/profile.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

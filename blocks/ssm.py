@@ -13,10 +13,11 @@ Parameter names follow mamba (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `nor
 `out_proj`), so weights map one to one.
 
 Backends: `reference` (kernels/ssd/reference.py, the chunked SSD in float32 with
-`chunk_size`), `triton` (fla's chunk_simple_gla, CUDA only, needs `archlab[ssm]`), `auto`
-(triton when it can run forward and backward, else reference: fla refuses its backward on
-Hopper with Triton 3.4-3.7.0, and then `backend_note` says so). The decode `step` is the
-plain recurrence for both. The cache holds the conv state (the last conv_kernel - 1
+`chunk_size`), `triton` (fla's chunked kernels, CUDA only, needs `archlab[ssm]`), `auto`
+(triton when fla is there and the device is CUDA, else reference). Where fla refuses
+`chunk_simple_gla`'s backward (Hopper with Triton 3.4-3.7.0) training runs fla's
+`chunk_gla` instead, and `backend_note` says so (kernels/ssd/fla_backend.py). The decode
+`step` is the plain recurrence for both. The cache holds the conv state (the last conv_kernel - 1
 inputs of the conv channels, in the cache dtype) and the SSM state [B, heads, head_dim,
 d_state], always float32 (it accumulates over the whole context), so it counts 4 bytes
 per element.
@@ -57,8 +58,8 @@ from archlab.blocks.base import (
 from archlab.config import ModelConfig
 from archlab.kernels.ssd.fla_backend import (
     INSTALL_HINT,
-    backward_blocked_reason,
     fla_importable,
+    simple_gla_backward_refused,
     ssd_fla,
 )
 from archlab.kernels.ssd.reference import ssd_chunked, ssd_step
@@ -151,7 +152,7 @@ class Block(nn.Module):
         self.out_proj = nn.Linear(s.inner, s.d_model, bias=False)
         self.reset_parameters()
         self.backend: str | None = None
-        self.backend_note: str | None = None  # why `auto` passed the fast path over
+        self.backend_note: str | None = None  # a caveat of the selected fast path
         if params.backend != "triton":  # a triton block is resolved once it has a device
             self.select_backend(torch.device("cpu"))
 
@@ -182,13 +183,9 @@ class Block(nn.Module):
             raise BackendUnavailable(
                 f"ssm backend 'triton' needs flash-linear-attention (fla): {INSTALL_HINT}"
             )
-        if self.params.backend == "auto" and available["triton"]:
-            # `auto` takes fla only where it trains as well as infers: fla refuses its
-            # backward on Hopper with Triton 3.4-3.7.0. `backend: triton` still asks for it
-            # explicitly (prefill and decode work; a backward raises with the reason).
-            self.backend_note = backward_blocked_reason()
-            available["triton"] = self.backend_note is None
         self.backend = resolve_backend(self.params.backend, device, available)
+        # where fla refuses chunk_simple_gla's backward, training takes chunk_gla: say so
+        self.backend_note = simple_gla_backward_refused() if self.backend == "triton" else None
         return self.backend
 
     def _scan(self, x, dt, A, Bm, Cm, state_BHPN, keep_state: bool):

@@ -1,4 +1,4 @@
-"""SSD through flash-linear-attention's `chunk_simple_gla` (package `fla-core`, CUDA).
+"""SSD through flash-linear-attention's chunked kernels (package `fla-core`, CUDA).
 
 simple GLA is the recurrence S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t
 with a scalar log decay g per head and step, state S [K, V] per head, inputs in the
@@ -10,10 +10,15 @@ and state S = h^T (fla keeps [N, P] per head where mamba and archlab keep [P, N]
 fla picks its own chunk length (64): the result does not depend on it. `fla` is imported
 on first use, so that importing this module never needs the package.
 
-Known limit: fla (>= 0.5) refuses the backward of its gated chunk kernels on Hopper GPUs
-(H100, H200) with Triton >= 3.4.0 and < 3.7.1, which miscompiles `chunk_bwd_dqkwg` (fla issue
-#640); torch <= 2.12.0 pins such a Triton. There the forward runs, and `ssd_fla` raises
-before the forward when gradients are needed (`backward_blocked_reason`).
+Two fla kernels compute it:
+- `chunk_simple_gla` (scalar decay per head): the default.
+- `chunk_gla` (a decay per key channel), given the same decay in every one of the N
+  channels. fla (>= 0.5) refuses the backward of `chunk_simple_gla` on Hopper GPUs (H100,
+  H200) with Triton >= 3.4.0 and < 3.7.1, which miscompiles its `chunk_bwd_dqkwg` (fla
+  issue #640), and torch <= 2.12.0 pins such a Triton. `chunk_gla`'s backward uses other
+  kernels, which fla does not refuse, so there a forward that needs gradients runs
+  `chunk_gla` (`simple_gla_backward_refused` says when). It costs an [B, T, H, N] float32
+  decay tensor and the vector-gate kernels' extra work.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from collections.abc import Callable
 
 import torch
 
-from archlab.blocks.base import BackendUnavailable
 from archlab.kernels.ssd.reference import heads_from_groups
 
 INSTALL_HINT = 'pip install "archlab[ssm]"'
@@ -38,14 +42,20 @@ def _chunk_simple_gla() -> Callable | None:
         return None
 
 
+@functools.cache
+def _chunk_gla() -> Callable:
+    return importlib.import_module("fla.ops.gla").chunk_gla
+
+
 def fla_importable() -> bool:
     """True if `fla.ops.simple_gla.chunk_simple_gla` can be imported here."""
     return _chunk_simple_gla() is not None
 
 
-def backward_blocked_reason() -> str | None:
-    """Why fla would refuse the backward on this machine (mirroring fla's own guard, read
-    from fla's flags), or None when it can run."""
+def simple_gla_backward_refused() -> str | None:
+    """Why fla would refuse `chunk_simple_gla`'s backward on this machine (mirroring fla's
+    own guard, read from fla's flags), or None when it can run. Where it is refused,
+    `ssd_fla` trains through `chunk_gla` instead."""
     if not fla_importable():
         return None
     chunk_o = importlib.import_module("fla.ops.common.chunk_o")
@@ -53,11 +63,15 @@ def backward_blocked_reason() -> str | None:
     if hopper and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False):
         if not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True):
             return (
-                "fla's chunk_simple_gla backward is refused on Hopper GPUs with Triton "
-                ">= 3.4.0 and < 3.7.1 (a Triton miscompile, fla issue #640): upgrade Triton "
-                "to >= 3.7.1 (torch >= 2.12.1), or train the ssm block with backend: reference"
+                "fla refuses chunk_simple_gla's backward on Hopper GPUs with Triton >= 3.4.0 "
+                "and < 3.7.1 (a Triton miscompile, fla issue #640), so training runs fla's "
+                "chunk_gla (the same decay in every state channel); Triton >= 3.7.1 "
+                "(torch >= 2.12.1) trains through chunk_simple_gla"
             )
     return None
+
+
+KERNELS = ("simple_gla", "gla")
 
 
 def ssd_fla(
@@ -68,22 +82,26 @@ def ssd_fla(
     C_BTGN: torch.Tensor,
     initial_state_BHPN: torch.Tensor | None = None,
     output_final_state: bool = False,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SSD (see `reference.ssd_chunked`) by fla's chunked kernel.
+    """SSD (see `reference.ssd_chunked`) by fla's chunked kernels.
 
     x [B, T, H, P] sets the compute dtype: q, k and v are cast to it, the log decay g stays
     float32. Returns y [B, T, H, P] in x's dtype and, if `output_final_state`, the final
-    state [B, H, P, N] in float32 (else None). Differentiable in every input (raises
-    BackendUnavailable up front where fla refuses the backward, see the module docstring).
+    state [B, H, P, N] in float32 (else None). Differentiable in every input. `kernel`:
+    "simple_gla", "gla", or None for simple_gla unless gradients are needed where fla
+    refuses its backward (then gla; see the module docstring).
     """
-    chunk_simple_gla = _chunk_simple_gla()
-    if chunk_simple_gla is None:
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}")
+    if _chunk_simple_gla() is None:
         raise ImportError(f"the SSD triton backend needs flash-linear-attention: {INSTALL_HINT}")
-    inputs = (x_BTHP, dt_BTH, A_H, B_BTGN, C_BTGN, initial_state_BHPN)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        reason = backward_blocked_reason()
-        if reason is not None:
-            raise BackendUnavailable(reason)
+    if kernel is None:
+        inputs = (x_BTHP, dt_BTH, A_H, B_BTGN, C_BTGN, initial_state_BHPN)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in inputs
+        )
+        kernel = "gla" if needs_grad and simple_gla_backward_refused() else "simple_gla"
     H, dtype = x_BTHP.shape[2], x_BTHP.dtype
     q_BTHN = heads_from_groups(C_BTGN, H).to(dtype)
     k_BTHN = heads_from_groups(B_BTGN, H).to(dtype)
@@ -92,14 +110,25 @@ def ssd_fla(
     h0_BHNP = None
     if initial_state_BHPN is not None:
         h0_BHNP = initial_state_BHPN.float().transpose(-1, -2).contiguous()
-    y_BTHP, hT_BHNP = chunk_simple_gla(
-        q_BTHN,
-        k_BTHN,
-        v_BTHP,
-        g=g_BTH,
-        scale=1.0,
-        initial_state=h0_BHNP,
-        output_final_state=output_final_state,
-    )
+    if kernel == "simple_gla":
+        y_BTHP, hT_BHNP = _chunk_simple_gla()(
+            q_BTHN,
+            k_BTHN,
+            v_BTHP,
+            g=g_BTH,
+            scale=1.0,
+            initial_state=h0_BHNP,
+            output_final_state=output_final_state,
+        )
+    else:
+        y_BTHP, hT_BHNP = _chunk_gla()(
+            q_BTHN,
+            k_BTHN,
+            v_BTHP,
+            g=g_BTH[..., None].expand(q_BTHN.shape).contiguous(),
+            scale=1.0,
+            initial_state=h0_BHNP,
+            output_final_state=output_final_state,
+        )
     final = hT_BHNP.transpose(-1, -2).float() if hT_BHNP is not None else None
     return y_BTHP, final

@@ -1,6 +1,7 @@
 """SSD: the chunked reference against the per-step recurrence, and fla's chunk_simple_gla
-(the `triton` backend) against the reference: on the CPU under TRITON_INTERPRET=1 at tiny
-shapes (in a subprocess, see `interpreter_main`), and on CUDA at a realistic size."""
+and chunk_gla (the `triton` backend) against the reference: on the CPU under
+TRITON_INTERPRET=1 at tiny shapes (in a subprocess, see `interpreter_main`), and on CUDA at
+a realistic size."""
 
 from __future__ import annotations
 
@@ -89,6 +90,34 @@ def test_chunked_without_initial_state_and_strong_decay():
         assert rel_err(g, w) < 2e-5, f"{name}: rel err {rel_err(g, w):.2e}"
 
 
+@pytest.mark.parametrize("refused", [None, "refused here"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_fla_kernel_choice(monkeypatch, refused, grad):
+    """kernel=None takes chunk_simple_gla, except for a forward that needs gradients where
+    fla refuses chunk_simple_gla's backward: then chunk_gla, with the decay repeated over
+    the N state channels. An unknown kernel is an error. (fla itself is faked here.)"""
+    from archlab.kernels.ssd import fla_backend
+
+    calls = []
+
+    def fake(name):
+        def run(q, k, v, g, scale, initial_state, output_final_state):
+            calls.append((name, tuple(g.shape)))
+            return v * 0, None
+
+        return lambda: run
+
+    monkeypatch.setattr(fla_backend, "_chunk_simple_gla", fake("simple_gla"))
+    monkeypatch.setattr(fla_backend, "_chunk_gla", fake("gla"))
+    monkeypatch.setattr(fla_backend, "simple_gla_backward_refused", lambda: refused)
+    x, dt, A, Bm, Cm, _ = ssd_inputs(1, 5, 2, 4, 1, 8, seed=0)
+    with torch.set_grad_enabled(grad):
+        fla_backend.ssd_fla(x.requires_grad_(True), dt, A, Bm, Cm)
+    assert calls == ([("gla", (1, 5, 2, 8))] if grad and refused else [("simple_gla", (1, 5, 2))])
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        fla_backend.ssd_fla(x, dt, A, Bm, Cm, kernel="gla2")
+
+
 def fla_present() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("fla", "einops"))
 
@@ -144,15 +173,19 @@ def _interpreter_shims() -> None:
 
 
 def _check_kernel() -> None:
-    from archlab.kernels.ssd.fla_backend import ssd_fla
+    from archlab.kernels.ssd.fla_backend import KERNELS, ssd_fla
 
-    for T, G in [(9, 1), (70, 2), (130, 1)]:  # fla's chunk is 64: one, two, three chunks
-        inputs = ssd_inputs(2, T, 4, 8, G, 16, seed=T)
-        got = outputs_and_grads(lambda *a: ssd_fla(*a, output_final_state=True), inputs)
-        want = outputs_and_grads(lambda *a: ssd_chunked(*a[:5], 16, a[5]), inputs)
-        for name, g, w in zip(NAMES, got, want, strict=True):
-            assert g.shape == w.shape, name
-            assert rel_err(g, w) < 1e-4, f"T={T} {name}: rel err {rel_err(g, w):.2e}"
+    for kernel in KERNELS:
+        for T, G in [(9, 1), (70, 2), (130, 1)]:  # fla's chunk is 64: one, two, three chunks
+            inputs = ssd_inputs(2, T, 4, 8, G, 16, seed=T)
+            got = outputs_and_grads(
+                lambda *a, k=kernel: ssd_fla(*a, output_final_state=True, kernel=k), inputs
+            )
+            want = outputs_and_grads(lambda *a: ssd_chunked(*a[:5], 16, a[5]), inputs)
+            for name, g, w in zip(NAMES, got, want, strict=True):
+                err = rel_err(g, w)
+                assert g.shape == w.shape, name
+                assert err < 1e-4, f"{kernel} T={T} {name}: rel err {err:.2e}"
 
 
 def _check_block() -> None:
@@ -190,15 +223,17 @@ def interpreter_main(check: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["simple_gla", "gla"])
 @pytest.mark.parametrize("d_state", [128, 64])
-def test_fla_matches_reference_cuda(d_state):
+def test_fla_matches_reference_cuda(d_state, kernel):
     """Realistic shape: bf16 x, B, C into fla against the float32 reference on the same
     (bf16-rounded) inputs; dt, A, the initial state in float32. fla is required on CUDA:
-    its absence fails. Gradients xfail only where fla refuses its backward."""
+    its absence fails. simple_gla's gradients xfail only where fla refuses its backward
+    (there training runs gla, which must pass)."""
     from archlab.kernels.ssd.fla_backend import (
         INSTALL_HINT,
-        backward_blocked_reason,
         fla_importable,
+        simple_gla_backward_refused,
         ssd_fla,
     )
 
@@ -208,7 +243,7 @@ def test_fla_matches_reference_cuda(d_state):
     x32, B32, C32 = (t.detach().float().requires_grad_(True) for t in (x16, B16, C16))
 
     def fla_fn(*a):
-        return ssd_fla(*a, output_final_state=True)
+        return ssd_fla(*a, output_final_state=True, kernel=kernel)
 
     def ref_fn(*a):
         return ssd_chunked(*a[:5], 256, a[5])
@@ -216,11 +251,11 @@ def test_fla_matches_reference_cuda(d_state):
     with torch.no_grad():
         errors = error_table(fla_fn(x16, dt, A, B16, C16, h0), ref_fn(x32, dt, A, B32, C32, h0))
     assert max(errors.values()) < 1e-2, errors
-    if backward_blocked_reason() is not None:
-        pytest.xfail(backward_blocked_reason())
+    if kernel == "simple_gla" and simple_gla_backward_refused() is not None:
+        pytest.xfail(simple_gla_backward_refused())
     got = outputs_and_grads(fla_fn, (x16, dt, A, B16, C16, h0))
     errors = error_table(got, outputs_and_grads(ref_fn, (x32, dt, A, B32, C32, h0)))
-    print(f"d_state {d_state}: {errors}")
+    print(f"{kernel} d_state {d_state}: {errors}")
     assert max(errors.values()) < 1.5e-2, errors
 
 
