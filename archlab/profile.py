@@ -212,6 +212,11 @@ class _Target:
     def step(self, x: torch.Tensor, cache) -> torch.Tensor:
         return self.module.step(x, cache)
 
+    def backend_notes(self) -> list[str]:
+        """The caveats the blocks' selected backends give (`backend_note`), each once."""
+        notes = (getattr(m, "backend_note", None) for m in self.module.modules())
+        return [f"backend: {n}" for n in dict.fromkeys(n for n in notes if n)]
+
 
 class ModelTarget(_Target):
     """A whole model built from a Plan (whose `model.dtype` is the dtype it runs in)."""
@@ -352,6 +357,7 @@ def _figures(r: Result, flops: int, nbytes: int | None, tokens: int, peaks: dict
 
 def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None) -> None:
     B, T, device = r.batch, r.seq_len, target.device
+    r.notes += target.backend_notes()
     if r.mode == "train":
         target.module.train()
         fn = target.train_fn(B, T, settings.optimizer)

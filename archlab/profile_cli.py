@@ -338,7 +338,7 @@ def cmd_profile(args) -> int:
                 f"{r.spec} {r.mode}: {n}"
                 for r in results
                 for n in r.notes
-                if "graph" in n or "OOM" in n or "estimated" in n
+                if "graph" in n or "OOM" in n or "estimated" in n or n.startswith("backend:")
             }
         )
         for n in extra:

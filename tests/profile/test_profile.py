@@ -43,6 +43,19 @@ def test_train_with_optimizer(tiny_hybrid):
     assert r.status == "ok" and "AdamW" in r.notes[0]
 
 
+def test_backend_notes_reach_the_result(tiny_hybrid, monkeypatch):
+    """A caveat of a selected backend (`backend_note`, e.g. the SSM's fla kernel choice)
+    is in every result's notes, once however many blocks give it."""
+    ssm_blocks = [m for m in tiny_hybrid.module.modules() if hasattr(m, "backend_note")]
+    assert len(ssm_blocks) >= 1
+    for m in ssm_blocks:
+        monkeypatch.setattr(m, "backend_note", "trains through another kernel")
+    r = measure(tiny_hybrid, "prefill", 1, 16, QUICK)
+    assert r.status == "ok" and r.notes == ["backend: trains through another kernel"]
+    monkeypatch.undo()
+    assert measure(tiny_hybrid, "prefill", 1, 16, QUICK).notes == []
+
+
 def test_forced_oom_is_a_result(tiny_hybrid, monkeypatch):
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 PiB")
