@@ -290,22 +290,27 @@ def test_specs_with_one_name_are_kept_apart(tmp_path, capsys):
     assert names == {"tiny-rat (rat.yaml)", "tiny-rat (variant.yaml)"}
 
 
-def test_out_is_written_after_every_case(tmp_path, monkeypatch, capsys):
-    """A run cut short keeps what it measured: with --out, profile.json is rewritten after
-    each case (marked partial), and the finished run replaces it with the whole sweep."""
+def files_seen_after_each_case(monkeypatch, path) -> list[dict]:
+    """Spy on the sweep: the JSON at `path` as it stands after each case's `on_result`."""
     import archlab.profile_cli as profile_cli
 
-    seen = []
-    real_sweep = profile_cli.sweep
+    seen, real_sweep = [], profile_cli.sweep
 
     def sweep(*args, on_result=None, **kw):
         def spy(results, peaks):
             on_result(results, peaks)
-            seen.append(json.loads((tmp_path / "profile.json").read_text()))
+            seen.append(json.loads(path.read_text()))
 
         return real_sweep(*args, on_result=spy, **kw)
 
     monkeypatch.setattr(profile_cli, "sweep", sweep)
+    return seen
+
+
+def test_out_is_written_after_every_case(tmp_path, monkeypatch, capsys):
+    """A run cut short keeps what it measured: with --out, profile.json is rewritten after
+    each case (marked partial), and the finished run replaces it with the whole sweep."""
+    seen = files_seen_after_each_case(monkeypatch, tmp_path / "profile.json")
     argv = ["profile", str(TINY / "rat.yaml"), "--mode", "train,prefill", "--out", str(tmp_path)]
     assert main([*argv, *FAST]) == 0
     assert [len(d["results"]) for d in seen] == [1, 2, 3, 4]
@@ -317,19 +322,7 @@ def test_out_is_written_after_every_case(tmp_path, monkeypatch, capsys):
 def test_compare_out_keeps_partial_results_until_done(tmp_path, monkeypatch, capsys):
     """compare --measure --out writes measured.partial.json after every case, so a run cut
     short keeps what it measured; the finished run removes it (compare.json has it all)."""
-    import archlab.profile_cli as profile_cli
-
-    seen = []
-    real_sweep = profile_cli.sweep
-
-    def sweep(*args, on_result=None, **kw):
-        def spy(results, peaks):
-            on_result(results, peaks)
-            seen.append(json.loads((tmp_path / "measured.partial.json").read_text()))
-
-        return real_sweep(*args, on_result=spy, **kw)
-
-    monkeypatch.setattr(profile_cli, "sweep", sweep)
+    seen = files_seen_after_each_case(monkeypatch, tmp_path / "measured.partial.json")
     argv = ["compare", str(TINY / "rat.yaml"), "--measure", "--mode", "prefill"]
     assert main([*argv, "--out", str(tmp_path), *FAST]) == 0
     assert [len(d["results"]) for d in seen] == [1, 2]
