@@ -288,6 +288,11 @@ def _default_seqs(sizes: Sizes, plans: list[Plan]) -> None:
         sizes.seqs = sorted({p.model.max_seq_len for p in plans})
 
 
+def partial_note(results: list) -> str:
+    """The note of a results document written while its sweep is still running."""
+    return f"partial: {len(results)} cases so far (the run has not ended)"
+
+
 def _emit(text: str, args) -> None:
     print(text, file=sys.stderr if args.json or args.csv == "-" else sys.stdout)
 
@@ -312,7 +317,7 @@ def cmd_profile(args) -> int:
         write_csv(results, str(out / "profile.csv"))
 
     def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
-        save(results, peaks, [f"partial: {len(results)} cases so far (the run has not ended)"])
+        save(results, peaks, [partial_note(results)])
 
     results, peaks, notes = sweep(
         plans, modes, sizes, layers, on_result=save_partial if out else None
@@ -362,12 +367,7 @@ def cmd_compare(args) -> int:
     partial = out / "measured.partial.json" if out else None
 
     def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
-        doc = results_document(
-            results,
-            peaks,
-            [f"partial: {len(results)} cases so far (the run has not ended)"],
-            _settings_dict(sizes),
-        )
+        doc = results_document(results, peaks, [partial_note(results)], _settings_dict(sizes))
         out.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(doc, indent=2, default=str))
 

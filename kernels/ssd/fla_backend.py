@@ -52,6 +52,7 @@ def fla_importable() -> bool:
     return _chunk_simple_gla() is not None
 
 
+@functools.cache  # fla's flags are fixed for the process; ssd_fla asks on every forward
 def simple_gla_backward_refused() -> str | None:
     """Why fla would refuse `chunk_simple_gla`'s backward on this machine (mirroring fla's
     own guard, read from fla's flags), or None when it can run. Where it is refused,
