@@ -4,25 +4,33 @@ import archlab
 spec = archlab.load_spec("specs/paper/rat.yaml")   # a path, a YAML string or a dict
 plan = archlab.compile(spec)                        # the validated, expanded Plan
 model = archlab.build(spec, device="cpu")           # an nn.Module
+c = archlab.cost(spec, batch=1, seq_len=4096)       # analytic parameters, FLOPs, cache
+
+Importing archlab, compiling and costing load no torch; `build` imports it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+# The package `archlab.cost` shares its name with the API function below: it is imported
+# first so that the function defined afterwards is what `archlab.cost` means;
+# `from archlab.cost.analytic import ...` still reaches the modules through sys.modules.
+import archlab.cost as _cost_package  # noqa: F401
+from archlab.lang.errors import SpecError, SpecIssue, UsageError
+from archlab.lang.loader import Source, load_source
+from archlab.lang.plan import Plan
 
-# The submodules `archlab.build` and `archlab.cost` share their names with the API
-# functions below. They are imported first so that the functions defined afterwards
-# are what `archlab.build` / `archlab.cost` mean; `from archlab.build import ...` still
-# reaches the modules through sys.modules.
-import archlab.build as _build_module  # noqa: E402, F401
-import archlab.cost as _cost_module  # noqa: F401
-from archlab.errors import SpecError, SpecIssue
-from archlab.loader import Source, load_source
-from archlab.plan import Plan
-
-__all__ = ["SpecError", "SpecIssue", "Plan", "load_spec", "compile", "build", "cost"]
+__all__ = [
+    "SpecError",
+    "SpecIssue",
+    "UsageError",
+    "Plan",
+    "load_spec",
+    "compile",
+    "build",
+    "cost",
+]
 __version__ = "0.1.0"
 
 
@@ -34,17 +42,22 @@ def load_spec(spec: str | Path | dict) -> Source:
 
 def compile(spec: str | Path | dict | Source | Plan) -> Plan:  # noqa: A001
     """The validated, expanded Plan of a spec. Raises SpecError listing every problem."""
-    from archlab.compiler import compile_spec
+    from archlab.lang.compiler import compile_spec
 
     return spec if isinstance(spec, Plan) else compile_spec(spec)
 
 
-def build(spec, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None):
-    """Build the model of a spec (path, YAML string, dict, Source or Plan) on `device`;
-    `dtype` overrides the spec's `model.dtype`."""
-    return _build_module.build_model(compile(spec), device=device, dtype=dtype)
+def build(spec, device="cpu", dtype=None):
+    """Build the model of a spec (path, YAML string, dict, Source or Plan) on `device`
+    (a string or torch.device); `dtype` (a torch.dtype or its name) overrides the spec's
+    `model.dtype`."""
+    from archlab.model import build_model
+
+    return build_model(compile(spec), device=device, dtype=dtype)
 
 
 def cost(spec, batch: int = 1, seq_len: int | None = None):
     """Analytic parameters, FLOPs and cache bytes of a spec (see archlab.cost)."""
-    return _cost_module.spec_cost(compile(spec), batch=batch, seq_len=seq_len)
+    from archlab.cost.analytic import spec_cost
+
+    return spec_cost(compile(spec), batch=batch, seq_len=seq_len)

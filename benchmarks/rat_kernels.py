@@ -28,7 +28,8 @@ import triton
 from triton.testing import do_bench
 
 from archlab.kernels.rat import triton_attention, triton_decode, triton_scan
-from archlab.kernels.rat.triton_ops import rat_core_triton, rat_decode_triton, scored_pairs
+from archlab.kernels.rat.shapes import scored_pairs
+from archlab.kernels.rat.triton_ops import rat_core_triton, rat_decode_triton
 
 H, D, G, L = 16, 128, 2, 16
 WIDTH = 3 * H * D + 2 * G * D

@@ -23,8 +23,8 @@ import sys
 import torch
 
 import archlab
-from archlab.profile import LayerTarget, Settings, measure
-from archlab.throughput import device_peaks
+from archlab.measure.profile import LayerTarget, Settings, measure
+from archlab.measure.throughput import device_peaks
 
 # The RAT paper's own implementation on an H200 (issue 5), milliseconds.
 PUBLISHED = {
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         del target
         if cuda:
             torch.cuda.empty_cache()
-    from archlab.render import table
+    from archlab.report.tables import table
 
     print(
         table(

@@ -1,17 +1,3 @@
-"""The block kinds of the spec language, one module each. `BLOCKS` is the registry."""
-
-from types import ModuleType
-
-from archlab.blocks import attention, local_attention, mlp, parallel, rat, rnn, ssm
-
-BLOCKS: dict[str, ModuleType] = {
-    "attention": attention,
-    "local_attention": local_attention,
-    "rat": rat,
-    "rnn": rnn,
-    "ssm": ssm,
-    "mlp": mlp,
-    "parallel": parallel,
-}
-
-__all__ = ["BLOCKS"]
+"""The block kinds of the spec language, one folder each (`blocks/<kind>/`), found by
+`archlab.blocks.registry` (`kinds()`, `kind(name)`). `base` holds the `BlockKind` record
+and what every kind shares; `cache` the decode cache of a built block."""

@@ -1,30 +1,57 @@
-"""What every block kind shares: the params base class, the cache, FLOP counts.
+"""What every block kind shares, without torch: the `BlockKind` record, the params base
+class, the model settings, FLOP counts and the backend resolver.
 
-The contract of a block module `blocks/<kind>.py` (see docs/blocks.md):
-
-- `KIND`, `SYMBOL`, `IS_MIXER`;
-- `Params(BlockParams)` with `kind: Literal[KIND]`, defaults and range checks;
-- `check(params, d_model) -> list[(field, message)]` for checks that need the model;
-- `Block(params, model)`: an `nn.Module` with `forward(x_BTD)`, `prefill(x_BTD, cache)`,
-  `step(x_B1D, cache)` and `allocate_cache(batch, max_len, device, dtype)`; it is the
-  mixer alone (the pre-norm and residual are added by the model);
-- pure functions, no module needed: `param_count(params, d_model)`,
-  `flops(params, d_model, batch, seq_len) -> FlopCount` (forward),
-  `decode_flops(params, d_model, batch, t) -> FlopCount` (one new token at position t,
-  i.e. with t tokens already in the cache), `cache_bytes(params, d_model, batch, seq_len,
-  dtype_bytes)`;
-- `EXAMPLES`: a few small param dicts that the registry contract tests build.
+A block kind lives in one room, `blocks/<kind>/`: its `__init__.py` exports
+`KIND = BlockKind(...)` and imports no torch (so that validating and costing a spec
+never loads torch); its `layer.py` holds the `nn.Module`, which `KIND.layer()` imports on
+first use. Everything else in archlab (the compiler, the cost model, scaling, sharing,
+drawing, the schema, the docs table and the contract tests) reads the registry
+(`archlab.blocks.registry`) and nothing else. docs/architecture.md shows how to add one.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-Backend = Literal["auto", "reference", "sdpa", "flex", "triton"]
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+class ModelConfig(BaseModel):
+    """Model-wide settings (`model:` in a spec): what every block needs to know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    d_model: int = Field(ge=1, le=1 << 20, description="width of the residual stream")
+    vocab_size: int = Field(ge=1, le=1 << 24, description="tokens in the vocabulary")
+    max_seq_len: int = Field(
+        default=4096, ge=1, le=1 << 30, description="longest sequence the model is built for"
+    )
+    norm: Literal["rmsnorm", "layernorm"] = Field(
+        default="rmsnorm", description="the pre-norm of every block and the final norm"
+    )
+    norm_eps: float = Field(default=1e-6, gt=0, lt=1, description="epsilon of the norms")
+    tie_embeddings: bool = Field(
+        default=False, description="the LM head reuses the embedding matrix"
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="dtype of weights, activations and caches"
+    )
+
+    @property
+    def torch_dtype(self):
+        """The torch dtype of `dtype` (imports torch)."""
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
 
 
 class BlockParams(BaseModel):
@@ -55,56 +82,155 @@ class FlopCount:
         return self.matmul + self.other
 
 
-@dataclass
-class LayerCache:
-    """The decode state of one block: named tensors plus the number of tokens seen."""
-
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    length: int = 0
-    children: list[LayerCache] = field(default_factory=list)  # a parallel block's branches
-    source: LayerCache | None = None  # the cache this block reads (`share_cache`), not owns
-
-    def set_length(self, length: int) -> None:
-        """Mark this cache, and its branches', as holding `length` tokens."""
-        self.length = length
-        for child in self.children:
-            child.set_length(length)
-
-    def nbytes(self) -> int:
-        """Bytes this block owns (a shared source's tensors are not counted)."""
-        own = sum(t.numel() * t.element_size() for t in self.tensors.values())
-        return own + sum(c.nbytes() for c in self.children)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
-
-
-def check_backend(backend: str, kind: str, available: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The `backend` error of a kind that does not have the requested backend (else [])."""
-    if backend in ("auto", *available):
-        return []
-    choices = ", ".join(("auto", *available))
-    return [("backend", f"{kind} has no backend {backend!r} (choose from {choices})")]
-
-
 def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
     """FLOPs of a dense projection over `tokens` rows."""
     return 2 * tokens * d_in * d_out
 
 
-def resolve_backend(requested: str, device: torch.device, available: dict[str, bool]) -> str:
-    """Pick the backend to run. `available` maps backend -> can it run on this device,
-    in order of preference for `auto`. A requested backend that cannot run raises."""
-    if requested == "auto":
-        for name, ok in available.items():
-            if ok:
-                return name
-        raise BackendUnavailable(f"no backend can run on {device}")
-    if requested not in available:
-        raise BackendUnavailable(
-            f"backend {requested!r} does not exist for this block "
-            f"(choose from {', '.join(['auto', *available])})"
+Checks = list[tuple[str, str]]  # (field, message) pairs
+
+
+def no_checks(p: Any, d_model: int) -> Checks:
+    """The default `check`: nothing needs the model."""
+    return []
+
+
+def no_breakpoints(p: Any) -> tuple[set[int], int]:
+    """The default `breakpoints`: the cost is one polynomial in T for every T."""
+    return set(), 1
+
+
+def heads_check(p: Any, d_model: int) -> Checks:
+    """head_dim derivable from d_model (when not given) and even under RoPE."""
+    errors: Checks = []
+    if p.head_dim is None and d_model % p.heads:
+        errors.append(
+            (
+                "heads",
+                f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
+                "when head_dim is not given",
+            )
         )
-    if not available[requested]:
-        raise BackendUnavailable(f"backend {requested!r} cannot run on {device}")
+    elif p.rope != "none" and (p.head_dim or d_model // p.heads) % 2:
+        hd = p.head_dim or d_model // p.heads
+        errors.append(("head_dim", f"must be even when rope is on (head_dim is {hd})"))
+    return errors
+
+
+def scale_widths(data: dict, d_old: int, d_new: int) -> dict:
+    """The default `scale`: a block's params at d_new instead of d_old. Head sizes are
+    kept (heads = d_new // head_dim; kv_heads and qk_groups shrink to divide them) and
+    `hidden` widths scale with d_model; chunk sizes and windows are unchanged."""
+    out = dict(data)
+    if isinstance(out.get("heads"), int):
+        heads = out["heads"]
+        head_dim = min(out.get("head_dim") or d_old // heads, d_new)
+        new_heads = max(1, d_new // head_dim)
+        out["heads"], out["head_dim"] = new_heads, head_dim
+        if out.get("kv_heads"):
+            kv = max(1, out["kv_heads"] * new_heads // heads)
+            out["kv_heads"] = math.gcd(new_heads, kv)
+        if isinstance(out.get("qk_groups"), int):
+            out["qk_groups"] = math.gcd(new_heads, out["qk_groups"])
+    if isinstance(out.get("hidden"), int):
+        out["hidden"] = max(8, round(out["hidden"] * d_new / d_old / 8) * 8)
+    return out
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """One block kind of the spec language: everything archlab knows about it.
+
+    The cost functions are pure (no module, no torch):
+    `param_count(p, d_model)`, `flops(p, d_model, batch, seq_len)` (forward),
+    `decode_flops(p, d_model, batch, t)` (one new token with t tokens cached),
+    `cache_bytes(p, d_model, batch, seq_len, dtype_bytes)` and
+    `activations(p, d_model, seq_len) -> (elements in the model dtype, float32 bytes)`
+    that one sequence keeps for backward (the training-memory estimate).
+    """
+
+    name: str
+    params: type[BlockParams]
+    layer: Callable[[], type]  # the nn.Module class(params, model); imports torch
+    param_count: Callable[[Any, int], int]
+    flops: Callable[[Any, int, int, int], FlopCount]
+    decode_flops: Callable[[Any, int, int, int], FlopCount]
+    cache_bytes: Callable[[Any, int, int, int, int], int]
+    activations: Callable[[Any, int, int], tuple[int, int]]
+    summary: str  # one line for docs/blocks.md
+    symbol: str | None = None  # the pattern symbol (None: bind one with `symbols:`)
+    is_mixer: bool = True  # False for channel mixers (an MLP)
+    check: Callable[[Any, int], Checks] = no_checks  # checks that need d_model
+    backends: tuple[str, ...] = ("reference",)  # in the order `auto` tries them
+    # (set of T where a min(T, window) piece changes form, period of floor(T / chunk)
+    # pieces): what the crossover search needs to know of the cost's shape in T
+    breakpoints: Callable[[Any], tuple[set[int], int]] = no_breakpoints
+    scale: Callable[[dict, int, int], dict] = scale_widths  # params at a smaller d_model
+    # what must agree between a cache's source and a block that reads it
+    # (`share_cache`); None: the kind cannot share a cache
+    cache_geometry: Callable[[Any, int], dict] | None = None
+    branchable: bool = False  # may be a branch of a `parallel` block
+    color: str = "#888888"  # in plots and drawings
+    examples: tuple[Mapping, ...] = ()  # small params the CPU contract tests build
+    gpu_examples: tuple[Mapping, ...] = ()  # params the GPU contract tests build
+    composite: bool = field(default=False)  # holds other blocks (parallel)
+
+    def model(self, params: BlockParams, model: ModelConfig):
+        """The built `nn.Module` of `params` (imports torch)."""
+        return self.layer()(params, model)
+
+
+# ---- backends ---------------------------------------------------------------------------
+
+BackendTable = Mapping[str, Callable[[Any], "str | None"]]  # name -> device -> why not / None
+
+
+def resolve_backend(kind: str, requested: str, device: Any, table: BackendTable) -> str:
+    """The backend to run on `device`. `table` maps each backend, in the order `auto`
+    tries them, to a check that returns None when it can run on the device, else why
+    not. A requested backend that cannot run raises BackendUnavailable with the reason."""
+    if requested == "auto":
+        reasons = []
+        for name, why_not in table.items():
+            reason = why_not(device)
+            if reason is None:
+                return name
+            reasons.append(f"{name}: {reason}")
+        raise BackendUnavailable(f"no {kind} backend can run on {device} ({'; '.join(reasons)})")
+    if requested not in table:
+        raise BackendUnavailable(
+            f"{kind} has no backend {requested!r} (choose from {', '.join(['auto', *table])})"
+        )
+    reason = table[requested](device)
+    if reason is not None:
+        raise BackendUnavailable(f"{kind} backend {requested!r} cannot run on {device}: {reason}")
     return requested
+
+
+def runs_anywhere(device: Any) -> None:
+    """A backend check: plain PyTorch runs on every device."""
+    return None
+
+
+def needs_cuda(device: Any) -> str | None:
+    """A backend check: CUDA only."""
+    return None if getattr(device, "type", str(device)) == "cuda" else "needs a CUDA device"
+
+
+def backend_field(backends: tuple[str, ...]):
+    """The `backend` field of a kind's Params: "auto" or one of `backends`. It is a plain
+    string so that the compiler's error names the kind and its choices (the JSON Schema
+    still lists them)."""
+    return Field(
+        default="auto",
+        description="the implementation to run: auto picks the first that can run here",
+        json_schema_extra={"enum": ["auto", *backends]},
+    )
+
+
+def backend_check(kind: str, backends: tuple[str, ...], backend: str) -> Checks:
+    """The `backend` error of a kind that does not have the requested backend (else [])."""
+    if backend in ("auto", *backends):
+        return []
+    choices = ", ".join(("auto", *backends))
+    return [("backend", f"{kind} has no backend {backend!r} (choose from {choices})")]

@@ -104,7 +104,7 @@ def test_bad_options_are_usage_errors(argv, needle, capsys, monkeypatch):
 def test_schema_accepts_every_bundled_spec_and_rejects_junk(capsys):
     import jsonschema
 
-    from archlab.loader import parse_yaml
+    from archlab.lang.loader import parse_yaml
 
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from archlab.blocks.rope import apply_rope, rope_cos_sin
+from archlab.kernels.rope import apply_rope, rope_cos_sin
 from archlab.kernels.flex_compiled import (
     compiled_create_block_mask,
     compiled_flex,

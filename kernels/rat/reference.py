@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from archlab.blocks.rope import apply_rope, rope_cos_sin
+from archlab.kernels.rope import apply_rope, rope_cos_sin
 
 
 def expand_groups(x_BTGD: torch.Tensor, heads: int) -> torch.Tensor:

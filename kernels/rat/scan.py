@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from archlab.blocks.rope import apply_rope, rope_cos_sin
+from archlab.kernels.rope import apply_rope, rope_cos_sin
 from archlab.kernels.rat.reference import chunk_ends, expand_groups, forget_gate, rat_attend
 
 

@@ -28,14 +28,9 @@ from torch.utils.flop_counter import register_flop_formula
 from archlab.kernels.rat import triton_attention as _attn
 from archlab.kernels.rat import triton_decode as _decode
 from archlab.kernels.rat import triton_scan as _scan
+from archlab.kernels.rat.shapes import scored_pairs
 
 Tensor = torch.Tensor
-
-
-def scored_pairs(seq_len: int, chunk_size: int) -> int:
-    """Sum over tokens t < seq_len of (t // chunk_size + 1): earlier chunk ends plus self."""
-    n, r = divmod(seq_len, chunk_size)
-    return chunk_size * n * (n - 1) // 2 + r * n + seq_len
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor) -> None:

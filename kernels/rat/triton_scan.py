@@ -464,7 +464,7 @@ def rope_table(n_chunks: int, head_dim: int, theta: float, device) -> tuple:
     formula, so the angles agree bit for bit)."""
     import torch
 
-    from archlab.blocks.rope import rope_cos_sin
+    from archlab.kernels.rope import rope_cos_sin
 
     cos, sin = rope_cos_sin(torch.arange(max(n_chunks, 1), device=device), head_dim, theta)
     half = head_dim // 2

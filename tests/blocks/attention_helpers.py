@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from numerics import rel_err
 
-from archlab.config import ModelConfig
+from archlab.blocks.base import ModelConfig
 
 
 def clone(block, backend: str, model: ModelConfig):
@@ -32,14 +32,15 @@ def assert_grads_close(grads: dict, grads_ref: dict, tol: float = 1e-5) -> None:
         assert rel_err(grad, grads_ref[name], floor) < tol, name
 
 
-def check_low_precision(module, kwargs: dict, backend: str) -> None:
-    """GPU check shared by attention and local_attention: `backend` in bf16 against the
-    float32 reference, on the output and every gradient; its error must be at most about
-    twice that of the reference run in bf16 (flash-attention's rule)."""
+def check_low_precision(kind, kwargs: dict, backend: str) -> None:
+    """GPU check shared by attention and local_attention (`kind`: the kind's record):
+    `backend` in bf16 against the float32 reference, on the output and every gradient; its
+    error must be at most about twice that of the reference run in bf16 (flash-attention's
+    rule)."""
     model = ModelConfig(d_model=512, vocab_size=64, max_seq_len=1024, dtype="bfloat16")
     cuda = torch.device("cuda")
     torch.manual_seed(0)
-    ref32 = module.Block(module.Params(**kwargs, backend="reference"), model)
+    ref32 = kind.layer()(kind.params(**kwargs, backend="reference"), model)
     with torch.no_grad():
         for p in ref32.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -12,8 +12,8 @@ from attention_helpers import assert_grads_close, rel_err, run
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import attention
-from archlab.blocks.base import BackendUnavailable
-from archlab.config import ModelConfig
+from archlab.blocks.attention.layer import AttentionBlock
+from archlab.blocks.base import BackendUnavailable, ModelConfig
 
 D_MODEL = 32
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=128, dtype="float32")
@@ -30,7 +30,7 @@ CASES = [
 def build(kwargs: dict, backend: str, seed: int = 0, model: ModelConfig = MODEL):
     """A block with every parameter randomized (so no path hides behind an init value)."""
     torch.manual_seed(seed)
-    block = attention.Block(attention.Params(**kwargs, backend=backend), model)
+    block = AttentionBlock(attention.Params(**kwargs, backend=backend), model)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -102,7 +102,7 @@ def test_matches_brute_force(batch, seq_len, kwargs, backend):
 
 
 def test_parameter_names_and_init():
-    block = attention.Block(attention.Params(heads=4, kv_heads=2, qk_norm=True, bias=True), MODEL)
+    block = AttentionBlock(attention.Params(heads=4, kv_heads=2, qk_norm=True, bias=True), MODEL)
     names = {n for n, _ in block.named_parameters()}
     projs = {f"{p}_proj.{t}" for p in "qkvo" for t in ("weight", "bias")}
     assert names == projs | {"q_norm", "k_norm"}
@@ -178,21 +178,21 @@ def test_cache_misuse_raises():
 
 
 def test_cache_defaults_follow_parameters():
-    block = attention.Block(attention.Params(heads=4), MODEL).to(torch.bfloat16)
+    block = AttentionBlock(attention.Params(heads=4), MODEL).to(torch.bfloat16)
     cache = block.allocate_cache(3, 5)
     assert cache["k"].dtype == torch.bfloat16 and cache["k"].shape == (3, 5, 4, 8)
     assert cache.nbytes() == attention.cache_bytes(block.params, D_MODEL, 3, 5, 2)
 
 
 def test_backend_selection():
-    assert attention.Block(attention.Params(heads=4), MODEL).backend == "sdpa"
-    block = attention.Block(attention.Params(heads=4, backend="flex"), MODEL)
+    assert AttentionBlock(attention.Params(heads=4), MODEL).backend == "sdpa"
+    block = AttentionBlock(attention.Params(heads=4, backend="flex"), MODEL)
     with pytest.raises(BackendUnavailable, match="flex"):
         block.select_backend(torch.device("cpu"))
     with pytest.raises(BackendUnavailable):
         block(torch.randn(1, 3, D_MODEL))
     with pytest.raises(BackendUnavailable, match="triton"):
-        attention.Block(attention.Params(heads=4, backend="triton"), MODEL)
+        AttentionBlock(attention.Params(heads=4, backend="triton"), MODEL)
 
 
 @pytest.mark.gpu
@@ -200,7 +200,7 @@ def test_backend_selection():
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_cuda_bf16_backend_against_float32_reference(backend):
     kwargs = {"heads": 8, "kv_heads": 2, "qk_norm": True}
-    helpers.check_low_precision(attention, kwargs, backend)
+    helpers.check_low_precision(attention.KIND, kwargs, backend)
 
 
 @pytest.mark.gpu

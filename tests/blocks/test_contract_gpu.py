@@ -1,9 +1,9 @@
 """The registry contract at realistic sizes on a CUDA GPU (d_model 2048, T = 4096).
 
 For every kind: the fast backend that `auto` picks on CUDA, in bf16, against the float32
-reference on the output and every gradient (DESIGN.md's rule: at most about twice the
-error of the reference itself run in bf16, plus a small floor); prefill + token-by-token
-decode against the forward in float32; cache bytes and parameter counts.
+reference on the output and every gradient (docs/blocks.md's bf16 rule: at most about
+twice the error of the reference itself run in bf16, plus a small floor); prefill +
+token-by-token decode against the forward in float32; cache bytes and parameter counts.
 Skipped without CUDA."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 from numerics import rel_err
 
-from archlab.blocks import BLOCKS
-from archlab.config import ModelConfig
+from archlab.blocks.base import ModelConfig
+from archlab.blocks.registry import kinds
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,13 +22,12 @@ pytestmark = [
 
 D_MODEL, T, B = 2048, 4096, 1
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=32000, max_seq_len=T, dtype="bfloat16")
+# every kind's first GPU example (a kind's record names them); composite kinds are
+# covered through their branches
 PARAMS = {
-    "attention": {"kind": "attention", "heads": 16, "head_dim": 128},
-    "local_attention": {"kind": "local_attention", "heads": 16, "head_dim": 128, "window": 1025},
-    "rat": {"kind": "rat", "heads": 16, "head_dim": 128, "chunk_size": 16},
-    "rnn": {"kind": "rnn"},
-    "ssm": {"kind": "ssm"},
-    "mlp": {"kind": "mlp"},
+    name: dict(record.gpu_examples[0])
+    for name, record in kinds().items()
+    if record.gpu_examples and not record.composite
 }
 
 
@@ -42,12 +41,12 @@ def run(block, x, dy):
 
 def make(kind: str, backend: str, seed: int = 0) -> torch.nn.Module:
     """The block on CUDA with `backend` (kinds without backends ignore it), seeded."""
-    mod = BLOCKS[kind]
+    record = kinds()[kind]
     raw = dict(PARAMS[kind])
-    if "backend" in mod.Params.model_fields:
+    if "backend" in record.params.model_fields:
         raw["backend"] = backend
     torch.manual_seed(seed)
-    block = mod.Block(mod.Params(**raw), MODEL).cuda().float()
+    block = record.model(record.params(**raw), MODEL).cuda().float()
     block.select_backend(torch.device("cuda"))
     return block
 
@@ -74,13 +73,13 @@ def test_fast_backend_matches_reference_in_bf16(kind):
 
 @pytest.mark.parametrize("kind", list(PARAMS))
 def test_decode_equals_forward_float32(kind):
-    mod = BLOCKS[kind]
+    mod = kinds()[kind]
     block = make(kind, "reference", seed=1)
     raw = {
         **PARAMS[kind],
-        **({"backend": "reference"} if "backend" in mod.Params.model_fields else {}),
+        **({"backend": "reference"} if "backend" in mod.params.model_fields else {}),
     }
-    params = mod.Params(**raw)
+    params = mod.params(**raw)
     prompt, steps = T - 40, 40
     x = torch.randn(B, T, D_MODEL, device="cuda")
     with torch.no_grad():

@@ -12,8 +12,8 @@ from attention_helpers import assert_grads_close, rel_err, run
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import local_attention
-from archlab.blocks.base import BackendUnavailable
-from archlab.config import ModelConfig
+from archlab.blocks.base import BackendUnavailable, ModelConfig
+from archlab.blocks.local_attention.layer import LocalAttentionBlock
 
 D_MODEL = 32
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=128, dtype="float32")
@@ -31,7 +31,7 @@ CASES = [
 def build(kwargs: dict, backend: str, seed: int = 0):
     """A block with every parameter randomized (so no path hides behind an init value)."""
     torch.manual_seed(seed)
-    block = local_attention.Block(local_attention.Params(**kwargs, backend=backend), MODEL)
+    block = LocalAttentionBlock(local_attention.Params(**kwargs, backend=backend), MODEL)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -73,7 +73,7 @@ def test_window_matches_brute_force(batch, seq_len, kwargs, backend):
 def test_window_changes_the_output():
     base = build({"heads": 4, "window": 4}, "reference")
     x = torch.randn(1, 12, D_MODEL)
-    wide = local_attention.Block(base.params.model_copy(update={"window": 12}), MODEL)
+    wide = LocalAttentionBlock(base.params.model_copy(update={"window": 12}), MODEL)
     wide.load_state_dict(base.state_dict())
     with torch.no_grad():
         narrow_y, wide_y = base(x), wide(x)
@@ -156,7 +156,7 @@ def test_decode_flops_match_flop_counter(t):
 
 def test_backend_selection():
     assert build({"heads": 4, "window": 3}, "auto").backend == "sdpa"
-    block = local_attention.Block(local_attention.Params(heads=4, window=3, backend="flex"), MODEL)
+    block = LocalAttentionBlock(local_attention.Params(heads=4, window=3, backend="flex"), MODEL)
     with pytest.raises(BackendUnavailable, match="flex"):
         block.select_backend(torch.device("cpu"))
     with pytest.raises(BackendUnavailable):
@@ -168,13 +168,13 @@ def test_backend_selection():
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_cuda_bf16_backend_against_float32_reference(backend):
     kwargs = {"heads": 8, "kv_heads": 2, "window": 128, "qk_norm": True}
-    helpers.check_low_precision(local_attention, kwargs, backend)
+    helpers.check_low_precision(local_attention.KIND, kwargs, backend)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_auto_is_flex():
-    block = local_attention.Block(local_attention.Params(heads=4, window=8), MODEL)
+    block = LocalAttentionBlock(local_attention.Params(heads=4, window=8), MODEL)
     assert block.select_backend(torch.device("cuda")) == "flex"
 
 

@@ -11,7 +11,7 @@ from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import mlp
-from archlab.config import ModelConfig
+from archlab.blocks.base import ModelConfig
 
 D_MODEL = 16
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=64, dtype="float32")

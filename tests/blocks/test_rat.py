@@ -11,8 +11,9 @@ from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import rat, rnn
-from archlab.blocks.base import BackendUnavailable
-from archlab.config import ModelConfig
+from archlab.blocks.base import BackendUnavailable, ModelConfig
+from archlab.blocks.rat.layer import RATBlock
+from archlab.blocks.rnn.layer import RNNBlock
 from archlab.kernels.rat.reference import (
     chunk_scan,
     rat_core_reference,
@@ -24,16 +25,16 @@ D_MODEL = 32
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=64, dtype="float32")
 
 
-def make_rat(seed: int = 0, **kw) -> rat.Block:
+def make_rat(seed: int = 0, **kw) -> RATBlock:
     torch.manual_seed(seed)
-    block = rat.Block(rat.Params(**kw), MODEL)
+    block = RATBlock(rat.Params(**kw), MODEL)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return block
 
 
-def split_in_proj(block: rat.Block, x: torch.Tensor):
+def split_in_proj(block: RATBlock, x: torch.Tensor):
     """The paper's split of in_proj, written here from the weights: z, v, g, q, k."""
     H, D, G = block.heads, block.head_dim, block.qk_groups
     h = torch.nn.functional.linear(x, block.in_proj.weight, block.in_proj.bias)
@@ -129,7 +130,7 @@ def test_chunk_one_is_causal_attention_over_gated_keys(qk_groups):
 @pytest.mark.parametrize("chunk_size", [29, 64])
 def test_chunk_spanning_the_sequence_is_the_rnn(bias, chunk_size):
     block = make_rat(seed=3, heads=4, chunk_size=chunk_size, bias=bias)
-    recurrent = rnn.Block(rnn.Params(bias=bias), MODEL)
+    recurrent = RNNBlock(rnn.Params(bias=bias), MODEL)
     with torch.no_grad():
         recurrent.in_proj.weight.copy_(block.in_proj.weight[: 3 * D_MODEL])
         recurrent.gate_bias.copy_(block.gate_bias)
@@ -187,7 +188,7 @@ def test_backends_on_cpu(monkeypatch):
 @pytest.mark.parametrize("L", [1, 2, 3, 16])
 def test_gate_bias_init(L):
     torch.manual_seed(L)
-    bias = rat.Block(rat.Params(heads=4, chunk_size=L), MODEL).gate_bias
+    bias = RATBlock(rat.Params(heads=4, chunk_size=L), MODEL).gate_bias
     if L <= 2:
         assert (bias == 0).all()
     else:
@@ -219,7 +220,7 @@ def test_flops_against_counter_and_mask(kw, B, T):
     with FlopCounterMode(display=False) as counter:
         block(torch.randn(B, T, D_MODEL))
     counts = counter.get_flop_counts()
-    projections = sum(sum(counts[f"Block.{m}"].values()) for m in ("in_proj", "out_proj"))
+    projections = sum(sum(counts[f"RATBlock.{m}"].values()) for m in ("in_proj", "out_proj"))
     attention = 4 * D * H * B * brute_force_pairs(kw["chunk_size"], T)
     f = rat.flops(params, D_MODEL, B, T)
     assert f.matmul == projections + attention
@@ -232,7 +233,7 @@ def test_flops_against_counter_and_mask(kw, B, T):
 
 def test_param_count_and_cache_bytes_with_explicit_head_dim():
     params = rat.Params(heads=2, head_dim=6, chunk_size=5, qk_groups=1, bias=True)
-    block = rat.Block(params, MODEL)
+    block = RATBlock(params, MODEL)
     assert block.in_proj.weight.shape == (3 * 12 + 2 * 6, D_MODEL)
     assert block.out_proj.weight.shape == (D_MODEL, 12)
     assert rat.param_count(params, D_MODEL) == sum(p.numel() for p in block.parameters())

@@ -4,32 +4,32 @@ under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 there)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from numerics import rel_err
 
-from archlab.blocks import rat
-from archlab.config import ModelConfig
+from archlab.blocks.base import ModelConfig
+from archlab.blocks.rat import Params
+from archlab.blocks.rat.layer import RATBlock
+from archlab.kernels.runtime import triton_interpreted
 
 D_MODEL = 32
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=64, dtype="float32")
 pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    not torch.cuda.is_available() and not triton_interpreted(),
     reason="needs CUDA or Triton's interpreter",
 )
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pair(seed: int, **kw) -> tuple[rat.Block, rat.Block]:
+def pair(seed: int, **kw) -> tuple[RATBlock, RATBlock]:
     """The same random weights under the reference and the triton backend."""
     torch.manual_seed(seed)
-    ref = rat.Block(rat.Params(**kw, backend="reference"), MODEL).to(DEVICE)
+    ref = RATBlock(Params(**kw, backend="reference"), MODEL).to(DEVICE)
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    fast = rat.Block(rat.Params(**kw, backend="triton"), MODEL).to(DEVICE)
+    fast = RATBlock(Params(**kw, backend="triton"), MODEL).to(DEVICE)
     fast.load_state_dict(ref.state_dict())
     assert fast.select_backend(DEVICE) == "triton"
     ref.select_backend(DEVICE)
@@ -75,4 +75,4 @@ def test_triton_needs_a_power_of_two_head_dim():
     from archlab.blocks.base import BackendUnavailable
 
     with pytest.raises(BackendUnavailable, match="power of two"):
-        rat.Block(rat.Params(heads=4, chunk_size=4, backend="triton"), MODEL).select_backend(DEVICE)
+        RATBlock(Params(heads=4, chunk_size=4, backend="triton"), MODEL).select_backend(DEVICE)

@@ -9,23 +9,23 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import rnn
-from archlab.blocks.base import BackendUnavailable
-from archlab.config import ModelConfig
+from archlab.blocks.base import BackendUnavailable, ModelConfig
+from archlab.blocks.rnn.layer import RNNBlock
 
 D_MODEL = 16
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=256, dtype="float32")
 
 
-def make_rnn(seed: int = 0, **kw) -> rnn.Block:
+def make_rnn(seed: int = 0, **kw) -> RNNBlock:
     torch.manual_seed(seed)
-    block = rnn.Block(rnn.Params(**kw), MODEL)
+    block = RNNBlock(rnn.Params(**kw), MODEL)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return block
 
 
-def loop_rnn(block: rnn.Block, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def loop_rnn(block: RNNBlock, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """s_t = g_t s_{t-1} + (1 - g_t) v_t, one token at a time, in `dtype`."""
     W, b = block.in_proj.weight.to(dtype), block.in_proj.bias
     h = x.to(dtype) @ W.T + (b.to(dtype) if b is not None else 0)
@@ -68,11 +68,11 @@ def test_long_sequence_with_slow_gates_is_accurate():
 
 def test_gate_bias_init():
     torch.manual_seed(0)
-    bias = rnn.Block(rnn.Params(), MODEL).gate_bias
+    bias = RNNBlock(rnn.Params(), MODEL).gate_bias
     assert (bias >= 0).all() and (bias <= math.log(MODEL.max_seq_len - 1)).all()
     assert bias.std() > 0
     tiny = ModelConfig(d_model=D_MODEL, vocab_size=8, max_seq_len=2, dtype="float32")
-    assert (rnn.Block(rnn.Params(), tiny).gate_bias == 0).all()
+    assert (RNNBlock(rnn.Params(), tiny).gate_bias == 0).all()
 
 
 def test_backends():

@@ -11,8 +11,9 @@ from numerics import rel_err
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import ssm
-from archlab.blocks.base import BackendUnavailable, linear_flops
-from archlab.config import ModelConfig
+from archlab.blocks.base import BackendUnavailable, ModelConfig, linear_flops
+from archlab.blocks.ssm import layer as ssm_layer
+from archlab.blocks.ssm.layer import SSMBlock
 from archlab.kernels.ssd.fla_backend import simple_gla_backward_refused
 from archlab.kernels.ssd.reference import ssd_naive
 
@@ -20,16 +21,16 @@ D_MODEL = 16
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, dtype="float32", norm_eps=1e-5)
 
 
-def make_block(params: dict, seed: int = 0, model: ModelConfig = MODEL) -> ssm.Block:
+def make_block(params: dict, seed: int = 0, model: ModelConfig = MODEL) -> SSMBlock:
     torch.manual_seed(seed)
-    block = ssm.Block(ssm.Params(**params), model)
+    block = SSMBlock(ssm.Params(**params), model)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return block
 
 
-def mamba2_by_hand(block: ssm.Block, u: torch.Tensor) -> torch.Tensor:
+def mamba2_by_hand(block: SSMBlock, u: torch.Tensor) -> torch.Tensor:
     """The layer written out token by token from its definition, sharing no code with the
     block but the naive SSD recurrence."""
     s, W = block.sizes, block.in_proj.weight
@@ -57,16 +58,16 @@ def mamba2_by_hand(block: ssm.Block, u: torch.Tensor) -> torch.Tensor:
     return (y.flatten(2) * block.norm.weight) @ block.out_proj.weight.T
 
 
-@pytest.mark.parametrize("i", range(len(ssm.EXAMPLES)))
+@pytest.mark.parametrize("i", range(len(ssm.KIND.examples)))
 def test_forward_matches_layer_by_hand(i):
-    block = make_block(ssm.EXAMPLES[i], seed=i)
+    block = make_block(ssm.KIND.examples[i], seed=i)
     u = torch.randn(2, 19, D_MODEL)
     with torch.no_grad():
         assert rel_err(block(u), mamba2_by_hand(block, u)) < 1e-5
 
 
 def test_parameters_follow_mamba_names_and_init():
-    block = ssm.Block(ssm.Params(head_dim=4), MODEL)  # 8 heads
+    block = SSMBlock(ssm.Params(head_dim=4), MODEL)  # 8 heads
     names = {n for n, _ in block.named_parameters()}
     assert names == {
         "in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
@@ -79,20 +80,20 @@ def test_parameters_follow_mamba_names_and_init():
     assert (block.D == 1).all() and (block.norm.weight == 1).all()
 
 
-@pytest.mark.parametrize("i", range(len(ssm.EXAMPLES)))
+@pytest.mark.parametrize("i", range(len(ssm.KIND.examples)))
 @pytest.mark.parametrize("seq_len", [1, 14, 29, 71])
 def test_flops_match_flop_counter(i, seq_len):
     """Projections exactly, and the whole counted matmul work (+ the conv, which
     FlopCounterMode counts and archlab puts in `other`) exactly, on the reference path.
     A chunk of one token makes products whose contraction has length 1: torch runs those as
     elementwise multiplies, which FlopCounterMode does not see, so there it counts less."""
-    params = ssm.Params(**ssm.EXAMPLES[i])
-    block = make_block(ssm.EXAMPLES[i])
+    params = ssm.Params(**ssm.KIND.examples[i])
+    block = make_block(ssm.KIND.examples[i])
     s = block.sizes
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         block(torch.randn(3, seq_len, D_MODEL))
     counts = counter.get_flop_counts()
-    proj = sum(counts["Block.in_proj"].values()) + sum(counts["Block.out_proj"].values())
+    proj = sum(counts["SSMBlock.in_proj"].values()) + sum(counts["SSMBlock.out_proj"].values())
     tokens = 3 * seq_len
     assert proj == linear_flops(tokens, D_MODEL, s.in_proj) + linear_flops(tokens, s.inner, D_MODEL)
     predicted = ssm.flops(params, D_MODEL, 3, seq_len)
@@ -107,19 +108,19 @@ def test_flops_match_flop_counter(i, seq_len):
 
 
 def test_decode_flops_and_cache_are_constant_in_length():
-    params = ssm.Params(**ssm.EXAMPLES[0])
+    params = ssm.Params(**ssm.KIND.examples[0])
     assert ssm.decode_flops(params, D_MODEL, 2, 1) == ssm.decode_flops(params, D_MODEL, 2, 10**6)
     short = ssm.cache_bytes(params, D_MODEL, 2, 1, 2)
     assert short == ssm.cache_bytes(params, D_MODEL, 2, 10**6, 2)
-    cache = make_block(ssm.EXAMPLES[0]).allocate_cache(2, 5, dtype=torch.bfloat16)
+    cache = make_block(ssm.KIND.examples[0]).allocate_cache(2, 5, dtype=torch.bfloat16)
     assert cache["ssm"].dtype == torch.float32 and cache["conv"].dtype == torch.bfloat16
     assert cache.nbytes() == short
 
 
-@pytest.mark.parametrize("i", range(len(ssm.EXAMPLES)))
+@pytest.mark.parametrize("i", range(len(ssm.KIND.examples)))
 def test_long_decode_with_a_second_prefill_equals_forward(i):
     """prefill 37, step 20, prefill 30 more (continuing from the cache), step 13."""
-    block = make_block(ssm.EXAMPLES[i], seed=10 + i)
+    block = make_block(ssm.KIND.examples[i], seed=10 + i)
     u = torch.randn(2, 100, D_MODEL)
     with torch.no_grad():
         full = block(u)
@@ -133,20 +134,20 @@ def test_long_decode_with_a_second_prefill_equals_forward(i):
 
 
 def test_backend_selection(monkeypatch):
-    small = ssm.EXAMPLES[0]
+    small = ssm.KIND.examples[0]
     assert make_block(small).backend == "reference"  # auto on the CPU
-    triton_block = ssm.Block(ssm.Params(**{**small, "backend": "triton"}), MODEL)  # resolved later
+    triton_block = SSMBlock(ssm.Params(**{**small, "backend": "triton"}), MODEL)  # resolved later
     with pytest.raises(BackendUnavailable, match="select_backend"):
         triton_block(torch.randn(1, 3, D_MODEL))
     with pytest.raises(BackendUnavailable, match="CUDA"):
         triton_block.select_backend("cpu")
-    monkeypatch.setattr(ssm, "fla_importable", lambda: False)
+    monkeypatch.setattr(ssm_layer, "fla_importable", lambda: False)
     with pytest.raises(BackendUnavailable, match=r'pip install "archlab\[ssm\]"'):
         triton_block.select_backend("cuda")
     assert make_block(small).select_backend("cuda") == "reference"  # auto without fla
-    monkeypatch.setattr(ssm, "fla_importable", lambda: True)
+    monkeypatch.setattr(ssm_layer, "fla_importable", lambda: True)
     refused = "fla refuses chunk_simple_gla's backward here"
-    monkeypatch.setattr(ssm, "simple_gla_backward_refused", lambda: refused)
+    monkeypatch.setattr(ssm_layer, "simple_gla_backward_refused", lambda: refused)
     block = make_block(small)
     assert block.select_backend("cuda") == "triton" and block.backend_note == refused
     assert block.select_backend("cpu") == "reference" and block.backend_note is None
@@ -159,7 +160,7 @@ def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
     rule (DESIGN.md): triton's error against float32 <= 2 x the bf16 reference's + 1e-3."""
     model = ModelConfig(d_model=2048, vocab_size=8, dtype="float32")
     torch.manual_seed(0)
-    base = ssm.Block(ssm.Params(backend="reference"), model)
+    base = SSMBlock(ssm.Params(backend="reference"), model)
     with torch.no_grad():  # perturb the non-projection parameters at a realistic scale
         base.dt_bias.add_(0.5 * torch.randn_like(base.dt_bias))
         for p in (base.A_log, base.D, base.norm.weight, base.conv1d.bias):
@@ -172,7 +173,7 @@ def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
         ("ref16", "reference", torch.bfloat16),
         ("triton16", "triton", torch.bfloat16),
     ]:
-        block = ssm.Block(ssm.Params(backend=backend), model)
+        block = SSMBlock(ssm.Params(backend=backend), model)
         block.load_state_dict(base.state_dict())
         block = block.to("cuda", dtype)
         assert block.select_backend("cuda") == backend
@@ -199,7 +200,7 @@ def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_backend_forward_matches_reference_cuda():
     """The output, at the DESIGN.md tolerance. fla is required on CUDA: its absence fails."""
-    assert ssm.fla_importable(), f"fla must be importable on CUDA: {ssm.INSTALL_HINT}"
+    assert ssm_layer.fla_importable(), f"fla must be importable on CUDA: {ssm_layer.INSTALL_HINT}"
     report, bad = compare_backends_cuda(with_grads=False)
     assert not bad, "\n".join(report)
 
@@ -210,7 +211,7 @@ def test_triton_backend_gradients_match_reference_cuda():
     """The output, the input gradient and every parameter gradient, at the DESIGN.md
     tolerance (through chunk_gla where fla refuses chunk_simple_gla's backward, see
     kernels/ssd/fla_backend.py)."""
-    assert ssm.fla_importable(), f"fla must be importable on CUDA: {ssm.INSTALL_HINT}"
+    assert ssm_layer.fla_importable(), f"fla must be importable on CUDA: {ssm_layer.INSTALL_HINT}"
     print(f"kernel note: {simple_gla_backward_refused()}")
     report, bad = compare_backends_cuda(with_grads=True)
     assert not bad, "\n".join(report)

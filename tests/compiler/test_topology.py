@@ -109,7 +109,7 @@ def test_sharing_errors(stack, needle):
 def test_graph_drawings_show_sharing_and_branches(tmp_path):
     from pathlib import Path
 
-    from archlab.render import write_graph
+    from archlab.report.graph import write_graph
 
     root = Path(__file__).resolve().parents[2] / "specs" / "tiny"
     shared = archlab.compile(str(root / "shared.yaml"))

@@ -10,8 +10,8 @@ import pytest
 
 import archlab
 from archlab.cli import main
-from archlab.cost import spec_cost
-from archlab.memory import train_memory
+from archlab.cost.analytic import spec_cost
+from archlab.cost.memory import train_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 RAT, ATT, SWA = (str(ROOT / f"specs/paper/{n}.yaml") for n in ("rat", "attention", "rat_swa"))

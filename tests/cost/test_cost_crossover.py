@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 
 import archlab
-from archlab.cost import (
-    CrossoverError,
-    Run,
-    crossovers,
-    metric_function,
-    sign_runs,
-)
-from archlab.cost_cli import describe
+from archlab.cost.analytic import metric_function
+from archlab.cost.crossover import CrossoverError, Run, crossovers, sign_runs
+from archlab.cli.cost import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import archlab
-from archlab.cost import METRICS, metric_function, spec_cost
+from archlab.cost.analytic import METRICS, metric_function, spec_cost
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_SPECS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").rglob("*.yaml"))
@@ -144,8 +144,8 @@ def test_parallel_blocks_params_and_cache():
 
 
 def test_parallel_crossover_and_memory():
-    from archlab.cost import crossovers, structure
-    from archlab.memory import train_memory
+    from archlab.cost.crossover import crossovers, structure
+    from archlab.cost.memory import train_memory
 
     plan, other = archlab.compile(PARALLEL), archlab.compile(ROOT / "specs/tiny/attention.yaml")
     assert structure(plan) == ({6}, 12)

@@ -12,9 +12,9 @@ import torch
 from numerics import rel_err
 from torch.nn.attention.flex_attention import flex_attention
 
-from archlab.blocks import rat
-from archlab.blocks.base import BackendUnavailable
-from archlab.config import ModelConfig
+from archlab.blocks.base import BackendUnavailable, ModelConfig
+from archlab.blocks.rat import Params
+from archlab.blocks.rat.layer import RATBlock
 from archlab.kernels.rat.flex import flex_available, rat_core_flex, rat_core_flex_with
 from archlab.kernels.rat.reference import rat_core_reference
 from archlab.kernels.rat.scan import rat_core_scan, rat_scan_states
@@ -73,7 +73,7 @@ def test_flex_unavailable_on_cpu():
     with pytest.raises(RuntimeError):
         rat_core_flex(*core_inputs(1, 8, 4, 2, 8), 4)
     model = ModelConfig(d_model=32, vocab_size=8, dtype="float32")
-    block = rat.Block(rat.Params(heads=4, chunk_size=4, backend="flex"), model)
+    block = RATBlock(Params(heads=4, chunk_size=4, backend="flex"), model)
     assert block.backend is None
     with pytest.raises(BackendUnavailable):
         block.select_backend(torch.device("cpu"))
@@ -120,13 +120,13 @@ def test_flex_core_on_gpu(L):
 def test_flex_block_on_gpu(L):
     model = ModelConfig(d_model=D_MODEL, vocab_size=8, dtype="bfloat16")
     kw = dict(heads=HEADS, chunk_size=L, qk_groups=GROUPS)
-    assert rat.Block(rat.Params(**kw), model).select_backend("cuda") in ("flex", "triton")
+    assert RATBlock(Params(**kw), model).select_backend("cuda") in ("flex", "triton")
     torch.manual_seed(L)
-    block32 = rat.Block(rat.Params(**kw, backend="reference"), model).cuda()
+    block32 = RATBlock(Params(**kw, backend="reference"), model).cuda()
     with torch.no_grad():
         for p in block32.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    block = rat.Block(rat.Params(**kw, backend="flex"), model)
+    block = RATBlock(Params(**kw, backend="flex"), model)
     block.load_state_dict(block32.state_dict())
     block = block.to("cuda", torch.bfloat16)
     assert block.select_backend("cuda") == "flex"

@@ -40,12 +40,12 @@ from archlab.kernels.rat.reference import (  # noqa: E402
     rat_decode_reference,
     rat_prefill_cache_reference,
 )
+from archlab.kernels.rat.shapes import scored_pairs  # noqa: E402
 from archlab.kernels.rat.triton_ops import (  # noqa: E402
     rat_core_triton,
     rat_decode_triton,
     rat_prefill_cache_triton,
     rat_prefill_triton,
-    scored_pairs,
 )
 
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

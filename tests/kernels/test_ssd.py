@@ -190,12 +190,13 @@ def _check_kernel() -> None:
 
 def _check_block() -> None:
     from archlab.blocks import ssm
-    from archlab.config import ModelConfig
+    from archlab.blocks.base import ModelConfig
+    from archlab.blocks.ssm.layer import SSMBlock
 
     model = ModelConfig(d_model=16, vocab_size=8, dtype="float32")
     params = ssm.Params(d_state=16, head_dim=8, n_groups=2, chunk_size=8)
     torch.manual_seed(0)
-    block = ssm.Block(params, model)
+    block = SSMBlock(params, model)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.2 * torch.randn_like(p))

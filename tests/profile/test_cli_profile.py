@@ -292,9 +292,9 @@ def test_specs_with_one_name_are_kept_apart(tmp_path, capsys):
 
 def files_seen_after_each_case(monkeypatch, path) -> list[dict]:
     """Spy on the sweep: the JSON at `path` as it stands after each case's `on_result`."""
-    import archlab.profile_cli as profile_cli
+    import archlab.measure.sweep as sweep_module
 
-    seen, real_sweep = [], profile_cli.sweep
+    seen, real_sweep = [], sweep_module.sweep
 
     def sweep(*args, on_result=None, **kw):
         def spy(results, peaks):
@@ -303,7 +303,7 @@ def files_seen_after_each_case(monkeypatch, path) -> list[dict]:
 
         return real_sweep(*args, on_result=spy, **kw)
 
-    monkeypatch.setattr(profile_cli, "sweep", sweep)
+    monkeypatch.setattr(sweep_module, "sweep", sweep)
     return seen
 
 

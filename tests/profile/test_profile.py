@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import archlab
-from archlab import profile, throughput
-from archlab.profile import LayerTarget, ModelTarget, Settings, Timing, is_oom, measure
-from archlab.scale import Scale, scale_plan, stack_period
-from archlab.throughput import device_peaks, measure_throughput
+from archlab.measure import profile, throughput
+from archlab.measure.profile import LayerTarget, ModelTarget, Settings, Timing, is_oom, measure
+from archlab.measure.scale import Scale, scale_plan, stack_period
+from archlab.measure.throughput import device_peaks, measure_throughput
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY, PAPER = ROOT / "specs" / "tiny", ROOT / "specs" / "paper"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from archlab.throughput import largest_batch
+from archlab.measure.throughput import largest_batch
 
 
 def oracle(threshold: int):

@@ -1,0 +1,7 @@
+"""`python -m archlab.cli ...` runs the `archlab` command."""
+
+import sys
+
+from archlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Plan -> nn.Module: `embedding -> pre-norm residual blocks -> final norm -> lm head`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from archlab.blocks.base import DTYPE_BYTES, ModelConfig
+from archlab.blocks.cache import LayerCache
+from archlab.blocks.registry import kind as block_kind
+from archlab.lang.plan import Plan
+
+
+def make_norm(model: ModelConfig) -> nn.Module:
+    """The model's norm over d_model (RMSNorm, or LayerNorm with bias)."""
+    if model.norm == "rmsnorm":
+        return nn.RMSNorm(model.d_model, eps=model.norm_eps)
+    return nn.LayerNorm(model.d_model, eps=model.norm_eps)
+
+
+class ResidualBlock(nn.Module):
+    """x + mixer(norm(x)), with the same wrapping for prefill and step.
+
+    Cache sharing: a block whose keys/values later blocks read (`exports`) hands them on
+    through the `shared` dict (block index -> what its mixer returned with return_kv); a
+    block with `share_cache` (`reads`) takes its source's from there."""
+
+    def __init__(self, norm: nn.Module, mixer: nn.Module, index: int, exports: bool = False):
+        super().__init__()
+        self.norm, self.mixer = norm, mixer
+        self.index, self.exports = index, exports
+        self.reads: int | None = getattr(getattr(mixer, "params", None), "share_cache", None)
+
+    def _kwargs(self, shared: dict | None) -> dict:
+        if self.reads is not None:
+            return {"shared_kv": shared[self.reads]}
+        return {"return_kv": True} if self.exports else {}
+
+    def _keep(self, out, shared: dict | None) -> torch.Tensor:
+        if self.exports and self.reads is None:
+            out, shared[self.index] = out
+        return out
+
+    def forward(self, x_BTD: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
+        out = self.mixer(self.norm(x_BTD), **self._kwargs(shared))
+        return x_BTD + self._keep(out, shared)
+
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared: dict | None = None
+    ) -> torch.Tensor:
+        out = self.mixer.prefill(self.norm(x_BTD), cache, **self._kwargs(shared))
+        return x_BTD + self._keep(out, shared)
+
+    def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        return x_B1D + self.mixer.step(self.norm(x_B1D), cache)
+
+
+@dataclass
+class ModelCache:
+    """The decode state of a whole model: one LayerCache per block."""
+
+    layers: list[LayerCache] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.layers)
+
+
+class ArchModel(nn.Module):
+    """The model a spec describes. `forward(ids [B, T]) -> logits [B, T, vocab]`."""
+
+    def __init__(self, plan: Plan, dtype: torch.dtype | None = None):
+        """Weights are initialised in float32, then cast to `dtype` (when given) one block
+        at a time, so that a large model never holds a whole float32 copy."""
+        super().__init__()
+        self.plan = plan
+        m = plan.model
+
+        def cast(module: nn.Module) -> nn.Module:
+            return module if dtype is None else module.to(dtype=dtype)
+
+        self.embedding = nn.Embedding(m.vocab_size, m.d_model)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        cast(self.embedding)
+        sources = {b.shares_cache_of for b in plan.blocks} - {None}
+        self.blocks = nn.ModuleList(
+            cast(ResidualBlock(make_norm(m), block_kind(b.kind).model(b.params, m), i, i in sources))
+            for i, b in enumerate(plan.order())
+        )
+        self.final_norm = cast(make_norm(m))
+        self.lm_head = nn.Linear(m.d_model, m.vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+        cast(self.lm_head)
+        if m.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    def select_backends(self, device: torch.device | str) -> dict[int, str]:
+        """Choose every block's backend for `device` (raises BackendUnavailable if a
+        requested backend cannot run there); returns block index -> backend."""
+        device = torch.device(device)
+        for block in self.blocks:
+            block.mixer.select_backend(device)
+        return self.backends()
+
+    def backends(self) -> dict[int, str]:
+        """Block index -> the backend it runs (None for blocks without backends)."""
+        return {i: getattr(b.mixer, "backend", None) for i, b in enumerate(self.blocks)}
+
+    def _head(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.final_norm(x_BTD))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x, shared = self.embedding(input_ids), {}
+        for block in self.blocks:
+            x = block(x, shared)
+        return self._head(x)
+
+    def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> ModelCache:
+        """Caches for decoding up to `max_len` tokens (prompt + generated)."""
+        p = next(self.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
+        layers = [
+            b.mixer.allocate_cache(batch_size, max_len, device=device, dtype=dtype)
+            for b in self.blocks
+        ]
+        for block, layer in zip(self.blocks, layers, strict=True):
+            if block.reads is not None:
+                layer.source = layers[block.reads]
+        return ModelCache(layers)
+
+    def prefill(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """Run the prompt [B, T] through the model, filling the (empty) cache."""
+        x, shared = self.embedding(input_ids), {}
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x = block.prefill(x, layer_cache, shared)
+        return self._head(x)
+
+    def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """One decode step: ids [B, 1] -> logits [B, 1, vocab]."""
+        x = self.embedding(input_ids)
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x = block.step(x, layer_cache)
+        return self._head(x)
+
+
+def build_model(
+    plan: Plan, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
+) -> ArchModel:
+    """Instantiate the plan on `device` in `dtype` (default: the spec's `model.dtype`)
+    and select every block's backend for that device."""
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_BYTES)})")
+        dtype = getattr(torch, dtype)
+    dtype = dtype or plan.model.torch_dtype
+    with torch.device(device):
+        model = ArchModel(plan, dtype)
+    if device.type != "meta":
+        model.select_backends(device)
+    return model

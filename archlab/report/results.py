@@ -1,0 +1,178 @@
+"""Result tables of `profile` and `compare`: the text table, the JSON document and CSV of
+measured results, and the crossovers that the plots and the report mark."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import asdict
+
+from archlab.lang.plan import Plan
+from archlab.measure.result import SCHEMA, Result
+from archlab.report.tables import human, table
+
+TIMED = ("train", "prefill", "decode")
+# the cost figure that a mode's time follows (decode is bound by the bytes it reads)
+MODE_METRIC = {
+    "train": "train_flops",
+    "prefill": "fwd_flops",
+    "decode": "decode_bytes",
+    "cache": "cache_bytes",
+}
+METRIC_TEXT = {
+    "train_flops": "train FLOPs",
+    "fwd_flops": "forward FLOPs",
+    "decode_bytes": "decode bytes",
+    "cache_bytes": "cache",
+}
+
+
+def seconds_text(t: float) -> str:
+    """0.0123 -> '12.3 ms' (3 significant digits, s / ms / us)."""
+    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if t >= scale or unit == "us":
+            return f"{t / scale:.3g} {unit}"
+    return f"{t} s"
+
+
+def _time_text(r: Result) -> str:
+    if r.status != "ok":
+        return r.status.upper()
+    return f"{seconds_text(r.timing.median_s)} ±{100 * r.timing.spread / 2:.0f}%"
+
+
+def pct(x: float | None) -> str:
+    """0.123 -> "12%"; None -> "-"."""
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def result_row(r: Result) -> list:
+    """The table row of one result."""
+    ok = r.status == "ok"
+    cache = (
+        "-"
+        if r.cache_bytes_measured is None
+        else (
+            f"{human(r.cache_bytes_measured, 'B', 1024)}"
+            + (
+                ""
+                if r.cache_bytes_measured == r.cache_bytes_analytic
+                else f" (model {human(r.cache_bytes_analytic or 0, 'B', 1024)})"
+            )
+        )
+    )
+    frac = r.bw_frac if r.mode in ("decode", "throughput") else r.flops_frac
+    notes = "; ".join(([r.error] if r.error else []) + (["graph"] if r.cuda_graph else []))
+    return [
+        r.spec,
+        r.target if r.target != "model" else "",
+        r.mode,
+        r.batch,
+        r.seq_len,
+        _time_text(r),
+        human(r.tokens_per_s) if ok else "-",
+        f"{r.tflops:.3g}" if ok else "-",
+        f"{r.gbps:.3g}" if ok and r.gbps else "-",
+        pct(frac) if ok else "-",
+        human(r.peak_memory_bytes, "B", 1024) if r.peak_memory_bytes else "-",
+        cache,
+        ",".join(f"{k}:{v}" for k, v in r.backends.items() if k != "mlp"),
+        notes,
+    ]
+
+
+PROFILE_HEADERS = [
+    "spec",
+    "target",
+    "mode",
+    "B",
+    "T",
+    "time",
+    "tok/s",
+    "TFLOP/s",
+    "GB/s",
+    "%peak",
+    "peak mem",
+    "cache",
+    "backend",
+    "notes",
+]
+
+
+def results_table(results: list[Result]) -> str:
+    """The aligned text table of a sweep. %peak is of the matmul peak for train and
+    prefill, of the copy bandwidth for decode and throughput."""
+    return table(PROFILE_HEADERS, [result_row(r) for r in results], right={3, 4, 5, 6, 7, 8, 9, 10})
+
+
+def results_document(
+    results: list[Result], peaks: dict | None, notes: list[str], settings: dict
+) -> dict:
+    """The JSON document of a sweep (schema `archlab.profile/1`, docs/profile.md)."""
+    return {
+        "schema": SCHEMA,
+        "device": peaks,
+        "settings": settings,
+        "notes": notes,
+        "results": [r.to_dict() for r in results],
+    }
+
+
+def flat(r: Result) -> dict:
+    """One CSV row: timing fields flattened, dicts and lists as text."""
+    d = asdict(r)
+    timing = d.pop("timing") or {}
+    for k in ("median_s", "p10_s", "p90_s", "min_s", "max_s", "runs"):
+        d[k] = timing.get(k)
+    d["backends"] = ";".join(f"{k}={v}" for k, v in r.backends.items())
+    d["notes"] = "; ".join(r.notes)
+    d["extra"] = json.dumps(r.extra) if r.extra else ""
+    return d
+
+
+def write_csv(results: list[Result], path: str) -> None:
+    """CSV of the results to `path` ('-' for stdout)."""
+    rows = [flat(r) for r in results]
+    if not rows:
+        return
+    out = sys.stdout if path == "-" else open(path, "w", newline="")  # noqa: SIM115
+    try:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+# ---- analytic comparison ---------------------------------------------------------------
+
+
+def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
+    """Where two specs' `metric` cross (cost model, batch 1), for every pair: `seq_len` is
+    the first T of the new order, `cheaper` whether `spec` is cheaper than `versus` from
+    there. Pairs outside the exact method (`CrossoverError`) give no points."""
+    from archlab.cost.crossover import crossovers
+
+    points = []
+    for i, base in enumerate(plans):
+        for plan in plans[i + 1 :]:
+            try:
+                runs = crossovers(plan, base, metric)
+            except Exception:  # noqa: BLE001
+                continue
+            for before, after in zip(runs, runs[1:], strict=False):
+                if after.sign in (-1, 1) and before.sign != after.sign:
+                    points.append(
+                        {
+                            "spec": plan.name,
+                            "versus": base.name,
+                            "metric": metric,
+                            "seq_len": after.start,
+                            "cheaper": after.sign == -1,
+                        }
+                    )
+    return points
+
+

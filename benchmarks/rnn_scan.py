@@ -1,0 +1,336 @@
+"""Time the `rnn` block's core (fused gates + gated linear recurrence) on a GPU; writes JSON.
+
+    python benchmarks/rnn_scan.py --out results/rnn_scan.json [--sweep]   # on an H200
+    python benchmarks/rnn_scan.py --small                                 # a CPU smoke run
+
+Setup: d_model D = 2048, bf16, 262,144 tokens per batch (64x4096, 16x16384, 4x65536). The
+core maps the in_proj output u = [z | v | gpre] [B, T, 3D] and gate_bias [D] to y [B, T, D]
+(kernels/rnn/reference.py). Variants:
+- `triton`: `archlab.kernels.rnn.triton_rnn.rnn_core_triton`;
+- `reference`: today's path of blocks/rnn (gates in PyTorch, then
+  `archlab.kernels.rat.scan.chunk_scan_parallel`, a float32 log-depth scan);
+- `assoc_scan`: the same gates and `torch._higher_order_ops.associative_scan` on (g, (1-g) v)
+  pairs, under `torch.compile` (a failure is reported as the variant's result).
+`train` = forward + backward of the core (gradients of u and gate_bias), `forward` = the
+forward alone, both medians of `triton.testing.do_bench`. `decode` = one step at batch 512:
+`rnn_step_triton` against the PyTorch step of blocks/rnn. `--sweep` also times the Triton
+core's tile choices (BT tokens, BD channels, warps) at each shape. GB/s counts the bytes
+every pass must move: forward reads u and writes y (8 bytes per token-channel in bf16),
+backward reads u and dy and writes du (14). With --small (or without a GPU) the sizes are
+tiny, the Triton kernels run under TRITON_INTERPRET=1 and times are wall-clock medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+if not torch.cuda.is_available():  # before any Triton kernel is decorated
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+
+from archlab.kernels.rnn import triton_rnn  # noqa: E402
+
+D_MODEL = 2048
+SHAPES = [(64, 4096), (16, 16384), (4, 65536)]
+DECODE_BATCH = 512
+SWEEP = [(64, 32, 4), (32, 32, 4), (64, 16, 2), (64, 64, 4), (128, 32, 8), (64, 32, 8), (32, 16, 1)]
+SMALL = {"d_model": 24, "shapes": [(2, 40), (1, 70)], "decode_batch": 4}
+
+
+def median_ms(fn, cuda: bool, reps: int) -> float:
+    """do_bench's median on a GPU; else the median wall-clock time of `reps` calls."""
+    if cuda:
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# --- the variants: each maps (u, gate_bias) to y ----------------------------------------------
+
+
+def core_triton(u, gate_bias):
+    return triton_rnn.rnn_core_triton(u, gate_bias)[0]
+
+
+def core_reference(u, gate_bias):
+    """blocks/rnn's forward without the projections."""
+    from archlab.kernels.rat.scan import chunk_scan_parallel
+
+    z, v, g = u.chunk(3, dim=-1)
+    v, g = v.float(), torch.sigmoid(g.float() + gate_bias.float())
+    s = chunk_scan_parallel(v, g, max(u.shape[1], 1))
+    return torch.sigmoid(z) * s.to(z.dtype)
+
+
+def _combine(left, right):
+    # (a1, b1) then (a2, b2): s -> a2 * (a1 * s + b1) + b2
+    return left[0] * right[0], right[0] * left[1] + right[1]
+
+
+def make_assoc_scan(backend: str):
+    """The recurrence through associative_scan under torch.compile (pointwise combine on a
+    GPU, generic elsewhere)."""
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    def core(u, gate_bias):
+        z, v, g = u.chunk(3, dim=-1)
+        g = torch.sigmoid(g.float() + gate_bias.float())
+        mode = "pointwise" if u.is_cuda else "generic"
+        _, s = associative_scan(_combine, (g, (1 - g) * v.float()), dim=1, combine_mode=mode)
+        return torch.sigmoid(z) * s.to(z.dtype)
+
+    return torch.compile(core, backend=backend, dynamic=False)
+
+
+def step_torch(u, gate_bias, state, has_state):
+    """blocks/rnn's step without the projections (the state updated in place)."""
+    z, v, g = u.chunk(3, dim=-1)
+    g = torch.sigmoid(g.float() + gate_bias.float())
+    s = (1 - g) * v.float()
+    if has_state:
+        s = s + g * state.float()
+    state.copy_(s)
+    return torch.sigmoid(z) * s.to(z.dtype)
+
+
+def step_triton(u, gate_bias, state, has_state):
+    return triton_rnn.rnn_step_triton(u, gate_bias, state, has_state)
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def time_core(fn, u, gate_bias, dy, cuda, reps):
+    """{forward_ms, train_ms, peak_GB (train), y} of one variant, or {error}."""
+    out = {}
+    try:
+        leaf = u.detach().requires_grad_()
+        bias = gate_bias.detach().requires_grad_()
+
+        def train():
+            leaf.grad = bias.grad = None
+            fn(leaf, bias).backward(dy)
+
+        with torch.no_grad():
+            y = fn(u, gate_bias)
+        out["forward_ms"] = median_ms(lambda: fn(u, gate_bias), cuda, reps)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        out["train_ms"] = median_ms(train, cuda, reps)
+        if cuda:
+            out["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+        out["y"] = y
+    except Exception as e:  # OOM or a compile failure is a result, not a crash
+        out = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        print(traceback.format_exc()[-3000:], flush=True)
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def train_case(B, T, D, variants, cuda, reps, sweep, backend):
+    dev = "cuda" if cuda else "cpu"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    u = torch.randn(B, T, 3 * D, device=dev, generator=gen).to(torch.bfloat16)
+    gate_bias = torch.randn(D, device=dev, generator=gen)
+    dy = torch.randn(B, T, D, device=dev, generator=gen).to(torch.bfloat16)
+    row = {"B": B, "T": T, "D": D, "variants": {}}
+    for name in variants:
+        fn = {"triton": core_triton, "reference": core_reference}.get(name)
+        if name == "assoc_scan":
+            fn = make_assoc_scan(backend)  # compiles at the first call (errors are caught there)
+        t0 = time.time()
+        res = time_core(fn, u, gate_bias, dy, cuda, reps)
+        res["wall_s"] = round(time.time() - t0, 1)
+        row["variants"][name] = res
+        print(
+            f"  {B}x{T} {name}: "
+            + ", ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={str(v)[:200]}"
+                for k, v in res.items()
+                if k != "y"
+            ),
+            flush=True,
+        )
+    ref_y = row["variants"].get("triton", {}).get("y")
+    for res in row["variants"].values():  # agreement with the Triton core's y
+        y = res.pop("y", None)
+        if y is not None and ref_y is not None:
+            res["y_rel_err_vs_triton"] = (
+                (y.double() - ref_y.double()).norm() / ref_y.double().norm()
+            ).item()
+    tri = row["variants"].get("triton", {})
+    if "train_ms" in tri:
+        tok = B * T * D
+        tri["forward_GBps"] = 8 * tok / (tri["forward_ms"] * 1e-3) / 1e9
+        tri["train_GBps"] = 22 * tok / (tri["train_ms"] * 1e-3) / 1e9
+    if sweep:
+        row["sweep"] = sweep_tiles(u, gate_bias, dy, cuda, reps)
+    return row
+
+
+def sweep_tiles(u, gate_bias, dy, cuda, reps):
+    """The Triton core at each (BT, BD, warps) of SWEEP (the module's defaults restored)."""
+    saved = triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU
+    out = []
+    try:
+        for BT, BD, warps in SWEEP:
+            triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU = BT, BD, warps
+            res = time_core(core_triton, u, gate_bias, dy, cuda, reps)
+            res.pop("y", None)
+            out.append({"BT": BT, "BD": BD, "warps": warps, **res})
+            print(f"  sweep BT={BT} BD={BD} warps={warps}: {res}", flush=True)
+    finally:
+        triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU = saved
+    return out
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph (after a warm-up that compiles the kernels): its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def decode_case(batch, D, cuda, reps):
+    """One step (state read and overwritten) of each step function: launched eagerly, and on
+    a GPU also replayed from a CUDA graph (the launch overhead left out)."""
+    dev = "cuda" if cuda else "cpu"
+    u = torch.randn(batch, 3 * D, device=dev).to(torch.bfloat16)
+    gate_bias = torch.randn(D, device=dev)
+    row = {"B": batch, "D": D}
+    for name, step in (("triton", step_triton), ("torch", step_torch)):
+        state = torch.randn(batch, D, device=dev).to(torch.bfloat16)
+
+        def fn(step=step, state=state):
+            return step(u, gate_bias, state, True)
+
+        try:
+            with torch.no_grad():
+                row[f"{name}_ms"] = median_ms(fn, cuda, reps)
+                if cuda:
+                    row[f"{name}_graph_ms"] = median_ms(graphed(fn), cuda, reps)
+        except Exception as e:
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:2000]
+    # bytes: u read (6), gate_bias, state read and written (2 + 2), y written (2) per channel
+    for key in ("triton_ms", "triton_graph_ms"):
+        if key in row:
+            row[key.replace("_ms", "_GBps")] = batch * D * 12 / (row[key] * 1e-3) / 1e9
+    return row
+
+
+def fmt(x):
+    return f"{x:9.3f}" if isinstance(x, float) else f"{x:>9}"
+
+
+def print_table(report, variants):
+    print("\ncore (ms, median; ratio = variant / triton)")
+    print(f"{'B x T':>12} {'mode':>8} " + " ".join(f"{v:>10} {'ratio':>6}" for v in variants))
+    for row in report["train"]:
+        for mode in ("train", "forward"):
+            base = row["variants"].get("triton", {}).get(f"{mode}_ms")
+            cells = []
+            for v in variants:
+                ms = row["variants"].get(v, {}).get(f"{mode}_ms")
+                ratio = f"{ms / base:6.2f}" if ms is not None and base else f"{'-':>6}"
+                cells.append(f"{fmt(ms) if ms is not None else 'error':>10} {ratio}")
+            print(f"{row['B']:>5}x{row['T']:<6} {mode:>8} " + " ".join(cells))
+        for v, res in row["variants"].items():
+            if "error" in res:
+                print(f"{'':>12} {v} failed: {res['error'][:300]}")
+    d = report.get("decode") or {}
+    for suffix, what in (("_ms", "eager launches"), ("_graph_ms", "CUDA graph replay")):
+        tri, tor = d.get("triton" + suffix), d.get("torch" + suffix)
+        if tri is not None or tor is not None:
+            ratio = f", torch / triton {tor / tri:.2f}" if tri and tor else ""
+            print(
+                f"decode step B={d['B']} D={d['D']} ({what}): triton {fmt(tri)} ms, "
+                f"torch {fmt(tor)} ms{ratio}"
+            )
+    for key in ("triton_error", "torch_error"):
+        if key in d:
+            print(f"decode {key}: {d[key][:300]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the JSON here")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument("--variants", default="triton,reference,assoc_scan")
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton tile choices")
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend of assoc_scan (inductor; aot_eager if --small)",
+    )
+    parser.add_argument("--reps", type=int, default=3, help="timed calls without a GPU")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    small = args.small or not cuda
+    D = SMALL["d_model"] if small else D_MODEL
+    shapes = SMALL["shapes"] if small else SHAPES
+    decode_batch = SMALL["decode_batch"] if small else DECODE_BATCH
+    backend = args.compile_backend or ("aot_eager" if small else "inductor")
+    variants = [v for v in args.variants.split(",") if v]
+    report = {
+        "command": "python "
+        + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if cuda else "cpu (TRITON_INTERPRET=1)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "setup": {
+            "d_model": D,
+            "dtype": "bfloat16",
+            "decode_batch": decode_batch,
+            "compile_backend": backend,
+            "small": small,
+            "triton_tiles": {
+                "BT": triton_rnn.BT_GPU,
+                "BD": triton_rnn.BD_GPU,
+                "warps": triton_rnn.WARPS_GPU,
+            },
+        },
+        "train": [],
+    }
+    for B, T in shapes:
+        print(f"[{B}x{T}]", flush=True)
+        report["train"].append(
+            train_case(B, T, D, variants, cuda, args.reps, args.sweep and cuda, backend)
+        )
+    report["decode"] = decode_case(decode_batch, D, cuda, args.reps)
+    print_table(report, variants)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `attention` layer: the nn.Module of `archlab.blocks.attention` (also the base of
+`local_attention`'s). The torch-free params, checks and costs are in the record."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from archlab.blocks.attention import Params, common, head_dims
+from archlab.blocks.base import (
+    BackendUnavailable,
+    ModelConfig,
+    needs_cuda,
+    resolve_backend,
+    runs_anywhere,
+)
+from archlab.blocks.cache import LayerCache
+from archlab.kernels.flex_compiled import flex_available
+from archlab.kernels.rope import apply_rope, rope_cos_sin
+
+
+def flex_can_run(device: torch.device) -> str | None:
+    """A backend check: compiled FlexAttention needs CUDA, torch's flex_attention and
+    Triton."""
+    if flex_available(device):
+        return None
+    return needs_cuda(device) or "needs torch's flex_attention and Triton"
+
+
+class AttentionBlock(nn.Module):
+    """Causal attention over x [B, T, d_model]: the mixer alone (no norm, no residual).
+
+    `local_attention` reuses this class: a `window` in the params limits each token to
+    itself and the `window - 1` tokens before it, and the cache becomes a ring buffer of
+    min(max_len, window) positions. Keys are cached after RoPE. The decode `step` has one
+    query, so it runs `reference` for the reference backend and sdpa otherwise (flex's
+    block-sparse kernel has no single-query path). A block that asks for `flex` has no
+    backend until `select_backend` is called with a CUDA device.
+    """
+
+    KIND_NAME = "attention"
+    # backend -> why it cannot run on a device (None: it can), in the order `auto` tries them
+    BACKENDS = {"sdpa": runs_anywhere, "reference": runs_anywhere, "flex": flex_can_run}
+
+    def __init__(self, params: Params, model: ModelConfig) -> None:
+        super().__init__()
+        self.params = params
+        self.window: int | None = getattr(params, "window", None)
+        self.heads, self.kv_heads, self.head_dim = head_dims(params, model.d_model)
+        self.norm_eps = model.norm_eps
+        d, inner = model.d_model, self.heads * self.head_dim
+        kv_inner = self.kv_heads * self.head_dim
+        self.shares = params.share_cache is not None  # reads block share_cache's k/v
+        self.q_proj = nn.Linear(d, inner, bias=params.bias)
+        if not self.shares:
+            self.k_proj = nn.Linear(d, kv_inner, bias=params.bias)
+            self.v_proj = nn.Linear(d, kv_inner, bias=params.bias)
+        self.o_proj = nn.Linear(inner, d, bias=params.bias)
+        if params.qk_norm:
+            self.q_norm = nn.Parameter(torch.ones(self.head_dim))
+            if not self.shares:
+                self.k_norm = nn.Parameter(torch.ones(self.head_dim))
+        self.reset_parameters()
+        self.backend: str | None = None
+        try:
+            self.select_backend(torch.device("cpu"))
+        except BackendUnavailable:
+            if params.backend not in self.BACKENDS:  # no such backend: an error
+                raise
+            # flex runs on CUDA only: select_backend(cuda) picks it
+
+    def reset_parameters(self) -> None:
+        """Projections ~ N(0, 0.02), biases 0, qk-norm weights 1."""
+        for proj in (
+            self.q_proj,
+            getattr(self, "k_proj", None),
+            getattr(self, "v_proj", None),
+            self.o_proj,
+        ):
+            if proj is None:
+                continue
+            nn.init.normal_(proj.weight, std=0.02)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+        for norm in (getattr(self, "q_norm", None), getattr(self, "k_norm", None)):
+            if norm is not None:
+                nn.init.ones_(norm)
+
+    def select_backend(self, device: torch.device | str) -> str:
+        """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
+        self.backend = resolve_backend(
+            self.KIND_NAME, self.params.backend, torch.device(device), self.BACKENDS
+        )
+        return self.backend
+
+    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor) -> torch.Tensor:
+        """q [B, T, H, dh] with qk-norm and RoPE applied."""
+        if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
+            raise BackendUnavailable(
+                f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
+                "(select_backend(device) chooses one for the device)"
+            )
+        B, T, _ = x_BTD.shape
+        q = self.q_proj(x_BTD).view(B, T, self.heads, self.head_dim)
+        if self.params.qk_norm:
+            q = common.rms_norm(q, self.q_norm, self.norm_eps)
+        if self.params.rope:
+            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
+            q = apply_rope(q, cos, sin)
+        return q
+
+    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
+        """k and v [B, T, K, dh], k with qk-norm and RoPE applied."""
+        B, T, _ = x_BTD.shape
+        k = self.k_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        v = self.v_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        if self.params.qk_norm:
+            k = common.rms_norm(k, self.k_norm, self.norm_eps)
+        if self.params.rope:
+            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
+            k = apply_rope(k, cos, sin)
+        return k, v
+
+    def _project(self, x_BTD, positions_T, shared_kv=None):
+        """q, and k, v: this block's own, or those of the block it shares (`shared_kv`)."""
+        q = self._queries(x_BTD, positions_T)
+        if not self.shares:
+            return q, *self._keys_values(x_BTD, positions_T)
+        if shared_kv is None:
+            raise ValueError(
+                f"this block reads the keys/values of block {self.params.share_cache}: "
+                "pass them as shared_kv (the model does)"
+            )
+        return q, *shared_kv
+
+    def _attend_sequence(self, q_BTHD, k_BTKD, v_BTKD) -> torch.Tensor:
+        if self.backend == "flex":
+            return common.flex_attention(q_BTHD, k_BTKD, v_BTKD, self.window)
+        if self.backend == "sdpa" and self.window is None:
+            return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, causal=True)
+        mask_TT = common.window_mask(q_BTHD.shape[1], self.window, q_BTHD.device)
+        if self.backend == "sdpa":
+            return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, mask_TS=mask_TT)
+        return common.reference_attention(q_BTHD, k_BTKD, v_BTKD, mask_TT)
+
+    def _out(self, y_BTHD: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(y_BTHD.flatten(2))
+
+    def forward(self, x_BTD: torch.Tensor, shared_kv=None, return_kv: bool = False):
+        """[B, T, d_model] -> [B, T, d_model], causal over T. `return_kv` also returns the
+        (k, v) that a later block sharing this one's cache reads; a sharing block takes
+        them as `shared_kv`."""
+        positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
+        q, k, v = self._project(x_BTD, positions, shared_kv)
+        y = self._out(self._attend_sequence(q, k, v))
+        return (y, (k, v)) if return_kv else y
+
+    def allocate_cache(
+        self,
+        batch: int,
+        max_len: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LayerCache:
+        """Empty k, v caches [B, slots, K, dh]; slots = max_len, or min(max_len, window).
+        A sharing block owns none: the model points `cache.source` at its source's."""
+        if self.shares:
+            return LayerCache()
+        slots = max_len if self.window is None else min(max_len, self.window)
+        w = self.q_proj.weight
+        shape = (batch, slots, self.kv_heads, self.head_dim)
+        kw = {"device": device or w.device, "dtype": dtype or w.dtype}
+        return LayerCache({"k": torch.zeros(shape, **kw), "v": torch.zeros(shape, **kw)})
+
+    def _check_room(self, cache: LayerCache, end: int) -> int:
+        """Slots of the cache; raises if position `end - 1` cannot be stored (a ring buffer
+        holding a whole window never runs out)."""
+        slots = cache["k"].shape[1]
+        if end > slots and slots != self.window:
+            raise ValueError(f"the cache holds {slots} positions; position {end - 1} does not fit")
+        return slots
+
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared_kv=None, return_kv: bool = False
+    ):
+        """Run the prompt [B, T, d_model] (cache empty before) and store its last keys/values
+        (a sharing block stores nothing: its source did)."""
+        if cache.length:
+            raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        T = x_BTD.shape[1]
+        q, k, v = self._project(x_BTD, torch.arange(T, device=x_BTD.device), shared_kv)
+        y = self._attend_sequence(q, k, v)
+        if not self.shares:
+            slots = self._check_room(cache, T)
+            kept = min(T, slots)
+            ring = torch.arange(T - kept, T, device=x_BTD.device) % slots
+            cache["k"][:, ring] = k[:, T - kept :].to(cache["k"].dtype)
+            cache["v"][:, ring] = v[:, T - kept :].to(cache["v"].dtype)
+        cache.length = T
+        return (self._out(y), (k, v)) if return_kv else self._out(y)
+
+    def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Decode one token [B, 1, d_model] at position cache.length against the cache (a
+        sharing block: against `cache.source`, which its source block has already updated)."""
+        pos = cache.length
+        positions = torch.arange(pos, pos + 1, device=x_B1D.device)  # no host copy: capturable
+        if self.shares:
+            if cache.source is None:
+                raise ValueError("a sharing block's cache needs its source's (cache.source)")
+            kv = cache.source
+            slots = self._check_room(kv, pos + 1)
+            q = self._queries(x_B1D, positions)
+        else:
+            kv = cache
+            slots = self._check_room(cache, pos + 1)
+            q, k, v = self._project(x_B1D, positions)
+            cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
+            cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
+        valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
+        keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
+        if self.backend == "reference":
+            y = common.reference_attention(q, keys, values, None)
+        else:
+            y = common.sdpa_attention(q, keys, values)
+        cache.length = pos + 1
+        return self._out(y)
