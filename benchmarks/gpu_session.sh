@@ -2,18 +2,18 @@
 # with its own time limit in seconds. On the device machine, from the repository root,
 # with `carry: [".whl"]`:
 #   bash benchmarks/gpu_session.sh kernels:110 tests:280 layer:160
-#   kernels   RAT Triton kernels: checks at real shapes and timings (issue 5)
+#   kernels   RAT Triton kernels: checks at real shapes and timings (docs/rat_kernels.md)
 #   tests     every GPU test (fast backends vs the references, the contract suite at
 #             d_model 2048, T = 4096 in bf16), failures printed as they happen
-#   layer     the RAT layer against the published figures (issue 5)
+#   layer     the RAT layer against the paper's published code's H200 times (rat_layer.py)
 #   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants;
 #    TESTS_K="pytest -k expression" selects some of the GPU tests)
-#   table1    the RAT paper's Table 1 through `archlab profile --mode throughput` (issue 6)
-#   figure    the paper's efficiency figure through `archlab profile --layer` (issue 6)
+#   table1    the RAT paper's Table 1 through `archlab profile --mode throughput`
+#   figure    the paper's efficiency figure through `archlab profile --layer`
 #   compare   the README's main command at real sizes: `archlab compare --measure` of
-#             the paper's attention, RAT and RAT-SWA specs (issue 6)
+#             the paper's attention, RAT and RAT-SWA specs
 #   ssm       the Mamba-2 block alone: fla (`triton`) against the `reference` backend,
-#             train and prefill (issue 3)
+#             train and prefill
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)

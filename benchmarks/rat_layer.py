@@ -1,11 +1,12 @@
-"""RAT layer benchmark (issue 5): archlab's `triton` and `flex` RAT backends, attention
+"""RAT layer benchmark: archlab's `triton` and `flex` RAT backends, attention
 (SDPA) and local attention (window of 1024 earlier tokens) as single layers with their
-projections, in the RAT paper's efficiency setup, against the published implementation.
+projections, in the RAT paper's efficiency setup, against the paper's published
+implementation timed on an H200 (`PUBLISHED` below; docs/rat_kernels.md reads the results).
 
     python benchmarks/rat_layer.py --out results/rat_layer.json          # on an H200
     python benchmarks/rat_layer.py --small                               # a CPU smoke run
 
-Setup (DESIGN.md): d_model 2048, 16 heads of 128, qk_groups 2, bf16, 262,144 tokens per
+Setup (the paper's): d_model 2048, 16 heads of 128, qk_groups 2, bf16, 262,144 tokens per
 batch (64 x 4K ... 2 x 128K); train = forward + backward; prefill = forward; decode = one
 step at position T for 512 sequences (CUDA graph). Prints a table with the ratio to the
 published figures and achieved TFLOP/s and GB/s against the device's measured peaks, and
@@ -26,7 +27,8 @@ import archlab
 from archlab.measure.profile import LayerTarget, Settings, measure
 from archlab.measure.throughput import device_peaks
 
-# The RAT paper's own implementation on an H200 (issue 5), milliseconds.
+# The RAT paper's published implementation (each layer with its projections, the setup
+# above) timed on one H200, milliseconds.
 PUBLISHED = {
     "train": {4096: 129.9, 16384: 137.7, 65536: 167.7, 131072: 206.2},
     "prefill": {4096: 36.6, 16384: 39.3, 65536: 48.0, 131072: 58.7},

@@ -24,8 +24,12 @@ def rows() -> list[list[str]]:
     return [
         [
             name,
-            k.symbol or "-",
-            ", ".join(k.backends),
+            k.symbol or "(none)",
+            ", ".join(k.backends)
+            if "backend" in k.params.model_fields
+            else "(its branches')"
+            if k.composite
+            else "(plain PyTorch)",
             "yes" if k.branchable else "no",
             "yes" if k.cache_geometry is not None else "no",
             k.summary,
@@ -38,7 +42,7 @@ def markdown() -> str:
     """The kinds as a Markdown table."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for name, symbol, *rest in rows():
-        symbol = f"`{symbol}`" if symbol != "-" else "-"
+        symbol = f"`{symbol}`" if symbol != "(none)" else symbol
         lines.append("| " + " | ".join([f"`{name}`", symbol, *rest]) + " |")
     return "\n".join(lines)
 

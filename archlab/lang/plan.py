@@ -5,17 +5,19 @@ block), `final_norm`, `lm_head`. Edges: `residual` (the residual stream), `branc
 `merge` (into and out of a parallel block's branches), `cache_share` (from the block
 whose keys/values a later block reads), `tied_weights` (embedding -> head when tied).
 Build, cost and show read the Plan only, never the YAML; they walk `Plan.order()` (a
-topological order of the graph), so that graphs that are not a plain chain fit.
+topological order of the graph), so that graphs that are not a plain chain fit. The
+networkx graph itself (`Plan.graph`) is made on first use from the Plan's nodes and
+edges, so that validating and costing never import networkx.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
-import networkx as nx
+from archlab.blocks.base import BlockParams, ModelConfig
 
-from archlab.blocks.base import BlockParams
-from archlab.blocks.base import ModelConfig
+Edge = tuple[str, str, dict]  # (from, to, attributes)
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,25 @@ class Plan:
     file: str
     model: ModelConfig
     blocks: list[PlannedBlock]
-    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    nodes: dict[str, dict] = field(default_factory=dict)  # node -> attributes, in order
+    edges: list[Edge] = field(default_factory=list)
+
+    @functools.cached_property
+    def graph(self):
+        """The plan as a networkx DiGraph (nodes and edges with their attributes)."""
+        import networkx as nx
+
+        graph = nx.DiGraph(name=self.name)
+        for node, attrs in self.nodes.items():
+            graph.add_node(node, **attrs)
+        for a, b, attrs in self.edges:
+            graph.add_edge(a, b, **attrs)
+        return graph
 
     def order(self) -> list[PlannedBlock]:
         """Blocks in execution order (a topological order of the graph)."""
         by_node = {b.node: b for b in self.blocks}
-        return [by_node[n] for n in nx.topological_sort(self.graph) if n in by_node]
+        return [by_node[n] for n in topological_order(self.nodes, self.edges) if n in by_node]
 
     def kinds(self) -> dict[str, int]:
         """How many blocks of each kind."""
@@ -81,26 +96,47 @@ def make_plan(
     name: str, description: str, file: str, model: ModelConfig, blocks: list[PlannedBlock]
 ) -> Plan:
     """Lay the blocks out as a chain on the residual stream."""
-    graph = nx.DiGraph(name=name)
-    graph.add_node("embedding", role="embedding")
+    nodes: dict[str, dict] = {"embedding": {"role": "embedding"}}
+    edges: list[Edge] = []
     previous = "embedding"
     for b in blocks:
-        graph.add_node(b.node, role="block", kind=b.kind, index=b.index, name=b.name)
+        nodes[b.node] = {"role": "block", "kind": b.kind, "index": b.index, "name": b.name}
         for j, branch in enumerate(getattr(b.params, "branches", ())):
             node = f"{b.node}.{j}"
-            graph.add_node(node, role="branch", kind=branch.kind, index=b.index, branch=j)
-            graph.add_edge(previous, node, kind="branch")
-            graph.add_edge(node, b.node, kind="merge")
-        graph.add_edge(previous, b.node, kind="residual")
+            nodes[node] = {"role": "branch", "kind": branch.kind, "index": b.index, "branch": j}
+            edges += [(previous, node, {"kind": "branch"}), (node, b.node, {"kind": "merge"})]
+        edges.append((previous, b.node, {"kind": "residual"}))
         if b.shares_cache_of is not None:
-            graph.add_edge(f"block{b.shares_cache_of}", b.node, kind="cache_share")
+            edges.append((f"block{b.shares_cache_of}", b.node, {"kind": "cache_share"}))
         previous = b.node
-    graph.add_node("final_norm", role="norm")
-    graph.add_node("lm_head", role="head", tied=model.tie_embeddings)
-    graph.add_edge(previous, "final_norm", kind="residual")
-    graph.add_edge("final_norm", "lm_head", kind="residual")
+    nodes["final_norm"] = {"role": "norm"}
+    nodes["lm_head"] = {"role": "head", "tied": model.tie_embeddings}
+    edges.append((previous, "final_norm", {"kind": "residual"}))
+    edges.append(("final_norm", "lm_head", {"kind": "residual"}))
     if model.tie_embeddings:
-        graph.add_edge("embedding", "lm_head", kind="tied_weights")
-    plan = Plan(name, description, file, model, blocks, graph)
-    assert nx.is_directed_acyclic_graph(graph)
+        edges.append(("embedding", "lm_head", {"kind": "tied_weights"}))
+    plan = Plan(name, description, file, model, blocks, nodes, edges)
+    assert len(topological_order(nodes, edges)) == len(nodes), "the plan has a cycle"
     return plan
+
+
+def topological_order(nodes: dict[str, dict], edges: list[Edge]) -> list[str]:
+    """The nodes in an order where every edge points forward (Kahn's algorithm, ties
+    broken by the nodes' own order); nodes on a cycle are left out."""
+    rank = {n: i for i, n in enumerate(nodes)}
+    indegree = dict.fromkeys(nodes, 0)
+    after: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b, _ in edges:
+        after[a].append(b)
+        indegree[b] += 1
+    ready = sorted((n for n, d in indegree.items() if d == 0), key=rank.get, reverse=True)
+    out = []
+    while ready:
+        n = ready.pop()
+        out.append(n)
+        for m in after[n]:
+            indegree[m] -= 1
+            if indegree[m] == 0:
+                ready.append(m)
+                ready.sort(key=rank.get, reverse=True)
+    return out

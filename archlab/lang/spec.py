@@ -48,7 +48,11 @@ def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
         annotation = info.annotation
         if numeric_kind(annotation) is not None:
             annotation = annotation | str
-        fields[name] = (annotation | None, Field(default=None, description=info.description))
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else None
+        fields[name] = (
+            annotation | None,
+            Field(default=None, description=info.description, json_schema_extra=extra),
+        )
     if role == "Block":
         fields["kind"] = (Literal[kind], ...)
         fields["name"] = (str | None, Field(None, description="a name for `share_cache`"))

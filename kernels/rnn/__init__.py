@@ -1,1 +1,1 @@
-"""The `rnn` block's core: gated linear recurrence with fused gates (Triton) and its float32 reference."""
+"""The `rnn` block's core: the gated linear recurrence (Triton) and its float32 reference."""

@@ -16,7 +16,7 @@ d(initial state) = g_0 a_0, and dgate_bias = sum over B, T of dgpre (per-program
 in float32, then a torch sum over B: deterministic, no atomics). The program walks its tiles
 from last to first; for each it recomputes the tile's states in float32 from a checkpoint.
 What the forward saves: u itself and the state before every tile (float32 [B, cdiv(T, BT),
-D], 1/BT of a float32 copy of s: 33 MB at 64 x 4096 x 2048 with BT = 64, where saving s
+D], 1/BT of a float32 copy of s: 67 MB at 64 x 4096 x 2048 with BT = 32, where saving s
 would cost 2.1 GB per layer). The recomputation reads v and gpre, which the backward needs
 anyway, and costs one extra in-register scan per tile. The reverse scan runs as a forward
 scan over the tile in reversed token order (`tl.flip`), as in kernels/rat/triton_scan.py
@@ -48,7 +48,7 @@ Tensor = torch.Tensor
 
 # GPU tiles (tokens per tile, channels per program, warps); module globals, read at each
 # launch, so that a benchmark can sweep them. BT is also the checkpoint interval.
-BT_GPU, BD_GPU, WARPS_GPU = 64, 32, 4
+BT_GPU, BD_GPU, WARPS_GPU = 32, 32, 4
 BD_STEP_GPU, WARPS_STEP_GPU = 256, 2
 # the interpreter: small tiles, so that the CPU tests cover several tiles and channel blocks
 BT_CPU, BD_CPU = 16, 16
@@ -201,14 +201,14 @@ def _check_device(u: Tensor) -> None:
 
 
 @torch.library.custom_op("archlab::rnn_core_fwd", mutates_args=())
-def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor]
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    """u [B,T,3D] contiguous -> y [B,T,D] (u's dtype), last state [B,D] and the tile
-    checkpoints [B,cdiv(T,BT),D] (float32)."""
+def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor],  # noqa: UP045
+                 BT: int) -> tuple[Tensor, Tensor, Tensor]:
+    """u [B,T,3D] contiguous -> y [B,T,D] (u's dtype), last state [B,D] and the
+    checkpoints [B,cdiv(T,BT),D] (float32), in tiles of BT tokens (a power of two)."""
     _check_device(u)
     B, T, D3 = u.shape
     D = D3 // 3
-    BT, BD, warps = tiles(u.device)
+    _, BD, warps = tiles(u.device)
     n_tiles = triton.cdiv(T, BT)
     y = torch.empty(B, T, D, device=u.device, dtype=u.dtype)
     last = torch.empty(B, D, device=u.device, dtype=torch.float32)
@@ -220,23 +220,23 @@ def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor]
 
 
 @rnn_core_fwd.register_fake
-def _(u, gate_bias, state):
+def _(u, gate_bias, state, BT):
     B, T, D3 = u.shape
     D = D3 // 3
-    BT = tiles(u.device)[0]
     return (u.new_empty(B, T, D), u.new_empty(B, D, dtype=torch.float32),
             u.new_empty(B, (T + BT - 1) // BT, D, dtype=torch.float32))
 
 
 @torch.library.custom_op("archlab::rnn_core_bwd", mutates_args=())
-def rnn_core_bwd(dy: Optional[Tensor], dlast: Optional[Tensor], u: Tensor, gate_bias: Tensor,
-                 ckpt: Tensor, has_state: bool) -> tuple[Tensor, Tensor, Tensor]:
+def rnn_core_bwd(dy: Optional[Tensor], dlast: Optional[Tensor],  # noqa: UP045
+                 u: Tensor, gate_bias: Tensor, ckpt: Tensor, has_state: bool, BT: int
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> du [B,T,3D] (u's dtype), dgate_bias [D] (gate_bias's dtype), d(initial state)
-    [B,D] float32 (empty [0] without `has_state`)."""
+    [B,D] float32 (empty [0] without `has_state`). ckpt and BT as in and from the forward."""
     _check_device(u)
     B, T, D3 = u.shape
     D = D3 // 3
-    BT, BD, warps = tiles(u.device)
+    _, BD, warps = tiles(u.device)
     dy = dy.contiguous() if dy is not None else None
     dlast = dlast.contiguous() if dlast is not None else None
     du = torch.empty_like(u)
@@ -251,15 +251,16 @@ def rnn_core_bwd(dy: Optional[Tensor], dlast: Optional[Tensor], u: Tensor, gate_
 
 
 @rnn_core_bwd.register_fake
-def _(dy, dlast, u, gate_bias, ckpt, has_state):
+def _(dy, dlast, u, gate_bias, ckpt, has_state, BT):
     B, _, D3 = u.shape
     ds0 = u.new_empty(B, D3 // 3, dtype=torch.float32) if has_state else u.new_empty(0)
     return u.new_empty(u.shape), gate_bias.new_empty(gate_bias.shape), ds0.float()
 
 
 def _setup_context(ctx, inputs, output):
-    u, gate_bias, state = inputs
+    u, gate_bias, state, BT = inputs
     ctx.save_for_backward(u, gate_bias, output[2])
+    ctx.BT = BT
     ctx.state_dtype = state.dtype if state is not None else None
     ctx.mark_non_differentiable(output[2])
     ctx.set_materialize_grads(False)  # an unused output's gradient comes as None
@@ -268,8 +269,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dlast, _dckpt):
     u, gate_bias, ckpt = ctx.saved_tensors
     has_state = ctx.state_dtype is not None
-    du, dbias, ds0 = torch.ops.archlab.rnn_core_bwd(dy, dlast, u, gate_bias, ckpt, has_state)
-    return du, dbias, ds0.to(ctx.state_dtype) if has_state else None
+    du, dbias, ds0 = torch.ops.archlab.rnn_core_bwd(dy, dlast, u, gate_bias, ckpt, has_state,
+                                                    ctx.BT)
+    return du, dbias, ds0.to(ctx.state_dtype) if has_state else None, None
 
 
 rnn_core_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -316,7 +318,7 @@ def rnn_core_triton(u_BT3D: Tensor, gate_bias_D: Tensor, state_BD: Tensor | None
         return u_BT3D.new_empty(B, 0, D), last
     state = state_BD.contiguous() if state_BD is not None else None
     y, last, _ = torch.ops.archlab.rnn_core_fwd(u_BT3D.contiguous(), gate_bias_D.contiguous(),
-                                               state)
+                                               state, tiles(u_BT3D.device)[0])
     return y, last
 
 

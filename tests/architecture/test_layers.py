@@ -154,3 +154,12 @@ def test_files_stay_small():
         if n > 420:
             long.append(f"{path.relative_to(ROOT)}: {n} lines")
     assert not long, long
+
+
+def test_docs_table_of_kinds_is_the_registry():
+    """docs/blocks.md holds `archlab kinds --markdown` as it prints now."""
+    from archlab.cli.kinds import markdown
+
+    assert markdown() in (ROOT / "docs" / "blocks.md").read_text(), (
+        "regenerate the table in docs/blocks.md with `archlab kinds --markdown`"
+    )
