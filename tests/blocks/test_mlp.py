@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import mlp
 from archlab.blocks.base import ModelConfig
+from archlab.blocks.mlp.layer import MLPBlock
 
 D_MODEL = 16
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, max_seq_len=64, dtype="float32")
@@ -21,7 +22,7 @@ ACTIVATIONS = ["gelu", "silu", "relu2", "swiglu", "geglu"]
 def build(activation: str, hidden: int | None = 24, bias: bool = True, seed: int = 0):
     """A block with every parameter randomized (so no path hides behind an init value)."""
     torch.manual_seed(seed)
-    block = mlp.Block(mlp.Params(hidden=hidden, activation=activation, bias=bias), MODEL)
+    block = MLPBlock(mlp.Params(hidden=hidden, activation=activation, bias=bias), MODEL)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -71,7 +72,7 @@ def test_matches_formula_outputs_and_grads(activation, bias, batch, seq_len):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_shapes_names_and_init(activation):
-    block = mlp.Block(mlp.Params(activation=activation, bias=True), MODEL)
+    block = MLPBlock(mlp.Params(activation=activation, bias=True), MODEL)
     gated = activation in mlp.GATED
     names = {n.split(".")[0] for n, _ in block.named_parameters()}
     assert names == ({"up_proj", "down_proj"} | ({"gate_proj"} if gated else set()))

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import archlab
-from archlab.blocks import BLOCKS
+from archlab.blocks.registry import kind as block_kind
 from archlab.blocks.base import ModelConfig
 from archlab.blocks.ssm import SSMSizes
 from archlab.cost.analytic import spec_cost
@@ -86,11 +86,11 @@ def test_whole_mlp_model_forward_and_train_exact():
 
 
 def _block(kind: str, params: dict, T: int):
-    mod = BLOCKS[kind]
-    p = mod.Params(kind=kind, **params)
+    mod = block_kind(kind)
+    p = mod.params(kind=kind, **params)
     model = ModelConfig(d_model=D, vocab_size=64, max_seq_len=max(T, 4), dtype="float32")
     torch.manual_seed(0)
-    block = mod.Block(p, model)
+    block = mod.model(p, model)
     block.select_backend(torch.device("cpu"))
     return mod, p, block
 
