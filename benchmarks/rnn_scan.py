@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "decode_batch": decode_batch,
             "compile_backend": backend,
             "small": small,
-            "triton_tiles": {
+            "triton_gpu_tiles": {
                 "BT": triton_rnn.BT_GPU,
                 "BD": triton_rnn.BD_GPU,
                 "warps": triton_rnn.WARPS_GPU,

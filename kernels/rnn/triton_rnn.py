@@ -23,8 +23,9 @@ scan over the tile in reversed token order (`tl.flip`), as in kernels/rat/triton
 (`associative_scan(reverse=True)` has been reported wrong for non-commutative combines,
 triton-lang/triton#4362).
 
-Entry points (torch custom ops in the `archlab` namespace, with fake implementations, so
-`torch.compile` traces them without a graph break):
+Entry points (torch custom ops in the `archlab` namespace, with fake implementations; the
+core's backward is attached with `register_autograd`, so `torch.compile` traces forward and
+backward without a graph break):
 - `rnn_core_triton(u, gate_bias, state=None) -> (y, last_state)`: differentiable in u,
   gate_bias and state (also through last_state).
 - `rnn_step_triton(u, gate_bias, state, has_state) -> y`: one decode step, state updated
@@ -77,7 +78,7 @@ def _last_row(x, rows, BT: tl.constexpr):
 
 
 @triton.jit
-def _tile_states(U, bias, t, m, cols, rows, c, b, T, D, BT: tl.constexpr):
+def _tile_states(U, bias, t, m, cols, c, b, T, D):
     """z, v, g and the states s [BT, BD] (float32) of the tile at tokens t, continuing from
     the state c before it. Padded rows and channels get a = 1, b = 0, so the tile's last
     row holds the state of its last real token."""
@@ -108,7 +109,7 @@ def rnn_fwd_kernel(U, BIAS, S0, Y, SLAST, CKPT, T, D, n_tiles,
         tl.store(CKPT + (b * n_tiles + j) * D + cols, c, mask=cmask)
         t = j * BT + rows
         m = (t < T)[:, None] & cmask[None, :]
-        z, v, g, s = _tile_states(U, bias, t, m, cols, rows, c, b, T, D, BT)
+        z, v, g, s = _tile_states(U, bias, t, m, cols, c, b, T, D)
         y = tl.sigmoid(z) * s
         tl.store(Y + (b * T + t)[:, None] * D + cols[None, :], y.to(Y.dtype.element_ty), mask=m)
         c = _last_row(s, rows, BT)
@@ -139,7 +140,7 @@ def rnn_bwd_kernel(U, BIAS, CKPT, DY, DLAST, DU, DBP, DS0, T, D, n_tiles,
         t = j * BT + rows
         m = (t < T)[:, None] & cmask[None, :]
         c = tl.load(CKPT + (b * n_tiles + j) * D + cols, mask=cmask, other=0.0)
-        z, v, g, s = _tile_states(U, bias, t, m, cols, rows, c, b, T, D, BT)
+        z, v, g, s = _tile_states(U, bias, t, m, cols, c, b, T, D)
         sz = tl.sigmoid(z)
         du = DU + (b * T + t)[:, None] * (3 * D) + cols[None, :]
         direct = tl.zeros([BT, BD], tl.float32)
