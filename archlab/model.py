@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from archlab.blocks.base import DTYPE_BYTES, ModelConfig
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.registry import kind as block_kind
+from archlab.lang.errors import ModelTooLarge
 from archlab.lang.plan import Plan
 
 
@@ -89,7 +91,9 @@ class ArchModel(nn.Module):
         cast(self.embedding)
         sources = {b.shares_cache_of for b in plan.blocks} - {None}
         self.blocks = nn.ModuleList(
-            cast(ResidualBlock(make_norm(m), block_kind(b.kind).model(b.params, m), i, i in sources))
+            cast(
+                ResidualBlock(make_norm(m), block_kind(b.kind).model(b.params, m), i, i in sources)
+            )
             for i, b in enumerate(plan.order())
         )
         self.final_norm = cast(make_norm(m))
@@ -148,17 +152,64 @@ class ArchModel(nn.Module):
         return self._head(x)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (the CPU: available RAM), or None when unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "cpu":
+            try:
+                with open("/proc/meminfo") as f:
+                    for line in f:
+                        if line.startswith("MemAvailable:"):
+                            return int(line.split()[1]) * 1024
+            except OSError:
+                pass
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_fits(plan: Plan, device: torch.device, dtype: torch.dtype) -> None:
+    """ModelTooLarge when the weights (the cost model's parameter count x the dtype's
+    bytes) exceed the free memory of `device`; nothing when that is unknown."""
+    from archlab.cost.analytic import param_count
+
+    free = free_memory(device) if device.type != "meta" else None
+    params = param_count(plan)
+    need = params * dtype.itemsize
+    if free is not None and need > free:
+        raise ModelTooLarge(
+            f"{plan.name}: the weights need {_gib(need)} ({params:,} parameters x "
+            f"{dtype.itemsize} bytes, {str(dtype).removeprefix('torch.')}) but {device} has "
+            f"{_gib(free)} free; not building it (`archlab build --force` or "
+            "`build_model(..., force=True)` tries anyway)"
+        )
+
+
 def build_model(
-    plan: Plan, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
+    plan: Plan,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    force: bool = False,
 ) -> ArchModel:
     """Instantiate the plan on `device` in `dtype` (default: the spec's `model.dtype`)
-    and select every block's backend for that device."""
+    and select every block's backend for that device. Unless `force`, a model whose
+    weights would not fit in the device's free memory raises ModelTooLarge (a ValueError)
+    before anything is allocated."""
     device = torch.device(device)
     if isinstance(dtype, str):
         if dtype not in DTYPE_BYTES:
             raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_BYTES)})")
         dtype = getattr(torch, dtype)
     dtype = dtype or plan.model.torch_dtype
+    if not force:
+        check_fits(plan, device, dtype)
     with torch.device(device):
         model = ArchModel(plan, dtype)
     if device.type != "meta":

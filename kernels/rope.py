@@ -26,3 +26,24 @@ def apply_rope(x_BTHD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor)
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     cos, sin = cos_TD[None, :, None, :], sin_TD[None, :, None, :]
     return (x * cos + rotated * sin).to(x_BTHD.dtype)
+
+
+def _rope_at(x_BTHD: torch.Tensor, positions_T: torch.Tensor, theta: float) -> torch.Tensor:
+    cos, sin = rope_cos_sin(positions_T, x_BTHD.shape[-1], theta)
+    return apply_rope(x_BTHD, cos, sin)
+
+
+_compiled_rope = None
+
+
+def rope(x_BTHD: torch.Tensor, positions_T: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """`apply_rope` at integer `positions`: the same function, and on CUDA for more than
+    one token one fused kernel per direction (torch.compile of the table and the
+    rotation: eager PyTorch makes about ten float32 passes over q or k, the backward as
+    many again). Inside an enclosing torch.compile, and on the CPU, it runs as written."""
+    global _compiled_rope
+    if x_BTHD.device.type != "cuda" or x_BTHD.shape[1] < 2 or torch.compiler.is_compiling():
+        return _rope_at(x_BTHD, positions_T, theta)
+    if _compiled_rope is None:
+        _compiled_rope = torch.compile(_rope_at, dynamic=True, fullgraph=True)
+    return _compiled_rope(x_BTHD, positions_T, theta)

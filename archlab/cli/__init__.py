@@ -2,7 +2,9 @@
 `--json`). Each command is one module here with `register(subparsers)` and `run(args)`.
 
 Exit status: 0 success, 1 invalid spec (or a requested backend that cannot run),
-2 usage errors (unknown option, missing file), 3 an internal error.
+2 usage errors (unknown option, missing file), 3 an internal error. With `--json`, every
+error is JSON on stdout too: `{"error": ...}` (an invalid spec: `{"valid": false,
+"errors": [...]}`).
 """
 
 from __future__ import annotations
@@ -12,29 +14,65 @@ import os
 import sys
 
 from archlab.cli import build, compare, cost, kinds, profile, schema, show, validate
-from archlab.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_USAGE, emit_json
-from archlab.lang.errors import SpecError, UsageError
+from archlab.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    emit_json,
+    extends_root_dirs,
+)
+from archlab.lang.errors import ModelTooLarge, SpecError, UsageError
 
 COMMANDS = (validate, show, build, cost, profile, compare, schema, kinds)  # in the help's order
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are JSON on stdout when `--json` was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str):
+        if Parser.json_errors:
+            emit_json({"error": message, "usage": self.format_usage().strip()})
+            raise SystemExit(EXIT_USAGE)
+        super().error(message)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The `archlab` parser with every command registered."""
-    parser = argparse.ArgumentParser(prog="archlab", description=__doc__.splitlines()[0])
+    parser = Parser(prog="archlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
     return parser
 
 
+def _fail(args, message: str, status: int, label: str = "error") -> int:
+    """Print `archlab: label: message` on stderr, or {"error": message} with --json."""
+    if getattr(args, "json", False):
+        emit_json({"error": message})
+    else:
+        print(f"archlab: {label}: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    from archlab.lang.loader import extends_roots
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    Parser.json_errors = "--json" in argv
     try:
-        return args.func(args)
+        args = make_parser().parse_args(argv)
+    finally:
+        Parser.json_errors = False
+    try:
+        with extends_roots(extends_root_dirs(args)):
+            return args.func(args)
     except UsageError as e:
-        print(f"archlab: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, str(e), EXIT_USAGE)
+    except ModelTooLarge as e:
+        return _fail(args, str(e), EXIT_INVALID)
     except SpecError as e:
         if getattr(args, "json", False):
             emit_json({"valid": False, "errors": [x.to_dict() for x in e.errors]})
@@ -51,14 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         from archlab.blocks.base import BackendUnavailable
 
         if isinstance(e, BackendUnavailable):
-            print(f"archlab: error: {e}", file=sys.stderr)
-            return EXIT_INVALID
+            return _fail(args, str(e), EXIT_INVALID)
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
-        print(
-            f"archlab: internal error: {type(e).__name__}: {e}\n"
+        return _fail(
+            args,
+            f"{type(e).__name__}: {e}\n"
             "(set ARCHLAB_DEBUG=1 to see the traceback; please report it)",
-            file=sys.stderr,
+            EXIT_INTERNAL,
+            label="internal error",
         )
-        return EXIT_INTERNAL
-

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from archlab.cli.common import EXIT_INVALID, EXIT_OK, emit_json, existing
+from archlab.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_extends_root,
+    emit_json,
+    existing,
+    report_warnings,
+)
 from archlab.lang.errors import UsageError
 
 
@@ -14,8 +21,19 @@ def register(subparsers) -> None:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
-    p.add_argument("--seq", type=int, default=16, help="tokens in the test forward")
+    p.add_argument(
+        "--seq",
+        type=int,
+        default=None,
+        help="tokens in the test forward (default 16, at most the spec's max_seq_len)",
+    )
     p.add_argument("--full", action="store_true", help="print every block of the module tree")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="build even when the weights would not fit in the device's free memory",
+    )
+    add_extends_root(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,8 +45,19 @@ def run(args) -> int:
     from archlab.model import build_model
 
     plan = compile(existing(args.spec))
-    if args.seq < 1:
+    if args.seq is not None and args.seq < 1:
         raise UsageError(f"--seq must be >= 1 (got {args.seq})")
+    warnings = list(plan.warnings)
+    if args.seq is not None and args.seq > plan.model.max_seq_len:
+        warnings.append(
+            plan.issue(
+                "model.max_seq_len",
+                f"--seq {args.seq:,} is longer than model.max_seq_len "
+                f"({plan.model.max_seq_len:,}): the test forward runs at "
+                f"T = {plan.model.max_seq_len:,}",
+            )
+        )
+    warned = report_warnings(warnings, args)
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
@@ -38,9 +67,9 @@ def run(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here")
     print(f"building {plan.name} on {args.device} ...", file=sys.stderr)
-    model = build_model(plan, device=args.device, dtype=args.dtype)
+    model = build_model(plan, device=args.device, dtype=args.dtype, force=args.force)
     params = sum(p.numel() for p in model.parameters())
-    T = min(args.seq, plan.model.max_seq_len)
+    T = min(16 if args.seq is None else args.seq, plan.model.max_seq_len)
     ids = torch.randint(0, plan.model.vocab_size, (1, T), device=args.device)
     with torch.no_grad():
         logits = model(ids)
@@ -55,6 +84,7 @@ def run(args) -> int:
                 "dtype": str(next(model.parameters()).dtype),
                 "backends": backends,
                 "forward": {"input": [1, T], "output": list(logits.shape), "finite": ok},
+                "warnings": warned,
             }
         )
         return EXIT_OK if ok else EXIT_INVALID

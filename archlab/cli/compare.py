@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from archlab.cli.common import add_extends_root, check_modes
 from archlab.cli.measure_options import (
     add_size_options,
     default_seqs,
@@ -30,15 +31,19 @@ def register(subparsers) -> None:
     )
     p.add_argument("--mode", default="all", help="modes measured with --measure")
     add_size_options(p, "CPU 128,256,512; CUDA 1k,4k,16k")
+    add_extends_root(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """`archlab compare`: analytic (and with --measure, measured) side by side."""
+    from archlab.measure import MODES
     from archlab.measure.sweep import prepare, sweep
     from archlab.report.compare import compare_outputs
     from archlab.report.results import results_document, write_csv
 
+    if args.measure:
+        check_modes(args.mode, MODES)  # unknown values, with a did-you-mean
     plans = unique_plans(args.specs)
     sizes = resolve_sizes(args, compare=True)
     if sizes.device.type == "cuda" and args.gen_sample is None:
@@ -87,5 +92,3 @@ def run(args) -> int:
         if not args.out:
             print("(--out DIR writes the plots and a Markdown report)")
     return 0
-
-

@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from argparse import Namespace
 
-from archlab.cli.common import existing, parse_lengths
+from archlab.cli.common import (
+    add_extends_root,
+    existing,
+    length_warnings,
+    parse_lengths,
+    report_warnings,
+)
 from archlab.cost.analytic import METRICS, Cost, KindCost, spec_cost
-from archlab.cost.crossover import CrossoverError, Run, crossovers
+from archlab.cost.crossover import CrossoverError, CrossoverGaveUp, Run, crossovers
 from archlab.cost.memory import TrainMemory, train_memory
 from archlab.lang.errors import UsageError
 from archlab.lang.plan import Plan
@@ -188,7 +194,8 @@ def _crossover_results(plans: list[Plan], names: list[str], batch: int) -> list[
                 try:
                     runs = crossovers(plans[i], plans[j], metric, batch)
                 except CrossoverError as e:
-                    out.append({**entry, "error": str(e)})
+                    gave_up = isinstance(e, CrossoverGaveUp)
+                    out.append({**entry, "error": str(e), "gave_up": gave_up})
                     continue
                 when, detail = describe(runs, names[i], names[j])
                 cheaper = {-1: names[i], 0: "equal", 1: names[j], 2: "mixed"}
@@ -230,14 +237,16 @@ def register(subparsers) -> None:
         action="store_true",
         help="estimate training memory (weights, grads, AdamW, activations)",
     )
+    add_extends_root(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: Namespace) -> int:
-    """`archlab cost`: the tables (or JSON) of every spec at every length."""
-    """The `cost` sub-command (arguments in archlab.cli). Returns the exit status."""
+    """`archlab cost`: the tables (or JSON) of every spec at every length. Returns the
+    exit status."""
     from archlab import compile
+
     for spec in args.specs:
         existing(spec)
 
@@ -252,6 +261,8 @@ def run(args: Namespace) -> int:
     lengths = parse_lengths(seq) if seq else sorted({p.model.max_seq_len for p in plans})
     if len(lengths) != len(set(lengths)):
         lengths = sorted(set(lengths))
+    warnings = [w for p in plans for w in (*p.warnings, *length_warnings(p, lengths))]
+    warned = report_warnings(warnings, args)
     names = _names(plans, specs)
     costs = [[spec_cost(p, batch, T) for T in lengths] for p in plans]
     mems = (
@@ -261,7 +272,9 @@ def run(args: Namespace) -> int:
     )
     cross = _crossover_results(plans, names, batch) if getattr(args, "crossover", False) else None
     if getattr(args, "json", False):
-        print(json.dumps(_json(args, plans, names, specs, lengths, costs, mems, cross), indent=2))
+        doc = _json(args, plans, names, specs, lengths, costs, mems, cross)
+        doc["warnings"] = warned
+        print(json.dumps(doc, indent=2))
         return 0
     _print_text(args, plans, names, costs, mems, cross)
     return 0
@@ -335,7 +348,7 @@ def _print_text(args, plans, names, costs, mems, cross) -> None:
             [
                 f"{c['a']} vs {c['b']}",
                 c["label"],
-                c.get("a_cheaper", "?"),
+                c.get("a_cheaper", "gave up" if c.get("gave_up") else "?"),
                 c.get("detail", c.get("error", "")),
             ]
             for c in cross

@@ -1,9 +1,10 @@
 """Options and helpers shared by `archlab profile` and `archlab compare`: sizes, timing,
 throughput and output options; their device-dependent defaults. On CUDA the specs run as
 written; on the CPU each spec is replaced by a clearly labelled scaled-down copy (`Scale`:
-d_model 256, its head size kept, vocabulary 4096, the fewest whole repeats of the stack's
-period with at least 4 blocks, float32) at small T and batch, so that
-`archlab compare --measure` finishes in about a minute anywhere. Torch is imported only
+d_model 256, its head size kept, vocabulary 4096, the first units of the stack's repeating
+unit with at least 4 blocks and every patched unit, float32), by one rule for every spec,
+at small T and batch, so that
+`archlab compare --measure` finishes in a minute or two anywhere. Torch is imported only
 when a command runs."""
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ GPU_DEFAULTS = {
 }
 
 
-
 def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     """Options shared by profile and compare (defaults depend on the device)."""
     g = p.add_argument_group("sizes (defaults: small on the CPU, real on CUDA)")
@@ -80,7 +80,8 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
         "--blocks",
         type=int,
         default=4,
-        help="at least this many blocks in the scaled copy (0: all)",
+        help="the scaled copy keeps the fewest whole units of the stack's repeating unit with "
+        "at least this many blocks, and every patched unit (0: every block)",
     )
     t = p.add_argument_group("timing")
     t.add_argument("--repeats", type=int, default=None, help="timed runs (CPU 3, CUDA 10)")
@@ -89,7 +90,9 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
         "--max-time",
         type=float,
         default=None,
-        help="seconds of timed runs per case, after 3 runs (CPU 5, CUDA 3)",
+        help="time budget of a case's timed runs, in seconds: no run starts after it once 3 "
+        "are in (1 if one run outlasts it); within it, runs go on until their spread is "
+        "under 20%% (CPU 5, CUDA 3)",
     )
     t.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
     t.add_argument(
@@ -237,7 +240,7 @@ def resolve_sizes(args, compare: bool = False):
     )
     return Sizes(
         device,
-        args.dtype or ("float32" if scaled and device.type == "cpu" else None),
+        args.dtype or ("float32" if device.type == "cpu" else None),  # --full-size too
         Scale(args.d_model, args.vocab, args.blocks) if scaled else None,
         seqs,
         args.batch,
@@ -297,5 +300,3 @@ def partial_note(results: list) -> str:
 def emit(text: str, args) -> None:
     """A status line: on stderr when stdout carries JSON or CSV."""
     print(text, file=sys.stderr if args.json or args.csv == "-" else sys.stdout)
-
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from archlab.cli.common import add_extends_root, check_layer, check_modes
 from archlab.cli.measure_options import (
     add_size_options,
     default_seqs,
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
         help="time one block of that kind alone (repeatable), e.g. rat:chunk_size=64",
     )
     add_size_options(p, "CPU 256; CUDA each spec's max_seq_len")
+    add_extends_root(p)
     p.set_defaults(func=run)
 
 
@@ -47,6 +49,9 @@ def run(args) -> int:
     from archlab.measure.sweep import sweep
     from archlab.report.results import results_document, results_table, write_csv
 
+    check_modes(args.mode, MODES)  # unknown values, with a did-you-mean
+    for text in args.layer:
+        check_layer(text)
     plans = unique_plans(args.specs)
     modes = parse_modes(args.mode)
     layers = [parse_layer(t) for t in args.layer]
@@ -97,5 +102,3 @@ def run(args) -> int:
     if args.out:
         emit(f"wrote {Path(args.out) / 'profile.json'} and profile.csv", args)
     return 0
-
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from archlab.cli.common import EXIT_OK, emit_json, existing
+from archlab.cli.common import EXIT_OK, add_extends_root, emit_json, existing
 from archlab.lang.errors import UsageError
 
 
@@ -11,6 +11,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("show", help="the expanded stack, one row per block, with totals")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--graph", metavar="FILE", help="draw the plan graph (.svg or .png)")
+    add_extends_root(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -26,7 +27,15 @@ def run(args) -> int:
     rows = []
     for b in plan.order():
         n = block_cost(b, m, 1, 1).params  # the mixer and its norm
-        rows.append({"index": b.index, "kind": b.kind, "params": b.summary(), "parameters": n})
+        rows.append(
+            {
+                "index": b.index,
+                "kind": b.kind,
+                "params": b.summary(),  # the params that differ from their defaults
+                "resolved": b.resolved(),  # every param with its value
+                "parameters": n,
+            }
+        )
     total = param_count(plan)
     if args.graph:
         try:

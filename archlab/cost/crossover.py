@@ -16,8 +16,13 @@ from archlab.blocks.registry import kind as block_kind
 from archlab.cost.analytic import metric_function
 from archlab.lang.plan import Plan
 
+
 class CrossoverError(ValueError):
     """The difference of two costs is not of the piecewise-quadratic form assumed."""
+
+
+class CrossoverGaveUp(CrossoverError):
+    """The exact search would take more work than its budget (MAX_WORK)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,29 @@ class Run:
 
 MAX_PERIOD = 1 << 16  # residue classes mod the lcm of the chunk sizes
 MAX_ENUMERATE = 1 << 16  # longest mixed range resolved T by T
+# The budget of one search, in block-cost evaluations (a cost evaluation of a spec counts
+# once per distinct block): about a second. The search estimates its work before it
+# starts and counts it as it goes; past the budget it gives up (CrossoverGaveUp) and
+# says so, rather than running for minutes.
+MAX_WORK = 2_000_000
+EVALS_PER_CLASS = 12  # a class's fit (5), checks (3) and binary searches, on average
+GIVE_UP_HINT = "compare at chosen lengths with --seq instead"
+
+
+class _Budget:
+    """f, counting its evaluations (each `weight` units) against `limit`."""
+
+    def __init__(self, f: Callable[[int], int], weight: int, limit: int = MAX_WORK):
+        self.f, self.weight, self.limit, self.used = f, max(1, weight), limit, 0
+
+    def __call__(self, t: int) -> int:
+        self.used += self.weight
+        if self.used > self.limit:
+            raise CrossoverGaveUp(
+                f"gave up: the exact search needs more than {self.limit:,} block-cost "
+                f"evaluations (its budget); {GIVE_UP_HINT}"
+            )
+        return self.f(t)
 
 
 def structure(plan: Plan) -> tuple[set[int], int]:
@@ -131,6 +159,8 @@ def _segment_runs(f: Callable[[int], int], lo: int, hi: int | None, period: int)
         if len(set(current.values())) == 1:
             runs.append(Run(start, end, next(iter(current.values()))))
         elif end is not None and end - start < MAX_ENUMERATE:
+            if isinstance(f, _Budget):  # T by T on the fitted quadratics: cheap, but counted
+                f.used += end - start + 1
             signs = [
                 _sign(polys[(t - lo) % period]((t - lo) // period)) for t in range(start, end + 1)
             ]
@@ -150,20 +180,32 @@ def _runs_of(start: int, signs: list[int]) -> list[Run]:
     return runs
 
 
-def sign_runs(f: Callable[[int], int], windows: set[int], period: int) -> list[Run]:
+def sign_runs(
+    f: Callable[[int], int], windows: set[int], period: int, weight: int = 1
+) -> list[Run]:
     """The exact sign of f(T) for every T >= 1, as maximal runs.
 
     f must be, between consecutive `windows` breakpoints and on each residue class mod
     `period`, a polynomial of degree <= 2 in T (true of every cost here: `structure`).
     Each class's quadratic is fitted from exact values, checked at further points (a
     mismatch raises CrossoverError) and its sign changes found by binary search on the
-    monotone sides of its vertex; the classes are then merged (where they disagree, T by T)."""
+    monotone sides of its vertex; the classes are then merged (where they disagree, T by T).
+    One evaluation of f costs `weight` against the budget (MAX_WORK); past it, or when
+    the estimate of the work is past it, the search gives up (CrossoverGaveUp)."""
     if period > MAX_PERIOD:
-        raise CrossoverError(
-            f"the chunk sizes' common period ({period}) is too large "
-            f"for an exact crossover search (limit {MAX_PERIOD})"
+        raise CrossoverGaveUp(
+            f"gave up: the chunk sizes' common period ({period:,}) is too large "
+            f"for an exact crossover search (limit {MAX_PERIOD:,}); {GIVE_UP_HINT}"
         )
     bounds = sorted({1} | {w for w in windows if w > 1} | {w + 1 for w in windows})
+    estimate = len(bounds) * period * EVALS_PER_CLASS * max(1, weight)
+    if estimate > MAX_WORK:
+        raise CrossoverGaveUp(
+            f"gave up: the exact search would need about {estimate:,} block-cost "
+            f"evaluations ({period:,} residue classes x {len(bounds)} ranges between "
+            f"windows), more than its budget of {MAX_WORK:,}; {GIVE_UP_HINT}"
+        )
+    f = _Budget(f, weight)
     runs: list[Run] = []
     for i, lo in enumerate(bounds):
         hi = bounds[i + 1] - 1 if i + 1 < len(bounds) else None
@@ -180,4 +222,11 @@ def crossovers(a: Plan, b: Plan, metric: str, batch: int = 1) -> list[Run]:
     for every sequence length T >= 1."""
     fa, fb = metric_function(a, metric, batch), metric_function(b, metric, batch)
     (wa, pa), (wb, pb) = structure(a), structure(b)  # forms change at T = w and w + 1
-    return sign_runs(lambda t: fa(t) - fb(t), wa | wb, lcm(pa, pb))
+    weight = _distinct_blocks(a) + _distinct_blocks(b)
+    return sign_runs(lambda t: fa(t) - fb(t), wa | wb, lcm(pa, pb), weight)
+
+
+def _distinct_blocks(plan: Plan) -> int:
+    """How many blocks one cost evaluation computes (identical blocks are computed once),
+    plus the embedding and head."""
+    return 1 + len({(b.kind, b.params.model_dump_json()) for b in plan.blocks})

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from archlab.lang import pattern as patterns
-from archlab.blocks.registry import kinds as block_kinds
 from archlab.blocks.base import ModelConfig
-from archlab.lang.errors import SpecError, SpecIssue, format_path
+from archlab.blocks.registry import kinds as block_kinds
+from archlab.lang import pattern as patterns
+from archlab.lang.errors import SpecError, SpecIssue, format_path, short
 from archlab.lang.expressions import ExpressionError, as_int, evaluate
 from archlab.lang.loader import Source, load_source
 from archlab.lang.plan import Plan, PlannedBlock, make_plan
@@ -25,10 +25,22 @@ from archlab.lang.sharing import resolve_sharing
 from archlab.lang.spec import (
     EXPRESSION_NAMES,
     LANGUAGE_VERSION,
+    MAX_BLOCKS,
     TOP_LEVEL_KEYS,
     numeric_kind,
 )
-from archlab.lang.stack import Param, RawBlock, block_from_item, check_fields, expand, suggest, topology
+from archlab.lang.stack import (
+    BLOCK_LIMIT_MESSAGE,
+    Param,
+    RawBlock,
+    block_from_item,
+    block_weight,
+    check_fields,
+    expand,
+    suggest,
+    topology,
+)
+from archlab.lang.warnings import plan_warnings
 
 
 @dataclass
@@ -47,7 +59,7 @@ class Document:
 def pydantic_message(err: dict) -> str:
     """A short, user-facing message for one pydantic error."""
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
-    got = f" (got {value!r})"
+    got = f" (got {short(value)})"
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
@@ -81,11 +93,11 @@ def validate(source: Source, errors: list[SpecIssue]) -> Document | None:
         if key not in TOP_LEVEL_KEYS:
             errors.append(source.issue((key,), "unknown key" + suggest(key, TOP_LEVEL_KEYS)))
     version = data.get("archlab", LANGUAGE_VERSION)
-    if version != LANGUAGE_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != LANGUAGE_VERSION:  # 1.0 and true are not 1
         errors.append(
             source.issue(
                 ("archlab",),
-                f"unsupported language version {version!r} "
+                f"unsupported language version {short(version)} "
                 f"(this archlab reads version {LANGUAGE_VERSION})",
             )
         )
@@ -93,7 +105,7 @@ def validate(source: Source, errors: list[SpecIssue]) -> Document | None:
     description = data.get("description", "")
     for key, value in (("name", name), ("description", description)):
         if not isinstance(value, str):
-            errors.append(source.issue((key,), f"must be a string (got {value!r})"))
+            errors.append(source.issue((key,), f"must be a string (got {short(value)})"))
     model, partial = _validate_model(source, errors)
     for key in ("stack",) + (("model",) if "model" not in data else ()):
         if key not in data:
@@ -146,7 +158,9 @@ def _validate_defaults(source: Source, errors) -> dict[str, dict[str, Param]]:
     for kind, params in raw.items():
         if kind not in block_kinds():
             errors.append(
-                source.issue(("defaults", kind), "unknown block kind" + suggest(kind, block_kinds()))
+                source.issue(
+                    ("defaults", kind), "unknown block kind" + suggest(kind, block_kinds())
+                )
             )
         elif not isinstance(params, dict):
             errors.append(source.issue(("defaults", kind), "must be a mapping of params"))
@@ -206,7 +220,9 @@ def apply_defaults_and_patches(
         for key in at:
             if not isinstance(key, int) or isinstance(key, bool):
                 errors.append(
-                    source.issue(("at", key), f"a block index must be an integer (got {key!r})")
+                    source.issue(
+                        ("at", key), f"a block index must be an integer (got {short(key)})"
+                    )
                 )
         return blocks
     patched: dict[int, object] = {}
@@ -214,7 +230,9 @@ def apply_defaults_and_patches(
         path = ("at", key)
         index = key if isinstance(key, int) and not isinstance(key, bool) else None
         if index is None:
-            errors.append(source.issue(path, f"a block index must be an integer (got {key!r})"))
+            errors.append(
+                source.issue(path, f"a block index must be an integer (got {short(key)})")
+            )
             continue
         if not -n <= index < n:
             errors.append(
@@ -313,32 +331,54 @@ def _resolve_params(source, b: RawBlock, names, model, errors, branches=()):
         return params  # each branch was checked on its own
     problems = mod.check(params, model.d_model)
     for key, message in problems:
-        path = b.params[key][1] if key in b.params else b.origin
-        errors.append(source.issue(path, message + ("" if key in b.params else where)))
+        if key in b.params:
+            errors.append(source.issue(b.params[key][1], message))
+        else:  # a value the block did not write: name it, and where its inputs came from
+            errors.append(source.issue(b.origin, f"{key}: {message}{_provenance(b)}"))
     return None if problems else params
+
+
+def _provenance(b: RawBlock) -> str:
+    """' (attention block from symbol 'A'; heads from defaults.attention.heads)': the
+    block, and the params it took from elsewhere than its own stack item."""
+    n = len(b.origin)
+    inherited = [
+        f"{k} from {format_path(p)}" for k, (_, p) in b.params.items() if p[:n] != b.origin
+    ]
+    note = f" {b.note}" if b.note else ""
+    more = f"; {', '.join(inherited[:4])}" if inherited else ""
+    return f" ({b.kind} block{note}{more})"
 
 
 # --- the whole pipeline ------------------------------------------------------------------
 
 
-def compile_spec(spec: str | Path | dict | Source) -> Plan:
-    """Text (a path, a YAML string, a dict) -> the validated, expanded Plan.
+def compile_spec(spec: str | Path | dict | Source, roots=None) -> Plan:
+    """Text (a path, a YAML string, a dict) -> the validated, expanded Plan. `extends`
+    may reach the folders in `roots` besides the spec's own and the working folder.
 
-    Raises SpecError listing every problem found by the first failing pass."""
+    Raises SpecError listing every problem found by the first failing pass. Warnings
+    (valid, but probably not meant) are in the Plan's `warnings`."""
     errors: list[SpecIssue] = []
+    source = spec if isinstance(spec, Source) else load_source(spec, roots)
     try:
-        source = spec if isinstance(spec, Source) else load_source(spec)
         doc = validate(source, errors)
         if doc is None:
             raise SpecError(errors)
         blocks, complete = expand(source, doc.symbols, errors)
         blocks = apply_defaults_and_patches(doc, blocks, errors, complete)
+        if sum(block_weight(b) for b in blocks) > MAX_BLOCKS:
+            errors.append(source.issue(("at",), BLOCK_LIMIT_MESSAGE))
+            raise SpecError(errors)
         model = doc.model or doc.partial_model
         planned = resolve(doc, blocks, errors, model) if model is not None else []
         if complete and len(planned) == len(blocks):
             planned = resolve_sharing(source, blocks, planned, model, errors)
     except RecursionError:
-        raise SpecError([SpecIssue(str(spec)[:80], 0, 0, "", "spec nested too deeply")]) from None
+        raise SpecError([source.issue((), "spec nested too deeply")]) from None
     if errors:
         raise SpecError(errors)
-    return make_plan(doc.name, doc.description, source.file, doc.model, planned)
+    warnings = plan_warnings(source, blocks, planned, doc.model)
+    plan = make_plan(doc.name, doc.description, source.file, doc.model, planned, warnings)
+    plan.positions["model.max_seq_len"] = source.pos(("model", "max_seq_len"))
+    return plan

@@ -21,6 +21,11 @@ class SpecIssue:
         where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
         return f"{where}: {self.path or '<spec>'}: {self.message}"
 
+    def warning(self) -> str:
+        """The issue as a warning line: `file:line:col: path: warning: message`."""
+        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+        return f"{where}: {self.path or '<spec>'}: warning: {self.message}"
+
     def to_dict(self) -> dict:
         return {
             "file": self.file,
@@ -51,5 +56,19 @@ def format_path(path: tuple) -> str:
     return out
 
 
+def short(value, limit: int = 80) -> str:
+    """repr(value), cut to about `limit` characters for messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    close = text[0] if isinstance(value, str) else ""
+    return text[: limit - 3 - len(close)] + "..." + close
+
+
 class UsageError(ValueError):
     """An option or argument that cannot be used (the CLI prints it and exits with 2)."""
+
+
+class ModelTooLarge(ValueError):
+    """A model whose weights would not fit in the free memory of the device it is built on
+    (`archlab build` refuses it unless `--force`)."""

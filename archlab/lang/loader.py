@@ -1,11 +1,16 @@
 """YAML -> plain data with source positions; `extends` chains, deep-merged.
 
-Only `yaml.SafeLoader` is used: tags that would build Python objects are errors.
+Only plain mappings, lists and scalars are read: any explicit tag is an error, and no
+tag ever builds a Python object (`yaml_limits` holds the parser and its limits). A spec
+may extend only `.yaml`/`.yml` files inside its own folder, its project and the working
+folder's project, and the roots the caller names (`load_source(roots=...)`,
+`extends_roots`, the CLI's `--extends-root`).
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +18,22 @@ from typing import Any
 import yaml
 
 from archlab.lang.errors import SpecError, SpecIssue, format_path
+from archlab.lang.files import SPEC_SUFFIXES, Unreadable, cwd, os_reason, project_root, read_text
+from archlab.lang.yaml_limits import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_NODES,
+    MERGE,
+    YamlProblem,
+    compose,
+)
+
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "Source", "load_source", "parse_yaml"]
 
 Pos = tuple[str, int, int]  # file, line, col (1-based)
-MAX_DEPTH = 64
-MAX_BYTES = 4 << 20
+_EXTRA_ROOTS: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar(
+    "archlab_extends_roots", default=()
+)
 
 
 @dataclass
@@ -42,191 +59,231 @@ class Source:
         return SpecIssue(file, line, col, format_path(path), message)
 
 
-class _Loader(yaml.SafeLoader):
-    """The safe loader, reading `1e-6` as a number as YAML 1.2 does (YAML 1.1 wants a dot)."""
+# --- YAML nodes -> data with positions -----------------------------------------------------
+
+_PLAIN = (str, int, float, bool, type(None))
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-MAX_NODES = 200_000  # aliases can make a small file expand enormously ("billion laughs")
+class _Builder:
+    """Walks the node graph (aliases expanded) into plain data, recording positions."""
 
+    def __init__(self, loader, file: str, tagged: dict):
+        self.loader, self.file, self.tagged = loader, file, tagged
+        self.positions: dict[tuple, Pos] = {}
+        self.values: dict[tuple, Pos] = {}
+        self.errors: list[SpecIssue] = []
 
-class _TooLarge(Exception):
-    pass
+    def at(self, node) -> Pos:
+        return (self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
+    def error(self, node, path: tuple, message: str) -> None:
+        self.errors.append(SpecIssue(*self.at(node), format_path(path), message))
 
-def _build(node: yaml.Node, loader: _Loader, file: str, path: tuple, positions, errors, depth=0):
-    if len(positions) > 2 * MAX_NODES:
-        raise _TooLarge
-    here = (file, node.start_mark.line + 1, node.start_mark.column + 1)
-    positions.setdefault(path, here)
-    positions[("$value",) + path] = here
-    if depth > MAX_DEPTH:
-        errors.append(
-            SpecIssue(
-                file,
-                *positions[path][1:],
-                format_path(path),
-                f"nested deeper than {MAX_DEPTH} levels",
-            )
-        )
-        return None
-    standard = {
-        yaml.MappingNode: "tag:yaml.org,2002:map",
-        yaml.SequenceNode: "tag:yaml.org,2002:seq",
-    }
-    if type(node) in standard and node.tag != standard[type(node)]:
-        errors.append(
-            _at(
-                file,
+    def tag_of(self, node) -> str | None:
+        return self.tagged.get((node.start_mark.index, type(node)))
+
+    def build(self, node, path: tuple, depth: int = 0) -> Any:
+        here = self.at(node)
+        self.positions.setdefault(path, here)
+        self.values[path] = here
+        if depth > MAX_DEPTH:
+            self.error(node, path, f"nested deeper than {MAX_DEPTH} levels")
+            return None
+        tag = self.tag_of(node)
+        if tag is not None:
+            self.error(
                 node,
                 path,
-                f"unsupported YAML tag {node.tag!r}: a spec holds "
-                "plain mappings, lists and scalars",
+                f"unsupported YAML tag {tag!r}: a spec holds plain mappings, lists and "
+                "scalars (no tags)",
             )
-        )
-        return None
-    if isinstance(node, yaml.MappingNode):
-        explicit = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
-        loader.flatten_mapping(node)  # merged (`<<`) entries first, then the explicit ones
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node, path: tuple) -> Any:
+        if node.tag == MERGE:
+            return node.value  # `<<` where it is no key: the string
+        try:
+            value = self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+            problem = getattr(e, "problem", None) or str(e)
+            self.error(node, path, f"cannot read this value: {str(problem)[:120]}")
+            return None
+        if not isinstance(value, _PLAIN):  # no implicit tag builds anything else
+            self.error(node, path, f"unsupported YAML value of type {type(value).__name__}")
+            return None
+        return value
+
+    def entries(self, node, path: tuple, depth: int, explicit: bool = True) -> list:
+        """(key node, value node, written here?) with `<<` merges flattened first."""
+        merged, own = [], []
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag == MERGE and not self.tag_of(key):
+                sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                if not all(isinstance(s, yaml.MappingNode) for s in sources):
+                    self.error(value, path, "`<<` merges a mapping or a list of mappings")
+                elif depth >= MAX_DEPTH:
+                    self.error(value, path, f"merges nested deeper than {MAX_DEPTH} levels")
+                else:
+                    for s in reversed(sources):  # the first mapping listed wins
+                        merged += self.entries(s, path, depth + 1, explicit=False)
+            else:
+                own.append((key, value, explicit))
+        return merged + own
+
+    def mapping(self, node, path: tuple, depth: int) -> dict:
         out: dict = {}
         seen: set = set()
-        for key_node, value_node in node.value:
+        for key_node, value_node, explicit in self.entries(node, path, depth):
             if not isinstance(key_node, yaml.ScalarNode):
-                errors.append(_at(file, key_node, path, "mapping keys must be plain scalars"))
+                self.error(key_node, path, "mapping keys must be plain scalars")
                 continue
-            key = loader.construct_object(key_node)
+            if self.tag_of(key_node):
+                self.error(key_node, path, f"unsupported YAML tag {self.tag_of(key_node)!r}")
+                continue
+            key = self.scalar(key_node, path)
             if not isinstance(key, str | int) or isinstance(key, bool):
                 key = str(key)
-            if key in seen and key_node in explicit:
-                errors.append(_at(file, key_node, path + (key,), "duplicate key"))
+            if explicit and key in seen:
+                self.error(key_node, path + (key,), "duplicate key")
                 continue
-            if key_node in explicit:
+            if explicit:
                 seen.add(key)
-            positions[path + (key,)] = (
-                file,
-                key_node.start_mark.line + 1,
-                key_node.start_mark.column + 1,
-            )
-            out[key] = _build(value_node, loader, file, path + (key,), positions, errors, depth + 1)
+            self.positions[path + (key,)] = self.at(key_node)
+            out[key] = self.build(value_node, path + (key,), depth + 1)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(item, loader, file, path + (i,), positions, errors, depth + 1)
-            for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node)
-
-
-def _at(file: str, node: yaml.Node, path: tuple, message: str) -> SpecIssue:
-    return SpecIssue(
-        file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path), message
-    )
 
 
 def parse_yaml(text: str, file: str) -> Source:
-    """Parse one YAML document into a Source; any YAML problem becomes a SpecError."""
-    if len(text) > MAX_BYTES:
-        raise SpecError([SpecIssue(file, 0, 0, "", f"spec is larger than {MAX_BYTES} bytes")])
+    """Parse one YAML document into a Source; any YAML problem becomes a SpecError that
+    points into the text (line and column)."""
     loader = None
     try:
-        loader = _Loader(text)
-        node = loader.get_single_node()
-        positions: dict[tuple, Pos] = {}
-        errors: list[SpecIssue] = []
-        data = {} if node is None else _build(node, loader, file, (), positions, errors)
-        values = {p[1:]: v for p, v in positions.items() if p[:1] == ("$value",)}
-        positions = {p: v for p, v in positions.items() if p[:1] != ("$value",)}
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        problem = " ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
-        raise SpecError([SpecIssue(file, line, col, "", f"YAML syntax error: {problem}")]) from None
-    except yaml.reader.ReaderError as e:
-        raise SpecError(
-            [
-                SpecIssue(
-                    file,
-                    0,
-                    e.position + 1 if e.position is not None else 0,
-                    "",
-                    f"not a text file: {e.reason} at character {e.position}",
-                )
-            ]
-        ) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-        raise SpecError([SpecIssue(file, 0, 0, "", f"YAML error: {e}")]) from None
-    except RecursionError:
-        raise SpecError([SpecIssue(file, 0, 0, "", "YAML nested too deeply")]) from None
-    except _TooLarge:
-        raise SpecError(
-            [SpecIssue(file, 0, 0, "", f"YAML expands to more than {MAX_NODES} nodes (aliases)")]
-        ) from None
+        node, loader, tagged = compose(text)
+        builder = _Builder(loader, file, tagged)
+        data = {} if node is None else builder.build(node, ())
+    except YamlProblem as e:
+        raise SpecError([SpecIssue(file, e.line, e.col, "", e.message)]) from None
     finally:
         if loader is not None:
             loader.dispose()
-    if errors:
-        raise SpecError(errors)
-    return Source(data, positions, file, values)
+    if builder.errors:
+        raise SpecError(builder.errors)
+    if node is None:
+        builder.positions[()] = (file, 1, 1)
+    return Source(data, builder.positions, file, builder.values)
+
+
+# --- extends -------------------------------------------------------------------------------
 
 
 def deep_merge(base: Source, child: Source) -> Source:
-    """Child over base: mappings merge, lists and scalars replace (with their positions)."""
-    positions, values = dict(base.positions), dict(base.values)
+    """Child over base: mappings merge, lists and scalars replace (with their positions).
+    Linear in the size of both: the replaced paths are collected, then each position is
+    kept from the side its path (or an ancestor) came from."""
+    replaced: set[tuple] = set()
 
     def merge(b: Any, c: Any, path: tuple) -> Any:
         if isinstance(b, dict) and isinstance(c, dict):
             out = dict(b)
             for k, v in c.items():
-                out[k] = merge(b[k], v, path + (k,)) if k in b else _take(v, path + (k,))
+                if k in b:
+                    out[k] = merge(b[k], v, path + (k,))
+                else:
+                    replaced.add(path + (k,))
+                    out[k] = v
             return out
-        return _take(c, path)
+        replaced.add(path)
+        return c
 
-    def _take(value: Any, path: tuple) -> Any:
-        for table, new in ((positions, child.positions), (values, child.values)):
-            for p in [p for p in table if p[: len(path)] == path]:
-                del table[p]
-            table.update({p: v for p, v in new.items() if p[: len(path)] == path})
-        return value
+    def from_child(path: tuple) -> bool:
+        return any(path[:i] in replaced for i in range(len(path) + 1))
 
     data = merge(base.data, child.data, ())
+    tables = []
+    for mine, theirs in ((base.positions, child.positions), (base.values, child.values)):
+        table = {p: v for p, v in mine.items() if not from_child(p)}
+        table.update({p: v for p, v in theirs.items() if from_child(p)})
+        tables.append(table)
+    positions, values = tables
     positions[()] = child.positions.get((), (child.file, 1, 1))
     return Source(data, positions, child.file, values)
 
 
-def load_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> Source:
-    """Load a spec file and resolve its `extends` chain (paths relative to the file)."""
+def load_file(
+    path: str | Path, roots: tuple[Path, ...] = (), _chain: tuple[Path, ...] = ()
+) -> Source:
+    """Load a spec file and resolve its `extends` chain (paths relative to the file),
+    within the file's folder, the working folder and `roots`."""
     path = Path(path)
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([SpecIssue(shown, 0, 0, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([SpecIssue(shown, 0, 0, "", f"cannot read file: {e}")]) from None
+        text = read_text(path)
+        resolved = path.resolve()
+    except Unreadable as e:
+        raise SpecError([SpecIssue(shown, e.line, e.col, "", e.message)]) from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise SpecError([SpecIssue(shown, 0, 0, "", f"cannot resolve the path: {e}")]) from None
+    if not _chain:
+        roots = (resolved.parent, project_root(resolved.parent), *roots)
     source = parse_yaml(text, shown)
-    return resolve_extends(source, path.resolve().parent, _chain + (path.resolve(),))
+    return resolve_extends(source, resolved.parent, _chain + (resolved,), roots)
 
 
-def resolve_extends(source: Source, base_dir: Path, chain: tuple[Path, ...] = ()) -> Source:
-    """Merge the spec named by `extends` (and its own chain) under `source`."""
+def _show(target: str) -> str:
+    """The path as written (repr'd when it holds odd characters; cut when long)."""
+    cut = target if len(target) <= 120 else target[:117] + "..."
+    return cut if cut.isprintable() and cut.strip() == cut else repr(cut)
+
+
+def resolve_extends(
+    source: Source, base_dir: Path, chain: tuple[Path, ...] = (), roots: tuple[Path, ...] = ()
+) -> Source:
+    """Merge the spec named by `extends` (and its own chain) under `source`. Every problem
+    with the file named is a SpecError at the `extends` key that names the path."""
     if not isinstance(source.data, dict) or "extends" not in source.data:
         return source
     target = source.data["extends"]
+
+    def fail(message: str):
+        raise SpecError([source.issue(("extends",), message)])
+
     if not isinstance(target, str) or not target:
-        raise SpecError([source.issue(("extends",), "must be a file path (a string)")])
-    parent_path = (base_dir / target).resolve()
+        fail("must be a file path (a string)")
+    if "\0" in target:
+        fail(f"not a possible file name (it holds a NUL character): {_show(target)}")
+    if len(target) > 4096 or any(len(part) > 255 for part in target.split("/")):
+        fail(f"file name too long: {_show(target)}")
+    if not target.lower().endswith(SPEC_SUFFIXES):
+        fail(f"extends names a spec file (.yaml or .yml), not {_show(target)}")
+    try:
+        parent_path = (base_dir / target).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = os_reason(e) if isinstance(e, OSError) else "a symbolic link loop"
+        fail(f"cannot resolve {_show(target)}: {reason}")
     if parent_path in chain:
         cycle = " -> ".join(p.name for p in (*chain, parent_path))
-        raise SpecError([source.issue(("extends",), f"extends cycle: {cycle}")])
-    if not parent_path.is_file():
-        raise SpecError([source.issue(("extends",), f"file not found: {target}")])
-    parent = load_file(parent_path, chain)
+        fail(f"extends cycle: {cycle}")
+    allowed = tuple(dict.fromkeys(r for r in (*roots, project_root(cwd())) if r is not None))
+    if not any(parent_path.is_relative_to(r) for r in allowed):
+        folders = ", ".join(str(r) for r in allowed)
+        fail(
+            f"{_show(target)} is outside the folders a spec may extend from ({folders}); "
+            "name its folder with --extends-root DIR (Python: roots=[DIR])"
+        )
+    try:
+        text = read_text(parent_path)
+    except Unreadable as e:
+        fail(f"{e.message}: {_show(target)}")
+    parent = resolve_extends(
+        parse_yaml(text, str(parent_path)), parent_path.parent, chain + (parent_path,), roots
+    )
     if not isinstance(parent.data, dict):
-        raise SpecError([source.issue(("extends",), f"{target} is not a mapping")])
+        fail(f"{_show(target)} is not a mapping")
     own = Source(
         {k: v for k, v in source.data.items() if k != "extends"},
         source.positions,
@@ -236,19 +293,35 @@ def resolve_extends(source: Source, base_dir: Path, chain: tuple[Path, ...] = ()
     return deep_merge(parent, own)
 
 
-def load_source(spec: str | Path | dict) -> Source:
-    """A path, a YAML string or a dict -> Source (with `extends` resolved)."""
+@contextlib.contextmanager
+def extends_roots(dirs):
+    """Within the block, `extends` may also reach into `dirs` (the CLI's --extends-root)."""
+    token = _EXTRA_ROOTS.set(tuple(Path(d).resolve() for d in dirs or ()))
+    try:
+        yield
+    finally:
+        _EXTRA_ROOTS.reset(token)
+
+
+def load_source(spec: str | Path | dict, roots=None) -> Source:
+    """A path, a YAML string or a dict -> Source (with `extends` resolved). `extends` may
+    name `.yaml`/`.yml` files inside: the spec's own folder (the working folder for a
+    string or a dict); the project it is in and the project the working folder is in (the
+    nearest folder above with `.git` or `pyproject.toml`, never `/` or the home folder);
+    and the folders in `roots` (and `extends_roots`, the CLI's --extends-root)."""
+    extra = tuple(Path(r).resolve() for r in roots or ()) + _EXTRA_ROOTS.get()
+    here = (cwd() or Path("."),)  # a string's or a dict's own folder: the working folder
     if isinstance(spec, dict):
-        return resolve_extends(Source(spec, {}, "<dict>"), Path.cwd())
+        return resolve_extends(Source(spec, {}, "<dict>"), here[0], (), here + extra)
     if isinstance(spec, Path):
-        return load_file(spec)
+        return load_file(spec, extra)
     if isinstance(spec, str):
-        looks_like_path = "\n" not in spec and spec.strip().endswith((".yaml", ".yml"))
+        looks_like_path = "\n" not in spec and spec.strip().endswith(SPEC_SUFFIXES)
         try:
-            is_file = "\n" not in spec and Path(spec).is_file()
+            is_file = "\n" not in spec and len(spec) < 4096 and Path(spec).is_file()
         except (OSError, ValueError):  # not a possible path (too long, NUL byte): YAML
             is_file = False
         if looks_like_path or is_file:
-            return load_file(spec)
-        return resolve_extends(parse_yaml(spec, "<string>"), Path.cwd())
+            return load_file(spec, extra)
+        return resolve_extends(parse_yaml(spec, "<string>"), here[0], (), here + extra)
     raise TypeError(f"a spec is a path, a YAML string or a dict, not {type(spec).__name__}")

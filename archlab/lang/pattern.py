@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RESERVED = set("()x0123456789 \t\n")
+DIGITS = "0123456789"  # ASCII only: a repeat count of '４' is an error
+RESERVED = set("()x" + DIGITS + " \t\n")
 MAX_DEPTH = 32
 
 
@@ -29,9 +30,13 @@ class Group:
     items: tuple
     repeat: int = 1
 
-    def count(self) -> int:
-        """Number of symbols after expansion, computed without expanding."""
-        inner = sum(1 if isinstance(i, tuple) else i.count() for i in self.items)
+    def count(self, weights: dict[str, int] | None = None) -> int:
+        """Number of symbols after expansion (each counted `weights[symbol]` times, 1 by
+        default), computed without expanding."""
+        weights = weights or {}
+        inner = sum(
+            weights.get(i[0], 1) if isinstance(i, tuple) else i.count(weights) for i in self.items
+        )
         return inner * self.repeat
 
     def expand(self) -> list[tuple[str, int]]:
@@ -71,6 +76,8 @@ def parse(text: str, symbols: set[str]) -> Group:
             elif ch in symbols:
                 items.append((ch, pos))
                 pos += 1
+            elif ch == "x":
+                raise _stray_x(text, pos, items)
             else:
                 known = " ".join(sorted(symbols))
                 raise PatternError(f"unknown symbol {ch!r} (known: {known})", pos)
@@ -88,7 +95,7 @@ def parse(text: str, symbols: set[str]) -> Group:
             while pos < len(text) and text[pos].isspace():
                 pos += 1
             start = pos
-            while pos < len(text) and text[pos].isdigit():
+            while pos < len(text) and text[pos] in DIGITS:
                 pos += 1
             if start == pos:
                 raise PatternError("expected a repeat count after 'x'", pos)
@@ -101,12 +108,46 @@ def parse(text: str, symbols: set[str]) -> Group:
         pos = save
         return 1
 
+    _check_parentheses(text)
     result = group(0, False)
     if not result.items:
         raise PatternError("empty pattern", 0)
     return result
 
 
-def caret(text: str, offset: int) -> str:
-    """The pattern and a caret under character `offset`, for error messages."""
-    return f"\n    {text}\n    {' ' * offset}^"
+def _check_parentheses(text: str) -> None:
+    """An unmatched ')' or an unclosed '(' is reported before anything inside."""
+    opened: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "(":
+            opened.append(i)
+        elif ch == ")":
+            if not opened:
+                raise PatternError("unmatched ')'", i)
+            opened.pop()
+    if opened:
+        raise PatternError("unclosed '(': no ')' closes it", opened[-1])
+
+
+def _stray_x(text: str, pos: int, items: list) -> PatternError:
+    """`x` where no group ends: `Rx3` wants `(R)x3`."""
+    end = pos + 1
+    while end < len(text) and (text[end].isspace() or text[end] in DIGITS):
+        end += 1
+    count = "".join(text[pos + 1 : end].split()) or "N"
+    if items and isinstance(items[-1], tuple):
+        sym = items[-1][0]
+        return PatternError(
+            f"'x' repeats a group: write ({sym})x{count}, not {sym}x{count} ('x' is not a symbol)",
+            pos,
+        )
+    return PatternError(f"'x' repeats a group and follows its ')': write (...)x{count}", pos)
+
+
+def caret(text: str, offset: int, width: int = 60) -> str:
+    """The pattern (around `offset` when it is long) and a caret under character `offset`,
+    for error messages."""
+    start = max(0, min(offset - width // 2, len(text) - width))
+    shown = text[start : start + width]
+    lead, tail = ("..." if start else ""), ("..." if start + width < len(text) else "")
+    return f"\n    {lead}{shown}{tail}\n    {' ' * (len(lead) + offset - start)}^"

@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field
 
 from archlab.blocks.base import BlockParams, ModelConfig
+from archlab.lang.errors import SpecIssue
 
 Edge = tuple[str, str, dict]  # (from, to, attributes)
 
@@ -38,6 +39,15 @@ class PlannedBlock:
     @property
     def node(self) -> str:
         return f"block{self.index}"
+
+    def resolved(self) -> dict:
+        """Every param with its value (defaults included), without `kind`; a parallel
+        block's branches as a list of such dicts, each with its `kind`."""
+        out = self.params.model_dump(exclude={"kind", "branches"})
+        branches = getattr(self.params, "branches", None)
+        if branches:
+            out["branches"] = [b.model_dump() for b in branches]
+        return out
 
     def summary(self) -> dict:
         """The params that differ from their defaults, without `kind`; a parallel block's
@@ -66,6 +76,15 @@ class Plan:
     blocks: list[PlannedBlock]
     nodes: dict[str, dict] = field(default_factory=dict)  # node -> attributes, in order
     edges: list[Edge] = field(default_factory=list)
+    # valid, but probably not what was meant (a window longer than max_seq_len, ...)
+    warnings: list[SpecIssue] = field(default_factory=list)
+    # "model.max_seq_len" -> (file, line, col) where it was written (or its nearest parent)
+    positions: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+    def issue(self, path: str, message: str) -> SpecIssue:
+        """A SpecIssue about `path` (a key of `positions`), for warnings made later."""
+        file, line, col = self.positions.get(path, (self.file, 0, 0))
+        return SpecIssue(file, line, col, path, message)
 
     @functools.cached_property
     def graph(self):
@@ -93,7 +112,12 @@ class Plan:
 
 
 def make_plan(
-    name: str, description: str, file: str, model: ModelConfig, blocks: list[PlannedBlock]
+    name: str,
+    description: str,
+    file: str,
+    model: ModelConfig,
+    blocks: list[PlannedBlock],
+    warnings: list[SpecIssue] | None = None,
 ) -> Plan:
     """Lay the blocks out as a chain on the residual stream."""
     nodes: dict[str, dict] = {"embedding": {"role": "embedding"}}
@@ -115,7 +139,7 @@ def make_plan(
     edges.append(("final_norm", "lm_head", {"kind": "residual"}))
     if model.tie_embeddings:
         edges.append(("embedding", "lm_head", {"kind": "tied_weights"}))
-    plan = Plan(name, description, file, model, blocks, nodes, edges)
+    plan = Plan(name, description, file, model, blocks, nodes, edges, list(warnings or []))
     assert len(topological_order(nodes, edges)) == len(nodes), "the plan has a cycle"
     return plan
 

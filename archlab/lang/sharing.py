@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from archlab.blocks.registry import kinds as block_kinds
 from archlab.blocks.base import ModelConfig
+from archlab.blocks.registry import kinds as block_kinds
 from archlab.lang.errors import SpecIssue
 from archlab.lang.loader import Source
 from archlab.lang.plan import PlannedBlock
 from archlab.lang.stack import RawBlock, suggest
+
 
 def shareable() -> dict[str, object]:
     """The kinds that can read another block's cache (their record has `cache_geometry`)."""

@@ -4,13 +4,14 @@ validates each block with its kind's own `Params`, so that errors carry position
 
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic_core import PydanticUndefined
 
+from archlab.blocks.base import ModelConfig
 from archlab.blocks.registry import kind as block_kind
 from archlab.blocks.registry import kinds as block_kinds
-from archlab.blocks.base import ModelConfig
 
 LANGUAGE_VERSION = 1
 TOP_LEVEL_KEYS = (
@@ -37,10 +38,41 @@ def numeric_kind(annotation: Any) -> type | None:
     return None
 
 
-def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
-    """The params of `kind` as written in YAML (numbers may be expressions, strings). Every
-    field is optional: `defaults` may supply it. `role` is "Block" (a stack item: `kind`
-    required, `name` and `share_cache` allowed) or "Defaults" (params only)."""
+PATTERN_REGEX = r"^\s*[^\sa-wyz][^a-wyz]*$"  # for editors: no lower-case letters but x
+PATTERN_HELP = (
+    'a pattern of block symbols, e.g. "(R- L-)x12": one symbol per block, (...)xN repeats '
+    "a group, spaces ignored (the schema takes symbols that are not lower-case letters)"
+)
+
+
+def _schema_extra(extra: dict | None, has_default: bool):
+    """A json_schema_extra that adds `extra` and drops a `default` that is no real one."""
+
+    def update(schema: dict) -> None:
+        schema.update(extra or {})
+        if not has_default:
+            schema.pop("default", None)
+
+    return update
+
+
+def _field(annotation, default, description: str, extra: dict | None = None):
+    """(annotation, Field) of an optional field whose schema shows `default` only when it
+    is a real one (not the None that stands for "not written")."""
+    real = default is not PydanticUndefined and default is not None
+    return (
+        annotation,
+        Field(
+            default if real else None,
+            description=description,
+            json_schema_extra=_schema_extra(extra, real),
+        ),
+    )
+
+
+def _params_fields(kind: str) -> dict[str, Any]:
+    """The fields of `kind`'s params as written in YAML: numbers may be expressions
+    (strings); every field optional (`defaults` may supply it), its real default shown."""
     fields: dict[str, Any] = {}
     for name, info in block_kind(kind).params.model_fields.items():
         if name in ("kind", "share_cache", "branches"):
@@ -49,17 +81,28 @@ def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
         if numeric_kind(annotation) is not None:
             annotation = annotation | str
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else None
-        fields[name] = (
-            annotation | None,
-            Field(default=None, description=info.description, json_schema_extra=extra),
-        )
-    if role == "Block":
-        fields["kind"] = (Literal[kind], ...)
-        fields["name"] = (str | None, Field(None, description="a name for `share_cache`"))
+        description = info.description or name
+        if numeric_kind(info.annotation) is not None:
+            description += " (a number, or an expression such as `4 * d_model`)"
+        fields[name] = _field(annotation, info.default, description, extra)
+    return fields
+
+
+def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
+    """The params of `kind` as written in YAML. `role`: "Block" (a stack item: `kind`
+    required, `name` and `share_cache` allowed), "Branch" (a parallel branch: `kind`
+    required), "Patch" (an `at` patch merged into a block of that kind: no `kind`) or
+    "Defaults" (params only)."""
+    fields = _params_fields(kind)
+    if role in ("Block", "Branch"):
+        fields["kind"] = (Literal[kind], Field(description="the block kind"))
+    if role in ("Block", "Patch"):
+        fields["name"] = _field(str, None, "a name that `share_cache` can refer to")
         if "share_cache" in block_kind(kind).params.model_fields:
-            fields["share_cache"] = (
-                int | str | None,
-                Field(None, description="read the keys/values of this earlier block"),
+            fields["share_cache"] = _field(
+                int | str,
+                None,
+                "read the keys/values of this earlier block (its index or its name)",
             )
     return create_model(
         f"{kind.title().replace('_', '')}{role}",
@@ -71,58 +114,94 @@ def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
 def language_model() -> type[BaseModel]:
     """A pydantic model of a spec file as written (language version 1), which the JSON
     Schema is made from; the compiler's own checks go further (positions, cross-field)."""
-    kinds = [k for k, rec in block_kinds().items() if not rec.composite]
-    block = Union[tuple(_raw_params_model(k, "Block") for k in kinds)]  # noqa: UP007
+    all_kinds = block_kinds()
+    kinds = [k for k, rec in all_kinds.items() if not rec.composite]
+    branchable = [k for k in kinds if all_kinds[k].branchable]
     kind_name = Literal[tuple(kinds)]
+    branch_name = Literal[tuple(branchable)]
+    block = Union[tuple(_raw_params_model(k, "Block") for k in kinds)]  # noqa: UP007
+    branch = Union[tuple(_raw_params_model(k, "Branch") for k in branchable)]  # noqa: UP007
+    patch = Union[tuple(_raw_params_model(k, "Patch") for k in kinds)]  # noqa: UP007
+    pattern_text = Annotated[
+        str,
+        WithJsonSchema({"type": "string", "pattern": PATTERN_REGEX, "description": PATTERN_HELP}),
+    ]
+    merge_info = (
+        all_kinds["parallel"].params.model_fields["merge"] if "parallel" in all_kinds else None
+    )
+    merge_default = merge_info.default if merge_info else "mean"
     defaults = create_model(
         "Defaults",
         __config__=ConfigDict(extra="forbid"),
-        **{k: (_raw_params_model(k, "Defaults") | None, None) for k in block_kinds()},
+        **{
+            k: _field(_raw_params_model(k, "Defaults"), None, f"params for every {k} block")
+            for k in all_kinds
+        },
     )
-
-    model_fields = create_model(  # every field optional: a spec that extends may set a few
+    model = create_model(  # every field optional: a spec that extends may set a few
         "Model",
         __config__=ConfigDict(extra="forbid"),
         **{
-            k: (info.annotation | None, Field(None, description=info.description))
+            k: _field(info.annotation, info.default, info.description or k)
             for k, info in ModelConfig.model_fields.items()
         },
     )
 
     class Parallel(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        parallel: list[kind_name | block] = Field(min_length=1, description="the branches")
-        merge: Literal["mean", "sum", "concat"] | None = None
-        name: str | None = None
+        parallel: list[branch_name | branch] = Field(
+            min_length=1, max_length=64, description="the branches: mixers run side by side"
+        )
+        merge: Literal["mean", "sum", "concat"] = Field(
+            merge_default, description="how the branches' outputs combine"
+        )
+        name: str | None = _field(str, None, "a name for the block")[1]
+
+    class ParallelPatch(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        merge: Literal["mean", "sum", "concat"] | None = _field(
+            str, None, "how the branches' outputs combine"
+        )[1]
+        name: str | None = _field(str, None, "a name for the block")[1]
 
     class Repeat(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        repeat: int = Field(ge=1, description="how many times to repeat `stack`")
-        stack: list["StackItem"]
+        repeat: int = Field(ge=1, le=MAX_BLOCKS, description="how many times to repeat `stack`")
+        stack: list["StackItem"] = Field(min_length=1, description="the items repeated")
 
     class Pattern(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        pattern: str = Field(description='symbols, e.g. "(R- L-)x12"')
+        pattern: pattern_text = Field(description=PATTERN_HELP)
 
-    StackItem = kind_name | block | Parallel | Repeat | Pattern | str  # noqa: N806
+    StackItem = kind_name | pattern_text | block | Parallel | Repeat | Pattern  # noqa: N806
     Repeat.model_rebuild(_types_namespace={"StackItem": StackItem})
-    Defaults, Model = defaults, model_fields  # noqa: N806
-    Patch = dict[str, Any]  # noqa: N806 - params merged into the block at that index
+    Defaults, Model = defaults, model  # noqa: N806
+    Patch = patch | ParallelPatch  # noqa: N806 - params merged into the block at that index
 
     class SpecFile(BaseModel):
         """An archlab spec (language version 1). `model` and `stack` are required, unless
         the spec `extends` one that has them."""
 
         model_config = ConfigDict(extra="forbid", title="archlab spec")
-        archlab: Literal[1] = 1
-        name: str | None = None
-        description: str | None = None
-        extends: str | None = Field(None, description="path of a spec to extend")
-        model: Model | None = None
-        defaults: Defaults | None = None
-        symbols: dict[str, kind_name | block | Parallel] | None = None
-        stack: list[StackItem] | Pattern | str | None = None
-        at: dict[int, block | Parallel | kind_name | Patch] | None = None
+        archlab: Literal[1] = Field(1, description="the language version (1, the only one)")
+        name: str = _field(str, None, "the spec's name (default: the file name's stem)")[1]
+        description: str = _field(str, None, "what the spec describes")[1]
+        extends: str = _field(
+            str, None, "a spec (.yaml) this one builds on, relative to this file's folder"
+        )[1]
+        model: Model = _field(Model, None, "model-wide settings")[1]
+        defaults: Defaults | None = _field(
+            Defaults | None, None, "params for every block of a kind"
+        )[1]
+        symbols: dict[str, kind_name | block | Parallel] | None = _field(
+            None, None, "pattern symbols of your own (one character each), or rebound"
+        )[1]
+        stack: list[StackItem] | StackItem = _field(
+            None, None, "the blocks, in order: a pattern, a kind, or a list of items"
+        )[1]
+        at: dict[int, block | Parallel | kind_name | Patch] | None = _field(
+            None, None, "patches by block index (0 the first, -1 the last)"
+        )[1]
 
     return SpecFile
 

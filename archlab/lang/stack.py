@@ -8,10 +8,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from archlab.lang import pattern as patterns
 from archlab.blocks.registry import kinds as block_kinds
 from archlab.blocks.registry import symbols as block_symbols
-from archlab.lang.errors import SpecIssue, format_path
+from archlab.lang import pattern as patterns
+from archlab.lang.errors import SpecIssue, format_path, short
 from archlab.lang.loader import Source
 from archlab.lang.spec import MAX_BLOCKS
 
@@ -22,6 +22,11 @@ def default_symbols() -> dict[str, str]:
     """Pattern symbol -> kind: each kind's own symbol, plus Megatron-LM's `*`."""
     return block_symbols() | EXTRA_SYMBOLS
 
+
+BLOCK_LIMIT_MESSAGE = (
+    f"the stack expands to more than {MAX_BLOCKS} blocks (the limit; a parallel block "
+    "counts one per branch)"
+)
 TOPOLOGY_KEYS = ("name", "share_cache")  # block keys that are not params of its kind
 PARALLEL_KEYS = ("parallel", "merge", "name")
 Param = tuple[Any, tuple]  # value, path it was written at
@@ -46,6 +51,23 @@ def suggest(word: str, choices) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
+def unknown_field(kind: str, key, fields) -> str:
+    """'unknown field', with the close field names of `kind` or the kinds that have it."""
+    owners = [
+        name
+        for name, rec in block_kinds().items()
+        if name != kind and key in rec.params.model_fields and key not in ("kind", "branches")
+    ]
+    if owners:
+        return f"unknown field of {kind}; `{key}` is a field of {', '.join(owners)}"
+    return "unknown field" + suggest(key, fields)
+
+
+def block_weight(block: RawBlock) -> int:
+    """What a block counts toward the block limit: one, or one per parallel branch."""
+    return max(1, len(block.branches))
+
+
 def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, Param]:
     """Unknown fields of a kind's params are errors; returns params with their paths.
     `kind` and the topology keys (`name`, `share_cache`) are not params."""
@@ -55,7 +77,7 @@ def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, P
         if key == "kind" or key in TOPOLOGY_KEYS:
             continue
         if key not in fields:
-            errors.append(source.issue(base + (key,), "unknown field" + suggest(key, fields)))
+            errors.append(source.issue(base + (key,), unknown_field(kind, key, fields)))
         else:
             out[key] = (value, base + (key,))
     return out
@@ -77,7 +99,7 @@ def topology(source: Source, item: dict, path: tuple, errors, in_parallel: bool)
             errors.append(
                 source.issue(
                     path + ("name",),
-                    f"a block name is an identifier (letters, digits, _) (got {name!r})",
+                    f"a block name is an identifier (letters, digits, _) (got {short(name)})",
                 )
             )
         else:
@@ -95,7 +117,7 @@ def topology(source: Source, item: dict, path: tuple, errors, in_parallel: bool)
             errors.append(
                 source.issue(
                     path + ("share_cache",),
-                    f"must be a block index or a block name (got {share!r})",
+                    f"must be a block index or a block name (got {short(share)})",
                 )
             )
         else:
@@ -117,7 +139,9 @@ def block_from_item(
             return None
         if item in block_kinds():
             return RawBlock(item, {}, path, kind_path=path)
-        errors.append(source.issue(path, f"unknown block kind {item!r}" + suggest(item, block_kinds())))
+        errors.append(
+            source.issue(path, f"unknown block kind {short(item)}" + suggest(item, block_kinds()))
+        )
         return None
     if isinstance(item, dict) and "parallel" in item and "kind" not in item:
         if in_parallel:
@@ -138,7 +162,7 @@ def block_from_item(
             if kind == "parallel"
             else suggest(kind, block_kinds())
         )
-        errors.append(source.issue(path + ("kind",), f"unknown block kind {kind!r}{hint}"))
+        errors.append(source.issue(path + ("kind",), f"unknown block kind {short(kind)}{hint}"))
         return None
     params = check_fields(source, kind, item, path, errors)
     return RawBlock(
@@ -218,11 +242,7 @@ def expand(
             good.append((item, path))
             counted += n
         if counted > MAX_BLOCKS:
-            errors.append(
-                source.issue(
-                    ("stack",), f"the stack expands to more than {MAX_BLOCKS} blocks (the limit)"
-                )
-            )
+            errors.append(source.issue(("stack",), BLOCK_LIMIT_MESSAGE))
             return [], False
     complete = len(good) == len(items)
     if complete and counted == 0:
@@ -250,13 +270,14 @@ def _count(source, items, paths, symbols, errors, depth) -> int:
         text = _as_pattern(item)
         if text is not None:
             try:
-                total += patterns.parse(text, set(symbols)).count()
+                weights = {s: block_weight(b) for s, b in symbols.items()}
+                total += patterns.parse(text, set(symbols)).count(weights)
             except patterns.PatternError as e:
                 ppath = _pattern_path(item, path)
                 file, line, col = source.values.get(ppath, source.pos(ppath))
                 hint = suggest(text, block_kinds()) if text.isidentifier() else ""
                 message = (
-                    f"unknown block kind {text!r}{hint}"
+                    f"unknown block kind {short(text)}{hint}"
                     if hint
                     else f"{e.message}{patterns.caret(text, e.offset)}"
                 )
@@ -268,8 +289,9 @@ def _count(source, items, paths, symbols, errors, depth) -> int:
                 source.issue(path, "a pattern item has only the key `pattern`, and it is a string")
             )
         else:
-            if block_from_item(source, item, path, errors) is not None:
-                total += 1
+            block = block_from_item(source, item, path, errors)
+            if block is not None:
+                total += block_weight(block)
         if total > MAX_BLOCKS:
             return total
     return total
@@ -290,7 +312,8 @@ def _count_repeat(source, item, path, symbols, errors, depth) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BLOCKS:
         errors.append(
             source.issue(
-                path + ("repeat",), f"must be an integer from 1 to {MAX_BLOCKS} (got {count!r})"
+                path + ("repeat",),
+                f"must be an integer from 1 to {MAX_BLOCKS} (got {short(count)})",
             )
         )
         return 0

@@ -5,12 +5,14 @@ with its projections (`LayerTarget`, the RAT paper's efficiency setup). `measure
 case (target x mode x batch x T) and returns a `Result`; an out-of-memory error becomes a
 result with status "oom" (memory freed), any other failure a result with status "error".
 
-Timing: warm-up runs, then up to `repeats` runs (stopping early after `max_time_s` once
-three runs are in), each synchronised; on CUDA each run is timed with CUDA events, on the
-CPU with `perf_counter`. Decode on CUDA replays a CUDA graph of the step when the step can
-be captured, and says so (`cuda_graph`). Achieved TFLOP/s use the cost model's matmul
-FLOPs, achieved GB/s its decode bytes (weights + cache read); fractions are of the peaks
-that `archlab.measure.throughput.device_peaks` measured once on this device. See docs/profile.md.
+Timing (`time_fn`): warm-up runs, then `repeats` runs, more while their spread is above
+`Settings.stable_spread` (a case that never settles is flagged `unstable`), within the
+case's time budget `max_time_s`, each synchronised; on CUDA each run is timed with CUDA
+events, on the CPU with `perf_counter`. Decode on CUDA replays a CUDA graph of the step
+when the step can be captured, and says so (`cuda_graph`). Achieved TFLOP/s use the cost
+model's matmul FLOPs, achieved GB/s its decode bytes (weights + cache read); fractions are
+of the peaks that `archlab.measure.throughput.device_peaks` measured once on this device.
+See docs/profile.md.
 """
 
 from __future__ import annotations
@@ -18,15 +20,22 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from archlab.blocks.registry import kind as block_kind
-from archlab.model import build_model
 from archlab.cost.analytic import mixer_figures, param_count, spec_cost
 from archlab.lang.plan import Plan, PlannedBlock
-from archlab.measure.result import SCHEMA, Result, Settings, Timing  # noqa: F401 (re-exported)
+from archlab.measure.result import (  # noqa: F401 (re-exported)
+    SCHEMA,
+    Result,
+    Settings,
+    Timing,
+    judge_timing,
+)
+from archlab.model import build_model
 
 OOM_TYPES: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
@@ -57,14 +66,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_clock = time.perf_counter  # the wall clock of time_fn (tests replace it)
+_reporter: Callable[[str, int, float, float], None] | None = None
+
+
+@contextmanager
+def reporting(callback: Callable[[str, int, float, float], None] | None):
+    """Within the block, `time_fn` calls `callback(stage, n, run_s, case_s)` after each
+    run: stage "warm-up" or "run", the runs of that stage so far, the seconds of this run
+    and of the case so far (the sweep's progress inside a case)."""
+    global _reporter
+    previous, _reporter = _reporter, callback
+    try:
+        yield
+    finally:
+        _reporter = previous
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, settings: Settings) -> Timing:
-    """Warm up, then time `fn` run by run (CUDA events on CUDA, perf_counter elsewhere)."""
-    for _ in range(settings.warmup):
+    """Warm up, then time `fn` run by run (CUDA events on CUDA, perf_counter elsewhere).
+
+    Warm-up stops early once it has taken `max_time_s`. Then `repeats` runs; while their
+    spread (p90 - p10) / median is above `stable_spread` (3 runs or more), more runs, up to
+    `max_runs`. No run starts once `max_time_s` of timed runs have passed and at least
+    min(3, repeats) runs are in, or 1 when that one run alone took longer than the budget."""
+    budget, report = settings.max_time_s, _reporter
+    case = _clock()
+    for i in range(settings.warmup):
+        t0 = _clock()
         fn()
-    synchronize(device)
+        synchronize(device)
+        now = _clock()
+        if report:
+            report("warm-up", i + 1, now - t0, now - case)
+        if now - case > budget:
+            break
     samples: list[float] = []
-    began = time.perf_counter()
-    for _ in range(max(1, settings.repeats)):
+    began = _clock()
+    repeats = max(1, settings.repeats)
+    while True:
+        t0 = _clock()
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -73,10 +114,17 @@ def time_fn(fn: Callable[[], object], device: torch.device, settings: Settings) 
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
         else:
-            t0 = time.perf_counter()
             fn()
-            samples.append(time.perf_counter() - t0)
-        if len(samples) >= 3 and time.perf_counter() - began > settings.max_time_s:
+            samples.append(_clock() - t0)
+        now, n = _clock(), len(samples)
+        if report:
+            report("run", n, samples[-1], now - case)
+        least = min(3, repeats) if samples[0] <= budget else 1
+        if n >= least and now - began >= budget:
+            break
+        if n >= repeats and (
+            n < 3 or n >= settings.max_runs or Timing.of(samples).spread <= settings.stable_spread
+        ):
             break
     return Timing.of(samples)
 
@@ -340,6 +388,7 @@ def measure(
     except Exception as e:  # noqa: BLE001 - every failure is a result, the sweep goes on
         r.status, r.error = ("oom" if is_oom(e) else "error"), _short(e)
         r.timing = None
+    judge_timing(r, settings)
     if r.status != "ok":
         target.module.zero_grad(set_to_none=True)  # a backward cut short leaves gradients
     r.peak_memory_bytes = _cuda_peak(device) if r.status == "ok" else None

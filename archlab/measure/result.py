@@ -12,13 +12,22 @@ SCHEMA = "archlab.profile/1"
 
 @dataclass
 class Settings:
-    """How to time: runs, time budget per case, CUDA graphs for decode, AdamW in train."""
+    """How to time: runs, time budget per case, CUDA graphs for decode, AdamW in train.
+    A case runs `repeats` runs, more (up to `max_runs`) while the spread of its runs is
+    above `stable_spread`, and starts no new run once `max_time_s` of timed runs have
+    passed and at least 3 (or, when one run alone outlasts the budget, 1) are in."""
 
     warmup: int = 1
     repeats: int = 5
     max_time_s: float = 10.0
     cuda_graphs: bool = True
     optimizer: bool = False
+    stable_spread: float = 0.2  # (p90 - p10) / median at which a case counts as stable
+
+    @property
+    def max_runs(self) -> int:
+        """The most runs a case that is not yet stable gets (its time budget permitting)."""
+        return max(100, 10 * self.repeats) if self.repeats >= 3 else max(1, self.repeats)
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Result:
     status: str = "ok"
     error: str | None = None
     timing: Timing | None = None
+    unstable: bool = False  # the runs' spread stayed above Settings.stable_spread
     tokens_per_s: float | None = None
     flops: int | None = None  # analytic matmul FLOPs of one timed run
     tflops: float | None = None
@@ -82,3 +92,22 @@ class Result:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def judge_timing(r: Result, settings: Settings) -> None:
+    """Flag a result of `profile.measure` whose runs did not settle (`unstable`, with a
+    note), and say so when the case's time budget cut it below 3 runs."""
+    t = r.timing
+    if r.status != "ok" or t is None:
+        return
+    if t.runs >= 3 and t.spread > settings.stable_spread:
+        r.unstable = True
+        r.notes.append(
+            f"unstable: the runs spread {100 * t.spread:.0f}% of the median (p10-p90) after "
+            f"{t.runs} runs, above {100 * settings.stable_spread:.0f}%; is the machine busy?"
+        )
+    elif t.runs < min(3, settings.repeats):
+        r.notes.append(
+            f"{t.runs} run{'s' if t.runs > 1 else ''} only: one run takes longer than the "
+            f"case's time budget (--max-time {settings.max_time_s:g} s)"
+        )

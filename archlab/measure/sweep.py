@@ -5,7 +5,9 @@ results, and the plan each case runs (scaled down on the CPU, or in the run dtyp
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +23,10 @@ from archlab.measure.profile import (
     free_memory,
     is_oom,
     measure,
+    reporting,
 )
 from archlab.measure.scale import Scale, scale_plan, with_dtype
 from archlab.measure.throughput import device_peaks, measure_throughput
-
-
 
 
 @dataclass
@@ -82,27 +83,51 @@ def layer_block(plan: Plan, kind: str, overrides: dict):
 
 
 class Progress:
-    """A one-line progress bar on a terminal's stderr; one line per case elsewhere."""
+    """A one-line progress bar on a terminal's stderr; one line per case elsewhere. Inside
+    a case (`run`, fed by `profile.reporting`): the runs done and the time per run, on the
+    bar at once, elsewhere a line whenever `every_s` seconds have passed without one."""
 
-    def __init__(self, total: int, quiet: bool = False):
-        self.total, self.done, self.quiet = total, 0, quiet
+    def __init__(self, total: int, quiet: bool = False, every_s: float = 5.0):
+        self.total, self.done, self.quiet, self.every_s = total, 0, quiet, every_s
         self.tty = sys.stderr.isatty()
+        self.label, self.last_line = "", time.perf_counter()
+
+    def _bar(self, text: str) -> None:
+        bar = "#" * (20 * self.done // max(1, self.total))
+        sys.stderr.write(f"\r[{bar:<20}] {self.done}/{self.total} {text[:76]:<76}")
+        sys.stderr.flush()
 
     def start(self, label: str) -> None:
+        self.label, self.last_line = label, time.perf_counter()
         if self.quiet:
             return
-        n = self.done
         if self.tty:
-            bar = "#" * (20 * n // max(1, self.total))
-            sys.stderr.write(f"\r[{bar:<20}] {n}/{self.total} {label[:60]:<60}")
+            self._bar(label)
         else:
-            sys.stderr.write(f"[{n + 1}/{self.total}] {label}\n")
-        sys.stderr.flush()
+            sys.stderr.write(f"[{self.done + 1}/{self.total}] {label}\n")
+            sys.stderr.flush()
+
+    def run(self, stage: str, n: int, run_s: float, case_s: float) -> None:
+        """One run of the current case is done (see `profile.reporting`)."""
+        if self.quiet:
+            return
+        text = f"{stage} {n}: {seconds_text(run_s)}/run, {seconds_text(case_s)} in the case"
+        if self.tty:
+            self._bar(f"{self.label} | {text}")
+        elif time.perf_counter() - self.last_line >= self.every_s:
+            sys.stderr.write(f"    {text}\n")
+            sys.stderr.flush()
+            self.last_line = time.perf_counter()
 
     def advance(self) -> None:
         self.done += 1
         if self.tty and not self.quiet and self.done == self.total:
-            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.write("\r" + " " * 120 + "\r")
+
+
+def seconds_text(t: float) -> str:
+    """0.0123 -> '12.3 ms'."""
+    return f"{t:.3g} s" if t >= 1 else f"{t * 1e3:.3g} ms" if t >= 1e-3 else f"{t * 1e6:.3g} us"
 
 
 def _unbuilt_results(plan: Plan, label: str, modes: list[str], sizes: Sizes, e: Exception):
@@ -143,6 +168,7 @@ def sweep(
     """Measure every (spec or layer) x mode x T case; returns results, peaks and notes.
     `on_result(results, peaks)`, when given, is called after every case."""
     notes: list[str] = []
+    busy = busy_cpu_note(sizes.device)  # the load before this sweep adds to it
     dtype = sizes.dtype
     prepared = [prepare(p, sizes) for p in plans]
     jobs = []  # (make target, [(mode, batch, T)])
@@ -190,8 +216,8 @@ def sweep(
         for mode in job_modes:
             if mode == "throughput":
                 progress.start(f"{target.plan.name} {target.label} throughput (batch search)")
-                results.append(
-                    measure_throughput(
+                with reporting(progress.run):
+                    r = measure_throughput(
                         target,
                         sizes.prompt,
                         sizes.generate,
@@ -204,7 +230,7 @@ def sweep(
                         batch=sizes.gen_batch,
                         sample=sizes.gen_sample,
                     )
-                )
+                results.append(r)
                 progress.advance()
                 if on_result:
                     on_result(results, peaks)
@@ -212,18 +238,107 @@ def sweep(
             for T in sizes.seqs:
                 B = sizes.decode_batch if mode == "decode" else sizes.batch_for(T)
                 progress.start(f"{target.plan.name} {target.label} {mode} B={B} T={T}")
-                results.append(measure(target, mode, B, T, sizes.settings, job_peaks))
+                with reporting(progress.run):
+                    results.append(measure(target, mode, B, T, sizes.settings, job_peaks))
                 progress.advance()
                 if on_result:
                     on_result(results, peaks)
         del target
-    if sizes.scale is not None:
-        desc = prepared[0][1]
-        notes.append(
-            f"{sizes.device.type.upper()}: measured on a scaled-down model ({desc}; "
-            "per spec in 'scaled'); use --full-size for the specs as written"
+    notes += scaling_notes(
+        sizes, [(p.name, text) for p, (_, text) in zip(plans, prepared, strict=True)]
+    )
+    notes += check_peaks(results, by_dtype, sizes) + busy
+    peaks = by_dtype[run_dtype]
+    unstable = sum(r.unstable for r in results)
+    if unstable:
+        hint = (
+            "; on a busy machine --threads 1 steadies them"
+            if sizes.device.type == "cpu" and torch.get_num_threads() > 1
+            else "; is the machine busy?"
         )
-    timed = [r.timing for r in results if r.timing is not None and r.timing.runs >= 3]
-    if sizes.device.type == "cpu" and sum(t.spread > 0.5 for t in timed) > len(timed) / 4:
-        notes.append("timings are noisy (is the machine busy?); --threads 1 steadies them")
+        notes.append(
+            f"{unstable} of {len(results)} cases marked unstable: their runs spread more than "
+            f"{100 * sizes.settings.stable_spread:.0f}% of the median (p10-p90) until the "
+            f"time budget (--max-time) ran out; do not trust their times{hint}"
+        )
     return results, peaks, notes
+
+
+def busy_cpu_note(device: torch.device) -> list[str]:
+    """A warning when other processes keep the CPU's cores busy and torch runs several
+    threads: its threads then wait on each other, and times come out 10-100x slow yet
+    steady, which no spread can flag (seen: decode 196 ms on 2 threads, 1.8 ms on 1)."""
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return []
+    if device.type != "cpu" or threads < 2 or cores - load >= threads - 0.5:
+        return []
+    return [
+        f"the CPU is busy (load {load:.1f} on {cores} cores) and torch runs {threads} threads: "
+        "times may be many times too slow and yet steady; --threads 1 measures reliably"
+    ]
+
+
+def scaling_notes(sizes: Sizes, described: list[tuple[str, str | None]]) -> list[str]:
+    """The notes saying how every spec was scaled (one rule for all): a headline, then one
+    line per spec, 'scaled NAME: d_model 256, ...'."""
+    if sizes.scale is None:
+        return []
+    s = sizes.scale
+    rule = f"d_model {s.d_model}, vocab {s.vocab_size}, " + (
+        f"depth: whole repeating units, at least {s.min_blocks} blocks, every patched unit"
+        if s.min_blocks
+        else "every block"
+    )
+    head = (
+        f"{sizes.device.type.upper()}: measured on scaled-down copies, one rule for every spec "
+        f"({rule}); use --full-size for the specs as written"
+    )
+    return [head] + [f"scaled {name}: {text}" for name, text in described]
+
+
+def _fractions(r: Result, peaks: dict) -> None:
+    """The result's fractions of the device's peaks (from its achieved rates)."""
+    if r.status != "ok":
+        return
+    if r.tflops is not None and peaks.get("matmul_tflops"):
+        r.flops_frac = r.tflops / peaks["matmul_tflops"]
+    if r.gbps is not None and peaks.get("copy_gbps"):
+        r.bw_frac = r.gbps / peaks["copy_gbps"]
+
+
+def _above(r: Result) -> bool:
+    return any(f is not None and f > 1 for f in (r.flops_frac, r.bw_frac))
+
+
+def check_peaks(results: list[Result], by_dtype: dict[str, dict], sizes: Sizes) -> list[str]:
+    """A result faster than the device's measured peak means the peak is wrong: measure it
+    again (once per dtype) and recompute the fractions; a fraction still above 1 is left
+    out (None) and the result says 'peak?' in its notes. Returns the sweep's notes."""
+    notes = []
+    for dtype, peaks in list(by_dtype.items()):
+        mine = [r for r in results if r.dtype == dtype and r.status == "ok"]
+        if not any(_above(r) for r in mine):
+            continue
+        peaks = by_dtype[dtype] = device_peaks(sizes.device, getattr(torch, dtype), refresh=True)
+        still = 0
+        for r in mine:
+            _fractions(r, peaks)
+            for field, rate, peak, unit in (
+                ("flops_frac", r.tflops, peaks.get("matmul_tflops"), "TFLOP/s"),
+                ("bw_frac", r.gbps, peaks.get("copy_gbps"), "GB/s"),
+            ):
+                if (getattr(r, field) or 0) > 1:
+                    setattr(r, field, None)
+                    r.notes.append(
+                        f"peak?: {rate:.3g} {unit} achieved, above the measured {dtype} peak "
+                        f"of {peak:.3g} {unit} (measured twice)"
+                    )
+                    still += 1
+        notes.append(
+            f"the {dtype} peaks were measured again: a case ran faster than them"
+            + (f"; {still} fraction(s) still above the peak show 'peak?'" if still else "")
+        )
+    return notes

@@ -2,7 +2,8 @@
 Markdown report, and the files of `--out` (plots, compare.json, CSV).
 
 Analytic figures come from the cost model on the specs as written (batch 1); measured
-ones from `archlab.measure.profile` results (on the CPU: scaled-down copies, labelled so).
+ones from `archlab.measure.profile` results (on the CPU: scaled-down copies, labelled so
+in the headers, with each spec's scaling beside the table).
 Ratios are this spec's figure over the first spec's at the same T. Crossovers are the
 sequence lengths where the cost model says a spec becomes cheaper or dearer than the
 first one (`archlab.cost.crossovers`); the plots mark those inside their range.
@@ -22,7 +23,7 @@ from archlab.report.results import (
     METRIC_TEXT,
     TIMED,
     crossover_points,
-    pct,
+    peak_pct,
     results_document,
     seconds_text,
     write_csv,
@@ -98,9 +99,37 @@ def compare_rows(
                 continue
             ok = base is not None and base.status == "ok"
             ratio = r.timing.median_s / base.timing.median_s if ok else None
-            cells.append(ratio_text(r.timing.median_s, ratio, seconds_text))
+            cells.append(
+                ratio_text(r.timing.median_s, ratio, seconds_text)
+                + (" unstable" if r.unstable else "")
+            )
         rows.append(cells)
     return headers, rows
+
+
+ANALYTIC = "analytic (as written)"
+
+
+def measured_label(results: list[Result]) -> str:
+    """'measured (scaled)' when the measured models are scaled-down copies, else
+    'measured (full size)': a measured ratio is never shown as an analytic one."""
+    return "measured (scaled)" if any(r.scaled for r in results) else "measured (full size)"
+
+
+def measured_as(plans: list[Plan], results: list[Result]) -> dict[str, str | None]:
+    """How each spec's measured model was made: its scaling ('d_model 256, ...'), or
+    'as written, <dtype>'; None for a spec with no result."""
+    first = {}
+    for r in results:
+        first.setdefault(r.spec, r)
+    return {
+        p.name: (
+            None
+            if p.name not in first
+            else first[p.name].scaled or f"as written, {first[p.name].dtype}"
+        )
+        for p in plans
+    }
 
 
 def throughput_rows(results: list[Result]) -> list[list]:
@@ -118,7 +147,7 @@ def throughput_rows(results: list[Result]) -> list[list]:
                 r.batch,
                 ratio_text(r.tokens_per_s, ratio, lambda v: f"{v:,.0f}"),
                 f"{r.gbps:.3g}" if r.gbps else "-",
-                pct(r.bw_frac),
+                peak_pct(r, r.bw_frac),
             ]
         )
     return rows
@@ -161,13 +190,23 @@ def compare_outputs(
     settings: dict | None = None,
 ) -> tuple[str, dict]:
     """The text (tables, crossovers, notes) and the JSON document of a comparison
-    (`measured_note` says on what the measurements ran, for the plots' titles; `settings`
-    are the sweep's, recorded with the measured results); with
-    `out`, also plots, compare.json, compare.csv (measured results) and report.md there."""
+    (`measured_note` says on what the measurements ran, for the plots' titles: when the
+    measured models are scaled copies it is replaced by the device and "scaled-down
+    copies", every spec's own scaling going into a table, the report and the plots'
+    captions; `settings` are the sweep's, recorded with the measured results); with
+    `out`, also plots, compare.json, compare.csv (measured results) and report.md there.
+    Headers label the analytic columns "analytic (as written)" and the measured ones
+    "measured (scaled)" or "measured (full size)"."""
     analytic = analytic_rows(plans, seqs)
     headers, rows = compare_rows(plans, seqs, analytic, results)
-    if results is not None:
-        headers = headers[:6] + [f"{h} (measured)" for h in headers[6:]]
+    label = measured_label(results or [])
+    groups = [(2, ANALYTIC)] + ([(6, label)] if results is not None else [])
+    md_headers = headers[:2] + [
+        f"{h}, {ANALYTIC if i < 6 else label}" for i, h in enumerate(headers) if i >= 2
+    ]
+    how = measured_as(plans, results) if results is not None else {}
+    if how and any(r.scaled for r in results):
+        measured_note = f"{(peaks or {}).get('device', 'CPU')}; scaled-down copies, listed below"
     points = [
         p
         for m in ("train_flops", "cache_bytes", "decode_bytes")
@@ -178,15 +217,26 @@ def compare_outputs(
         "analytic columns: cost model, specs as written, batch 1"
     ]
     if results is not None and peaks:
-        intro.append(f"measured on {peaks['device']} (torch {peaks['torch']})")
-    intro += notes
-    lines = [*intro, "", table(headers, rows, right=set(range(1, len(headers)))), ""]
+        intro.append(
+            f"measured on {peaks['device']} (torch {peaks['torch']}); {label} columns: "
+            "median time (ratio to the first spec's measured model)"
+        )
+    intro += [n for n in notes if not n.startswith("scaled ")]  # per spec: the table below
+    lines = [
+        *intro,
+        "",
+        table(headers, rows, right=set(range(1, len(headers))), groups=groups),
+        "",
+    ]
+    how_rows = [[name, text] for name, text in how.items() if text is not None]
+    if how_rows:
+        lines += [table(["spec", "measured model"], how_rows, right=set()), ""]
     tput = throughput_rows(results or [])
     if tput:
         r0 = next(r for r in results if r.mode == "throughput")
         lines += [
-            f"throughput: {r0.extra['generate']} tokens after {r0.extra['prompt']}, "
-            "largest batch that fits",
+            f"throughput, {label}: {r0.extra['generate']} tokens after "
+            f"{r0.extra['prompt']}, largest batch that fits",
             table(THROUGHPUT_HEADERS, tput, right={1, 2, 3, 4}),
             "",
         ]
@@ -198,7 +248,7 @@ def compare_outputs(
     lines += ["crossovers (cost model):"] + [f"  {c}" for c in cross_text or ["none"]]
     doc = {
         "schema": COMPARE_SCHEMA,
-        "specs": [{"name": p.name, "file": p.file} for p in plans],
+        "specs": [{"name": p.name, "file": p.file, "measured_as": how.get(p.name)} for p in plans],
         "seq": seqs,
         "analytic": analytic,
         "crossovers": points,
@@ -212,14 +262,20 @@ def compare_outputs(
         out.mkdir(parents=True, exist_ok=True)
         from archlab.report.plots import plots_available, write_plots  # matplotlib: late
 
-        plots = write_plots(out, plans, seqs, results, measured_plans, measured_note)
+        plots = write_plots(out, plans, seqs, results, measured_plans, measured_note, how)
         if not plots_available():
             lines.append('no plots: matplotlib is missing (pip install "archlab[plot]")')
         if results:
             write_csv(results, str(out / "compare.csv"))
-        sections = [("Side by side", markdown_table(headers, rows))]
+        sections = [("Side by side", markdown_table(md_headers, rows))]
+        if how_rows:
+            sections.append(
+                ("Measured models", markdown_table(["spec", "measured model"], how_rows))
+            )
         if tput:
-            sections.append(("Generation throughput", markdown_table(THROUGHPUT_HEADERS, tput)))
+            sections.append(
+                (f"Generation throughput, {label}", markdown_table(THROUGHPUT_HEADERS, tput))
+            )
         sections.append(
             ("Crossovers (cost model)", "\n".join(f"- {c}" for c in cross_text) or "none")
         )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from archlab.report.results import METRIC_TEXT, MODE_METRIC, TIMED, crossover_points
 from archlab.lang.plan import Plan
 from archlab.measure.result import Result
+from archlab.report.results import METRIC_TEXT, MODE_METRIC, TIMED, crossover_points
 from archlab.report.tables import human
 
 
@@ -125,11 +125,12 @@ def _crossings(ax, points: list[dict], xs: list[float]) -> None:
     for k, p in enumerate(q for q in points if min(xs) <= q["seq_len"] <= max(xs)):
         ax.axvline(p["seq_len"], color="0.4", ls="--", lw=0.8)
         word = "cheaper" if p["cheaper"] else "dearer"
+        at = f" at batch {p['batch']}" if p.get("batch", 1) != 1 else ""
         ax.text(
             p["seq_len"],
             0.97 - 0.12 * (k % 4),
             f" {p['spec']} {word} than\n"
-            f" {p['versus']} from T={p['seq_len']:,}\n ({METRIC_TEXT[p['metric']]}, model)",
+            f" {p['versus']} from T={p['seq_len']:,}\n ({METRIC_TEXT[p['metric']]}{at}, model)",
             transform=ax.get_xaxis_transform(),
             fontsize=6.5,
             va="top",
@@ -137,9 +138,23 @@ def _crossings(ax, points: list[dict], xs: list[float]) -> None:
         )
 
 
-def _save(fig, out: Path, stem: str, plt) -> list[Path]:
+def _caption(fig, names: list[str], how: dict[str, str | None]) -> float:
+    """Below the axes, one line per spec in its colour: how its measured model was made
+    (every spec's scaling, not only the first's). Returns the figure fraction it takes."""
+    lines = [(f"C{i}", f"{name}: {how[name]}") for i, name in enumerate(names) if how.get(name)]
+    if not lines:
+        return 0.0
+    height = fig.get_figheight()
+    step = 11 / 72 / height  # one 7.5-point line, in figure fraction
+    for k, (color, text) in enumerate(reversed(lines)):
+        fig.text(0.01, 0.01 + k * step, text, fontsize=7.5, color=color, ha="left", va="bottom")
+    fig.text(0.01, 0.01 + len(lines) * step, "measured models:", fontsize=7.5, va="bottom")
+    return 0.02 + (len(lines) + 1) * step
+
+
+def _save(fig, out: Path, stem: str, plt, bottom: float = 0.0) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     for p in paths:
         fig.savefig(p, dpi=120)
     plt.close(fig)
@@ -153,9 +168,12 @@ def write_plots(
     results: list[Result] | None,
     measured_plans: list[Plan] | None,
     measured_note: str,
+    measured_as: dict[str, str | None] | None = None,
 ) -> list[Path]:
     """latency (per mode), cache, flops and throughput plots as PNG and SVG in `out`;
-    [] without matplotlib."""
+    [] without matplotlib. `measured_note` (in the measured plots' titles) says where they
+    ran; `measured_as` (spec -> how its measured model was made, e.g. its scaling) is the
+    caption under them, one line per spec."""
     plt = _pyplot()
     if plt is None:
         return []
@@ -183,10 +201,12 @@ def write_plots(
         _crossings(ax, crossover_points(plans, metric), grid)
         paths += _save(fig, out, stem, plt)
     if results:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        how = measured_as or {}
+        names = [p.name for p in plans]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5 + 0.16 * (len(names) + 1) * bool(how)))
         mplans = measured_plans or plans
         for ax, mode in zip(axes, TIMED, strict=True):
-            series, failed = {}, []
+            series, failed, shaky = {}, [], []
             for i, p in enumerate(mplans):
                 rs = [r for r in results if r.spec == p.name and r.mode == mode]
                 series[p.name] = (
@@ -194,8 +214,22 @@ def write_plots(
                     [r.timing.median_s * 1e3 if r.status == "ok" else None for r in rs],
                 )
                 failed += [(r, f"C{i}") for r in rs if r.status != "ok"]
+                shaky += [(r, f"C{i}") for r in rs if r.unstable]
             _lines(ax, series, markers=True)
-            batch = {r.batch for r in results if r.mode == mode}
+            for r, color in shaky:  # runs that never settled: the point is marked '?'
+                y = r.timing.median_s * 1e3
+                ax.annotate(
+                    "?",
+                    (r.seq_len, y),
+                    xytext=(0, 4),
+                    textcoords="offset points",
+                    color=color,
+                    fontsize=9,
+                    ha="center",
+                    va="bottom",
+                )
+            batch = {r.batch for r in results if r.mode == mode and r.status == "ok"}
+            batch = batch or {r.batch for r in results if r.mode == mode}
             _style(
                 ax,
                 seqs,
@@ -204,21 +238,31 @@ def write_plots(
                 "median time (ms)",
                 f"{mode}, batch {'/'.join(map(str, sorted(batch)))}",
             )
-            _crossings(ax, crossover_points(mplans, MODE_METRIC[mode]), seqs)
+            # the crossovers of the measured models at the measured batch (decode: bytes
+            # grow with the batch's caches; FLOPs are linear in the batch)
+            at = min(batch) if batch else 1
+            _crossings(ax, crossover_points(mplans, MODE_METRIC[mode], at), seqs)
             _failures(ax, failed)
+        unsure = (
+            "; ?: unstable (the runs never settled)" if any(r.unstable for r in results) else ""
+        )
         fig.suptitle(
             f"Measured latency ({measured_note}); dashed: cost-model crossovers "
-            "of the measured models",
+            f"of the measured models at the measured batch{unsure}",
             fontsize=10,
         )
-        paths += _save(fig, out, "latency", plt)
+        paths += _save(fig, out, "latency", plt, _caption(fig, names, how))
         done = [r for r in results if r.mode == "throughput" and r.status == "ok"]
         if done:
-            fig, ax = plt.subplots(figsize=(1.6 * len(done) + 3, 4.5))
+            fig, ax = plt.subplots(
+                figsize=(max(7.5, 1.6 * len(done) + 3), 4.5 + 0.16 * (len(names) + 1) * bool(how))
+            )
             bars = ax.bar(
                 [r.spec for r in done],
                 [r.tokens_per_s for r in done],
-                color=[f"C{i}" for i in range(len(done))],
+                color=[
+                    f"C{names.index(r.spec) if r.spec in names else i}" for i, r in enumerate(done)
+                ],
             )
             for bar, r in zip(bars, done, strict=True):
                 cap = " (search limit)" if r.extra.get("capped") else ""
@@ -237,5 +281,5 @@ def write_plots(
                 fontsize=9,
             )
             ax.margins(y=0.2)
-            paths += _save(fig, out, "throughput", plt)
+            paths += _save(fig, out, "throughput", plt, _caption(fig, names, how))
     return paths

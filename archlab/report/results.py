@@ -28,23 +28,48 @@ METRIC_TEXT = {
 }
 
 
+def _unit(t: float) -> tuple[float, str]:
+    return next(((s, u) for s, u in ((1, "s"), (1e-3, "ms")) if t >= s), (1e-6, "us"))
+
+
+def _digits(v: float) -> str:
+    return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
+
+
 def seconds_text(t: float) -> str:
     """0.0123 -> '12.3 ms' (3 significant digits, s / ms / us)."""
-    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if t >= scale or unit == "us":
-            return f"{t / scale:.3g} {unit}"
-    return f"{t} s"
+    scale, unit = _unit(t)
+    return f"{t / scale:.3g} {unit}"
+
+
+def spread_text(r: Result) -> str:
+    """The 10th-90th percentile range of the runs in the median's unit, '(61.0-70.3)', or
+    '(1 run)'; ' unstable' after it when the runs never settled."""
+    t = r.timing
+    if t.runs < 2:
+        text = f"({t.runs} run)"
+    else:
+        scale, _ = _unit(t.median_s)
+        text = f"({_digits(t.p10_s / scale)}-{_digits(t.p90_s / scale)})"
+    return text + (" unstable" if r.unstable else "")
 
 
 def _time_text(r: Result) -> str:
     if r.status != "ok":
         return r.status.upper()
-    return f"{seconds_text(r.timing.median_s)} ±{100 * r.timing.spread / 2:.0f}%"
+    return f"{seconds_text(r.timing.median_s)} {spread_text(r)}"
 
 
 def pct(x: float | None) -> str:
     """0.123 -> "12%"; None -> "-"."""
     return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def peak_pct(r: Result, frac: float | None) -> str:
+    """A fraction of a device peak as a percentage; 'peak?' where the measured peak is
+    below the achieved rate (the sweep measured it twice: `check_peaks`), never > 100%."""
+    doubtful = any(n.startswith("peak?") for n in r.notes)
+    return "peak?" if (frac is None and doubtful) or (frac or 0) > 1 else pct(frac)
 
 
 def result_row(r: Result) -> list:
@@ -63,7 +88,12 @@ def result_row(r: Result) -> list:
         )
     )
     frac = r.bw_frac if r.mode in ("decode", "throughput") else r.flops_frac
-    notes = "; ".join(([r.error] if r.error else []) + (["graph"] if r.cuda_graph else []))
+    notes = "; ".join(
+        ([r.error] if r.error else [])
+        + (["graph"] if r.cuda_graph else [])
+        + (["unstable"] if r.unstable else [])
+        + (["peak?"] if any(n.startswith("peak?") for n in r.notes) else [])
+    )
     return [
         r.spec,
         r.target if r.target != "model" else "",
@@ -74,7 +104,7 @@ def result_row(r: Result) -> list:
         human(r.tokens_per_s) if ok else "-",
         f"{r.tflops:.3g}" if ok else "-",
         f"{r.gbps:.3g}" if ok and r.gbps else "-",
-        pct(frac) if ok else "-",
+        peak_pct(r, frac) if ok else "-",
         human(r.peak_memory_bytes, "B", 1024) if r.peak_memory_bytes else "-",
         cache,
         ",".join(f"{k}:{v}" for k, v in r.backends.items() if k != "mlp"),
@@ -88,7 +118,7 @@ PROFILE_HEADERS = [
     "mode",
     "B",
     "T",
-    "time",
+    "time (p10-p90)",
     "tok/s",
     "TFLOP/s",
     "GB/s",
@@ -149,9 +179,9 @@ def write_csv(results: list[Result], path: str) -> None:
 # ---- analytic comparison ---------------------------------------------------------------
 
 
-def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
-    """Where two specs' `metric` cross (cost model, batch 1), for every pair: `seq_len` is
-    the first T of the new order, `cheaper` whether `spec` is cheaper than `versus` from
+def crossover_points(plans: list[Plan], metric: str, batch: int = 1) -> list[dict]:
+    """Where two specs' `metric` cross (cost model, at `batch`), for every pair: `seq_len`
+    is the first T of the new order, `cheaper` whether `spec` is cheaper than `versus` from
     there. Pairs outside the exact method (`CrossoverError`) give no points."""
     from archlab.cost.crossover import crossovers
 
@@ -159,7 +189,7 @@ def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
     for i, base in enumerate(plans):
         for plan in plans[i + 1 :]:
             try:
-                runs = crossovers(plan, base, metric)
+                runs = crossovers(plan, base, metric, batch)
             except Exception:  # noqa: BLE001
                 continue
             for before, after in zip(runs, runs[1:], strict=False):
@@ -170,9 +200,8 @@ def crossover_points(plans: list[Plan], metric: str) -> list[dict]:
                             "versus": base.name,
                             "metric": metric,
                             "seq_len": after.start,
+                            "batch": batch,
                             "cheaper": after.sign == -1,
                         }
                     )
     return points
-
-

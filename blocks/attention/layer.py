@@ -16,7 +16,7 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.cache import LayerCache
 from archlab.kernels.flex_compiled import flex_available
-from archlab.kernels.rope import apply_rope, rope_cos_sin
+from archlab.kernels.rope import rope
 
 
 def flex_can_run(device: torch.device) -> str | None:
@@ -105,8 +105,7 @@ class AttentionBlock(nn.Module):
         if self.params.qk_norm:
             q = common.rms_norm(q, self.q_norm, self.norm_eps)
         if self.params.rope:
-            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
-            q = apply_rope(q, cos, sin)
+            q = rope(q, positions_T, self.params.rope_theta)
         return q
 
     def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
@@ -117,8 +116,7 @@ class AttentionBlock(nn.Module):
         if self.params.qk_norm:
             k = common.rms_norm(k, self.k_norm, self.norm_eps)
         if self.params.rope:
-            cos, sin = rope_cos_sin(positions_T, self.head_dim, self.params.rope_theta)
-            k = apply_rope(k, cos, sin)
+            k = rope(k, positions_T, self.params.rope_theta)
         return k, v
 
     def _project(self, x_BTD, positions_T, shared_kv=None):

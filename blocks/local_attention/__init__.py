@@ -97,7 +97,5 @@ KIND = BlockKind(
         {"kind": "local_attention", "heads": 2, "window": 1},
         {"kind": "local_attention", "heads": 4, "kv_heads": 1, "window": 5, "bias": True},
     ),
-    gpu_examples=(
-        {"kind": "local_attention", "heads": 16, "head_dim": 128, "window": 1025},
-    ),
+    gpu_examples=({"kind": "local_attention", "heads": 16, "head_dim": 128, "window": 1025},),
 )

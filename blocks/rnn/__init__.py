@@ -23,7 +23,7 @@ from archlab.blocks.base import (
     linear_flops,
 )
 
-BACKENDS = ("reference",)  # in the order `auto` tries them
+BACKENDS = ("triton", "reference")  # in the order `auto` tries them
 FP32 = 4  # bytes of the float32 tensors in the activation estimate
 
 

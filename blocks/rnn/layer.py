@@ -10,16 +10,31 @@ from archlab.blocks.cache import LayerCache
 from archlab.blocks.rnn import Params
 from archlab.kernels.gates import init_gate_bias_
 from archlab.kernels.rat.scan import chunk_scan_parallel
+from archlab.kernels.runtime import triton_can_run
+
+
+def _triton_ops():
+    """archlab.kernels.rnn.triton_rnn (imported on first use: it registers custom ops)."""
+    from archlab.kernels.rnn import triton_rnn
+
+    return triton_rnn
 
 
 class RNNBlock(nn.Module):
     """in_proj -> z, v, g [d_model each]; g = sigmoid(g + gate_bias) in float32;
     s_t = g_t * s_{t-1} + (1 - g_t) * v_t over the whole sequence (float32);
     output out_proj(sigmoid(z) * s). The RAT block with a chunk as long as the sequence,
-    with the same weight layout for z, v, g. One backend: `reference` (a log-depth
-    parallel scan); `auto` picks it. Parameters are created in float32."""
+    with the same weight layout for z, v, g. Backends: `triton` (CUDA: gates, scan and
+    output gate fused in one kernel each way, `kernels/rnn/triton_rnn.py`) and
+    `reference` (a log-depth parallel scan in PyTorch, any device); `auto` takes the first
+    that runs. Parameters are created in float32."""
 
-    BACKENDS = {"reference": runs_anywhere}  # backend -> check(device), in `auto` order
+    # backend -> check(device), in `auto` order; triton on the CPU only when asked for by
+    # name under Triton's interpreter (the tests)
+    BACKENDS = {
+        "triton": lambda device: triton_can_run(device, asked_by_name=False),
+        "reference": runs_anywhere,
+    }
 
     def __init__(self, params: Params, model: ModelConfig) -> None:
         super().__init__()
@@ -45,9 +60,10 @@ class RNNBlock(nn.Module):
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
         self.backend = None
-        self.backend = resolve_backend(
-            "rnn", self.params.backend, torch.device(device), self.BACKENDS
-        )
+        table = dict(self.BACKENDS)
+        if self.params.backend == "triton":
+            table["triton"] = lambda device: triton_can_run(device, asked_by_name=True)
+        self.backend = resolve_backend("rnn", self.params.backend, torch.device(device), table)
         return self.backend
 
     def _gates(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,6 +78,9 @@ class RNNBlock(nn.Module):
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         """[B, T, d_model] -> [B, T, d_model]."""
+        if self.backend == "triton":
+            y, _ = _triton_ops().rnn_core_triton(self.in_proj(x_BTD), self.gate_bias)
+            return self.out_proj(y)
         z, v, g = self._gates(x_BTD)
         return self._output(z, chunk_scan_parallel(v, g, max(x_BTD.shape[1], 1)))
 
@@ -82,6 +101,12 @@ class RNNBlock(nn.Module):
         """Run a prompt (one parallel scan) into an empty cache; returns forward(x)."""
         if cache.length:
             raise ValueError(f"prefill needs an empty cache (it holds {cache.length} tokens)")
+        if self.backend == "triton":
+            y, last = _triton_ops().rnn_core_triton(self.in_proj(x_BTD), self.gate_bias)
+            if x_BTD.shape[1]:
+                cache["state"].copy_(last.detach())
+            cache.length = x_BTD.shape[1]
+            return self.out_proj(y)
         z, v, g = self._gates(x_BTD)
         s = chunk_scan_parallel(v, g, max(x_BTD.shape[1], 1))
         if x_BTD.shape[1]:
@@ -92,6 +117,12 @@ class RNNBlock(nn.Module):
     @torch.no_grad()
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Decode one token (O(1)); no autograd."""
+        if self.backend == "triton":
+            u = self.in_proj(x_B1D[:, 0])
+            ops = _triton_ops()
+            y = ops.rnn_step_triton(u, self.gate_bias, cache["state"], cache.length > 0)
+            cache.length += 1
+            return self.out_proj(y)[:, None]
         z, v, g = self._gates(x_B1D[:, 0])
         s = (1 - g) * v
         if cache.length:

@@ -38,12 +38,13 @@ this module is imported) with small tiles.
 # fmt: off
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from archlab.kernels.runtime import triton_interpreted as _interpret
 
 Tensor = torch.Tensor
 
@@ -53,10 +54,6 @@ BT_GPU, BD_GPU, WARPS_GPU = 32, 32, 4
 BD_STEP_GPU, WARPS_STEP_GPU = 256, 2
 # the interpreter: small tiles, so that the CPU tests cover several tiles and channel blocks
 BT_CPU, BD_CPU = 16, 16
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def tiles(device: torch.device) -> tuple[int, int, int]:

@@ -116,8 +116,8 @@ def _equal_chunks(
     CB_BCGLS = torch.einsum("bclgn,bcsgn->bcgls", C_BCLGN, B_BCLGN)
     mask_BCHLS = torch.exp(segment_sums(a_BCHL))
     scores_BCHLS = (
-        CB_BCGLS[:, :, :, None] * mask_BCHLS.view(Bsz, n_chunks, G, H // G, chunk, chunk)
-    ).view(Bsz, n_chunks, H, chunk, chunk)
+        CB_BCGLS[:, :, :, None] * mask_BCHLS.reshape(Bsz, n_chunks, G, H // G, chunk, chunk)
+    ).reshape(Bsz, n_chunks, H, chunk, chunk)  # reshape: the mask may not be contiguous
     y_diag = torch.einsum("bchls,bcshp->bclhp", scores_BCHLS, v_BCLHP)
 
     # 2. chunk states: each token's contribution decayed to the chunk end

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -42,6 +43,7 @@ RESULT_KEYS = {
     "status": str,
     "error": (str, type(None)),
     "timing": (dict, type(None)),
+    "unstable": bool,
     "tokens_per_s": (float, type(None)),
     "flops": (int, type(None)),
     "tflops": (float, type(None)),
@@ -215,12 +217,19 @@ def test_compare_measure_writes_plots_and_report(tmp_path, capsys):
     specs = [TINY / "attention.yaml", TINY / "rat.yaml", TINY / "rat_swa.yaml"]
     assert main(["compare", *map(str, specs), "--measure", "--out", str(out), *FAST]) == 0
     text = capsys.readouterr().out
-    assert "(measured)" in text and "throughput" in text and "scaled-down" in text
+    assert "measured (scaled)" in text and "analytic (as written)" in text
+    assert "throughput" in text and "scaled-down" in text
     for stem in ("latency", "cache", "flops", "throughput"):
         assert (out / f"{stem}.png").stat().st_size > 1000
         assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
     report = (out / "report.md").read_text()
     assert "![latency](latency.png)" in report and "| spec |" in report
+    assert "train, measured (scaled)" in report and "params, analytic (as written)" in report
+    for name in ("tiny-attention", "tiny-rat", "tiny-rat-swa"):  # every spec's scaling
+        assert f"| {name} | d_model 128, heads 4x32, vocab 512, 4 of 8 blocks" in report
+    latency = (out / "latency.svg").read_text()
+    assert latency.count("4 of 8 blocks") == 3  # the caption: every spec, not the first only
+    assert "(decode bytes at batch 4, model)" in latency  # the measured decode batch
     doc = json.loads((out / "compare.json").read_text())
     check_schema(doc["measured"])
     assert len(doc["measured"]["results"]) == 3 * (3 * 2 + 1)
@@ -240,6 +249,8 @@ def test_parallel_blocks_profile_at_the_right_position(capsys):
         "3",
         "--warmup",
         "1",
+        "--max-time",
+        "0.5",
         "--seq",
         "16",
     )
@@ -344,3 +355,54 @@ def test_compare_marks_failed_cases_on_the_latency_plot(tmp_path, capsys):
     assert svg.count(": OOM -->") == 4  # two specs at two lengths, each labelled
     settings = json.loads((tmp_path / "compare.json").read_text())["measured"]["settings"]
     assert settings["decode_batch"] == 1 << 40 and settings["seqs"] == [16, 32]
+
+
+def test_compare_says_how_every_spec_was_scaled(tmp_path, capsys):
+    """One rule for every spec, and each spec's own scaling in the JSON and the text."""
+    specs = [TINY / "attention.yaml", TINY / "rat_swa.yaml"]
+    argv = ["compare", *map(str, specs), "--measure", "--mode", "decode", *FAST]
+    doc = run_json(capsys, *argv, "--json")
+    how = {s["name"]: s["measured_as"] for s in doc["specs"]}
+    assert how == {
+        "tiny-attention": "d_model 128, heads 4x32, vocab 512, 4 of 8 blocks "
+        "(2 of 4 units of A-), float32",
+        "tiny-rat-swa": "d_model 128, heads 4x32, vocab 512, 4 of 8 blocks "
+        "(1 of 2 units of R- L-), float32",
+    }
+    assert {r["spec"]: r["scaled"] for r in doc["measured"]["results"]} == how
+    assert [n for n in doc["notes"] if n.startswith("scaled ")] == [
+        f"scaled {k}: {v}" for k, v in how.items()
+    ]
+    assert main([*argv]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{k}  {v}" in text or f"{k}    {v}" in text for k, v in how.items())
+    assert "analytic (as written)" in text and "measured (scaled)" in text
+
+
+def test_full_size_on_the_cpu_runs_in_float32(tmp_path, capsys):
+    bf16 = tmp_path / "bf16.yaml"
+    bf16.write_text(f"extends: {TINY / 'attention.yaml'}\nmodel: {{dtype: bfloat16}}\n")
+    argv = ["profile", bf16, "--full-size", "--mode", "prefill", "--json", *FAST]
+    doc = run_json(capsys, *argv[: -len(FAST)], "--seq", "16", *FAST[2:])
+    assert doc["settings"]["dtype"] == "float32" and doc["device"]["dtype"] == "float32"
+    assert [r["dtype"] for r in doc["results"]] == ["float32"]
+    assert doc["results"][0]["scaled"] is None
+    assert not any("scaled" in n for n in doc["notes"])
+
+
+def test_unstable_cases_are_flagged(monkeypatch, capsys):
+    """Runs whose spread never settles within the time budget: 'unstable' in the JSON,
+    a note, and the table's row."""
+    import torch
+
+    from archlab.measure import profile, throughput
+
+    throughput.device_peaks(torch.device("cpu"), torch.float32)  # cached before the clock
+    ticks = itertools.accumulate(0.002 + 0.02 * (i % 2) for i in range(10**6))
+    monkeypatch.setattr(profile, "_clock", lambda: next(ticks))  # runs of 2 or 22 ms
+    argv = ["profile", TINY / "rat.yaml", "--mode", "prefill", "--seq", "16", "--warmup", "0"]
+    doc = run_json(capsys, *argv, "--repeats", "3", "--max-time", "0.2", "--json")
+    r = doc["results"][0]
+    assert r["unstable"] is True and r["timing"]["runs"] > 3
+    assert any(n.startswith("unstable:") for n in r["notes"])
+    assert any("marked unstable" in n for n in doc["notes"])

@@ -92,10 +92,15 @@ def test_timing_stats():
     assert t.p10_s <= t.median_s <= t.p90_s and t.spread > 0
 
 
-def test_time_fn_stops_at_max_time():
+def test_time_fn_stops_at_max_time(monkeypatch):
     calls = []
     t = profile.time_fn(lambda: calls.append(1), CPU, Settings(1, 1000, 0.0))
-    assert t.runs == 3 and len(calls) == 4  # warm-up + the 3-run minimum
+    assert t.runs == 1 and len(calls) == 2  # warm-up + one run: it alone outlasts the budget
+    clock = iter(range(10**6))  # every reading 1 ms after the last: runs of 1 ms
+    monkeypatch.setattr(profile, "_clock", lambda: next(clock) * 1e-3)
+    calls.clear()
+    t = profile.time_fn(lambda: calls.append(1), CPU, Settings(1, 1000, 0.005))
+    assert t.runs == 3 and len(calls) == 4  # warm-up + the 3-run minimum, then the budget
 
 
 def test_layer_target_matches_block_costs():
