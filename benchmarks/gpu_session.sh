@@ -14,6 +14,9 @@
 #             the paper's attention, RAT and RAT-SWA specs
 #   ssm       the Mamba-2 block alone: fla (`triton`) against the `reference` backend,
 #             train and prefill
+#   peers     each block kind beside the plain layer a user would write (peers.py;
+#             PEER_ARGS="--kinds attention,rnn --shapes 64x4096" narrows it; RAT_REPO names
+#             a checkout of the RAT paper's code for the rat peer)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -80,6 +83,13 @@ case $stage in
       --layer ssm --layer ssm:backend=reference --mode train,prefill --seq 4k,8k \
       --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
     tail -12 "$out/$stage/profile.log"
+    ;;
+  peers)  # archlab's blocks against their plain peers, same weights, one process
+    # shellcheck disable=SC2086
+    timeout "$limit" python3 "$repo/benchmarks/peers.py" ${PEER_ARGS:-} \
+      ${RAT_REPO:+--rat-repo "$RAT_REPO"} --out "$out/$stage/peers.json" \
+      >"$out/$stage/peers.log" 2>&1
+    tail -40 "$out/$stage/peers.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
