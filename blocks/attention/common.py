@@ -82,14 +82,21 @@ def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
 
 
 def flex_attention(
-    q_BTHD: torch.Tensor, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, window: int | None
+    q_BTHD: torch.Tensor,
+    k_BTKD: torch.Tensor,
+    v_BTKD: torch.Tensor,
+    window: int | None,
+    block_mask=None,
 ) -> torch.Tensor:
-    """Causal (sliding-window when `window` is set) attention with compiled flex_attention."""
+    """Causal (sliding-window when `window` is set) attention with compiled flex_attention;
+    `block_mask` is `flex_block_mask(T, window, device)`, made here when not given."""
+    if block_mask is None:
+        block_mask = flex_block_mask(q_BTHD.shape[1], window, q_BTHD.device)
     out_BHTD = compiled_flex()(
         q_BTHD.transpose(1, 2),
         k_BTKD.transpose(1, 2),
         v_BTKD.transpose(1, 2),
-        block_mask=flex_block_mask(q_BTHD.shape[1], window, q_BTHD.device),
+        block_mask=block_mask,
         scale=q_BTHD.shape[-1] ** -0.5,
         enable_gqa=q_BTHD.shape[2] != k_BTKD.shape[2],
         kernel_options=kernel_options(q_BTHD.shape[1]),

@@ -43,5 +43,7 @@ def test_fused_rope_equals_written_on_cuda(dtype, T):
     x32 = x.detach().float().requires_grad_()
     y_ref = written(x32, pos, 10000.0)
     (gx_ref,) = torch.autograd.grad(y_ref, x32, dy.float())
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    # float32: angles reach T radians, where the compiled and the eager sin/cos differ by
+    # a few float32 ulps of the angle (2.4e-5 measured at T = 4096 on the H200)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert rel_err(y_fast, y_ref) < tol and rel_err(gx_fast, gx_ref) < tol
