@@ -50,3 +50,12 @@ def test_plot_rat_layer_names_profiler_layers():
     row = {"target": "layer attention(heads=16, head_dim=128)", "backends": {"attention": "sdpa"}}
     assert plot.variant(row) == "attention (attention:sdpa)"
     assert plot.variant({"variant": "rat L=16 triton"}) == "rat L=16 triton"
+
+
+def test_rnn_scan_small_run(tmp_path):
+    out = tmp_path / "rnn_scan.json"
+    args = ["--small", "--variants", "triton,reference", "--out", str(out)]
+    assert load("rnn_scan").main(args) == 0
+    doc = json.loads(out.read_text())
+    assert {"command", "date", "device", "torch"} <= set(doc)
+    assert "triton" in json.dumps(doc) and "reference" in json.dumps(doc)
