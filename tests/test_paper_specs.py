@@ -1,5 +1,5 @@
 """The RAT paper's five 1.3B specs build on the CPU at full size and run a forward, a
-prefill and a decode step (issue 3's "all build and run a forward and a decode")."""
+prefill and a decode step."""
 
 from __future__ import annotations
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
+from archlab.blocks.base import FlopCount, ModelConfig, linear_flops
 from archlab.blocks.registry import kind as block_kind
-from archlab.blocks.base import FlopCount, linear_flops
-from archlab.blocks.base import ModelConfig
 from archlab.lang.plan import Plan, PlannedBlock
 
 NORM_FLOPS_PER_ELEMENT = 4  # square, sum, scale, weight (rmsnorm); layernorm counted alike

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from archlab.blocks.registry import kind as block_kind
 from archlab.blocks.base import ModelConfig
+from archlab.blocks.registry import kind as block_kind
 from archlab.cost.analytic import param_count
 from archlab.lang.plan import Plan
 

@@ -294,9 +294,7 @@ def measure_peaks(device: torch.device, dtype: torch.dtype) -> dict:
     cuda = device.type == "cuda"
     sizes, copy_bytes = ((8192,), 1 << 30) if cuda else ((256, 512, 1024), 64 << 20)
     quick = Settings(warmup=2 if cuda else 1, repeats=20 if cuda else 3, max_time_s=2.0)
-    tflops = max(
-        2 * n**3 / _timed_matmul(n, device, dtype, quick).min_s / 1e12 for n in sizes
-    )
+    tflops = max(2 * n**3 / _timed_matmul(n, device, dtype, quick).min_s / 1e12 for n in sizes)
     cp = _timed_copy(copy_bytes, device, quick)
     free_memory(device)
     return {

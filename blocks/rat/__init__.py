@@ -33,7 +33,7 @@ FP32 = 4  # bytes of the float32 tensors in the activation estimate
 
 
 class Params(BlockParams):
-    """The `rat` params of the spec language (SPEC_LANGUAGE.md)."""
+    """The `rat` params of the spec language (docs/language.md)."""
 
     kind: Literal["rat"] = "rat"
     heads: int = Field(ge=1, le=4096, description="heads (each with its own values and gates)")

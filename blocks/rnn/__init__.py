@@ -28,7 +28,7 @@ FP32 = 4  # bytes of the float32 tensors in the activation estimate
 
 
 class Params(BlockParams):
-    """The `rnn` params of the spec language (SPEC_LANGUAGE.md)."""
+    """The `rnn` params of the spec language (docs/language.md)."""
 
     kind: Literal["rnn"] = "rnn"
     bias: bool = Field(default=False, description="biases on in_proj and out_proj")

@@ -17,7 +17,6 @@ import math
 
 import torch
 
-from archlab.kernels.rope import apply_rope, rope_cos_sin
 from archlab.kernels.flex_compiled import (
     compiled_create_block_mask,
     compiled_flex,
@@ -27,6 +26,7 @@ from archlab.kernels.flex_compiled import (
 )
 from archlab.kernels.rat.reference import chunk_ends, expand_groups
 from archlab.kernels.rat.scan import rat_scan_states
+from archlab.kernels.rope import apply_rope, rope_cos_sin
 
 try:  # newer torch asks for the log-sum-exp this way; `return_lse` is deprecated there
     from torch.nn.attention.flex_attention import AuxRequest

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from archlab.kernels.rope import apply_rope, rope_cos_sin
 from archlab.kernels.rat.reference import chunk_ends, expand_groups, forget_gate, rat_attend
+from archlab.kernels.rope import apply_rope, rope_cos_sin
 
 
 def _shift(x: torch.Tensor, offset: int, fill: float, dim: int) -> torch.Tensor:

@@ -157,7 +157,7 @@ def test_backend_selection(monkeypatch):
 def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
     """B=2, T=4096, d_model 2048: the float32 reference, the bf16 reference and the bf16
     triton block from the same weights; returns (report lines, names out of tolerance). The
-    rule (DESIGN.md): triton's error against float32 <= 2 x the bf16 reference's + 1e-3."""
+    rule (docs/blocks.md): triton's error against float32 <= 2 x the bf16 reference's + 1e-3."""
     model = ModelConfig(d_model=2048, vocab_size=8, dtype="float32")
     torch.manual_seed(0)
     base = SSMBlock(ssm.Params(backend="reference"), model)
@@ -199,7 +199,7 @@ def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_backend_forward_matches_reference_cuda():
-    """The output, at the DESIGN.md tolerance. fla is required on CUDA: its absence fails."""
+    """The output, at the bf16 rule of docs/blocks.md (fla is required on CUDA)."""
     assert ssm_layer.fla_importable(), f"fla must be importable on CUDA: {ssm_layer.INSTALL_HINT}"
     report, bad = compare_backends_cuda(with_grads=False)
     assert not bad, "\n".join(report)
@@ -208,8 +208,8 @@ def test_triton_backend_forward_matches_reference_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_backend_gradients_match_reference_cuda():
-    """The output, the input gradient and every parameter gradient, at the DESIGN.md
-    tolerance (through chunk_gla where fla refuses chunk_simple_gla's backward, see
+    """The output, the input gradient and every parameter gradient, at the bf16 rule of
+    docs/blocks.md (through chunk_gla where fla refuses chunk_simple_gla's backward, see
     kernels/ssd/fla_backend.py)."""
     assert ssm_layer.fla_importable(), f"fla must be importable on CUDA: {ssm_layer.INSTALL_HINT}"
     print(f"kernel note: {simple_gla_backward_refused()}")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import archlab
+from archlab.cli.cost import describe
 from archlab.cost.analytic import metric_function
 from archlab.cost.crossover import CrossoverError, Run, crossovers, sign_runs
-from archlab.cli.cost import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = [

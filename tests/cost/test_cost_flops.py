@@ -8,8 +8,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import archlab
-from archlab.blocks.registry import kind as block_kind
 from archlab.blocks.base import ModelConfig
+from archlab.blocks.registry import kind as block_kind
 from archlab.blocks.ssm import SSMSizes
 from archlab.cost.analytic import spec_cost
 

@@ -1,6 +1,6 @@
 """The flex backend of RAT: its method and merge on the CPU (eager FlexAttention), and the
 compiled backend on the GPU at the paper's shapes against the float32 reference, with the
-tolerance rule of DESIGN.md: error at most ~2x that of the reference run in bf16, plus a
+tolerance rule of docs/blocks.md: error at most ~2x that of the reference run in bf16, plus a
 small floor."""
 
 from __future__ import annotations

@@ -219,8 +219,8 @@ def test_flop_counter_and_fake():
 
 
 def bf16_rule(got, ref, low, floor=2e-3):
-    """DESIGN.md's rule per tensor: kernel error <= 2 x (error of the reference on bf16
-    inputs) + floor, and finite. Returns ({name: (kernel error, reference error)}, [names
+    """docs/blocks.md's bf16 rule per tensor: kernel error <= 2 x (error of the reference on
+    bf16 inputs) + floor, and finite. Returns ({name: (kernel error, reference error)}, [names
     that break it]).
 
     Errors are relative to the reference tensor's norm, except for a tensor that is zero in
