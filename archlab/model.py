@@ -92,7 +92,7 @@ class ArchModel(nn.Module):
         sources = {b.shares_cache_of for b in plan.blocks} - {None}
         self.blocks = nn.ModuleList(
             cast(
-                ResidualBlock(make_norm(m), block_kind(b.kind).model(b.params, m), i, i in sources)
+                ResidualBlock(make_norm(m), block_kind(b.kind).build(b.params, m), i, i in sources)
             )
             for i, b in enumerate(plan.order())
         )

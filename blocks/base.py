@@ -175,8 +175,9 @@ class BlockKind:
     gpu_examples: tuple[Mapping, ...] = ()  # params the GPU contract tests build
     composite: bool = field(default=False)  # holds other blocks (parallel)
 
-    def model(self, params: BlockParams, model: ModelConfig):
-        """The built `nn.Module` of `params` (imports torch)."""
+    def build(self, params: BlockParams, model: ModelConfig):
+        """The built `nn.Module` of `params` in a model of `model`'s settings (imports
+        torch)."""
         return self.layer()(params, model)
 
 

@@ -251,7 +251,7 @@ class LayerTarget(_Target):
         )
         m = plan.model
         with torch.device(device):
-            module = block_kind(block.kind).model(block.params, m)
+            module = block_kind(block.kind).build(block.params, m)
         self.module = module.to(dtype=m.torch_dtype)
         self.module.select_backend(device)
 

@@ -24,7 +24,7 @@ def make_block(kind: str, i: int, seed: int = 0) -> tuple[object, torch.nn.Modul
     params = record.params(**record.examples[i])
     assert record.check(params, D_MODEL) == []
     torch.manual_seed(seed)
-    block = record.model(params, MODEL)
+    block = record.build(params, MODEL)
     block.select_backend(torch.device("cpu"))
     # Randomize every parameter so that no path hides behind a zero or identity init.
     with torch.no_grad():

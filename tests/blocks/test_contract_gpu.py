@@ -46,7 +46,7 @@ def make(kind: str, backend: str, seed: int = 0) -> torch.nn.Module:
     if "backend" in record.params.model_fields:
         raw["backend"] = backend
     torch.manual_seed(seed)
-    block = record.model(record.params(**raw), MODEL).cuda().float()
+    block = record.build(record.params(**raw), MODEL).cuda().float()
     block.select_backend(torch.device("cuda"))
     return block
 

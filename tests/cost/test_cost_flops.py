@@ -90,7 +90,7 @@ def _block(kind: str, params: dict, T: int):
     p = mod.params(kind=kind, **params)
     model = ModelConfig(d_model=D, vocab_size=64, max_seq_len=max(T, 4), dtype="float32")
     torch.manual_seed(0)
-    block = mod.model(p, model)
+    block = mod.build(p, model)
     block.select_backend(torch.device("cpu"))
     return mod, p, block
 
