@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,23 +100,6 @@ def no_breakpoints(p: Any) -> tuple[set[int], int]:
     return set(), 1
 
 
-def heads_check(p: Any, d_model: int) -> Checks:
-    """head_dim derivable from d_model (when not given) and even under RoPE."""
-    errors: Checks = []
-    if p.head_dim is None and d_model % p.heads:
-        errors.append(
-            (
-                "heads",
-                f"d_model ({d_model}) must be divisible by heads ({p.heads}) "
-                "when head_dim is not given",
-            )
-        )
-    elif p.rope != "none" and (p.head_dim or d_model // p.heads) % 2:
-        hd = p.head_dim or d_model // p.heads
-        errors.append(("head_dim", f"must be even when rope is on (head_dim is {hd})"))
-    return errors
-
-
 def scale_widths(data: dict, d_old: int, d_new: int) -> dict:
     """The default `scale`: a block's params at d_new instead of d_old. Head sizes are
     kept (heads = d_new // head_dim; kv_heads and qk_groups shrink to divide them) and
@@ -173,7 +156,7 @@ class BlockKind:
     color: str = "#888888"  # in plots and drawings
     examples: tuple[Mapping, ...] = ()  # small params the CPU contract tests build
     gpu_examples: tuple[Mapping, ...] = ()  # params the GPU contract tests build
-    composite: bool = field(default=False)  # holds other blocks (parallel)
+    composite: bool = False  # holds other blocks (parallel)
 
     def build(self, params: BlockParams, model: ModelConfig):
         """The built `nn.Module` of `params` in a model of `model`'s settings (imports
