@@ -1,21 +1,31 @@
 """`attention` (A): causal multi-head softmax attention (Vaswani et al. 2017, "Attention Is
 All You Need", arXiv:1706.03762) with grouped-query / multi-query heads (Ainslie et al.
 2023, "GQA", arXiv:2305.13245), RoPE (Su et al. 2021, "RoFormer", arXiv:2104.09864) and
-optional qk-norm (an RMSNorm over each head of q and k).
+optional qk-norm (an RMSNorm over each head of q and k). Extras that published models use:
+`attn_softcap` (Gemma Team 2024, "Gemma 2", arXiv:2408.00118: logits capped as
+cap * tanh(logit / cap)), `sinks` (learned per-head sink logits in the softmax denominator,
+as gpt-oss; OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model Card", arXiv:2508.10925; after
+Xiao et al. 2023, "StreamingLLM", arXiv:2309.17453) and `partial_rotary` (RoPE on the
+first fraction of each head, as GPT-NeoX and Phi).
 
 Backends: `reference` (explicit float32 matmuls and masked softmax), `sdpa` (torch's
 scaled_dot_product_attention, any device), `flex` (compiled flex_attention, CUDA only);
-`auto` is sdpa. The layer is `archlab.blocks.attention.layer.AttentionBlock`; the cores it
-runs are in `archlab.blocks.attention.common`.
+`auto` is sdpa. sdpa can neither cap logits nor add sink logits: with `attn_softcap` or
+`sinks`, `auto` is flex on CUDA and reference elsewhere, and asking for sdpa is an error.
+The layer is `archlab.blocks.attention.layer.AttentionBlock`; the cores it runs are in
+`archlab.blocks.attention.common`.
 
 The pure cost helpers here are shared with `local_attention`. Costs count FLOPs as 2 per
 multiply-add. Matmul-type work is exact: the four projections, and QK^T and PV at
 2 * head_dim FLOPs each per visible (query, key) pair per head. `other` uses these
 per-element constants:
 - softmax: `SOFTMAX_FLOPS` (5) per visible score per head (scale, max, exp, sum, divide);
-- RoPE: `ROPE_FLOPS` (3) per element of q and k (two multiplies, one add);
+- RoPE: `ROPE_FLOPS` (3) per rotated element of q and k (two multiplies, one add): all of
+  head_dim, or its first rotary_dim = int(head_dim * partial_rotary);
 - qk-norm: `QK_NORM_FLOPS` (4) per element of q and k (square, sum, rsqrt scale, weight);
-- bias: 1 per output element of each projection.
+- bias: 1 per output element of each projection;
+- soft-capping: `SOFTCAP_FLOPS` (3) per visible score per head (divide, tanh, multiply);
+- sinks: `SOFTMAX_FLOPS` per sink logit per query token per head (one more score).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ BACKENDS = ("sdpa", "reference", "flex")  # in the order `auto` tries them
 SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
 QK_NORM_FLOPS = 4
+SOFTCAP_FLOPS = 3
 FP32 = 4  # bytes of a float32 (the log-sum-exp kept per head and token)
 
 
@@ -59,6 +70,27 @@ class Params(BlockParams):
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base frequency")
     qk_norm: bool = Field(default=False, description="RMSNorm over each head of q and k")
     bias: bool = Field(default=False, description="biases on the projections")
+    attn_softcap: float | None = Field(
+        default=None,
+        gt=0,
+        description="soft-capping of the attention logits, cap * tanh(logit / cap) (Gemma-2: "
+        "50.0); None: off. sdpa cannot: auto picks flex on CUDA, else reference",
+    )
+    sinks: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="learned sink logits per head (gpt-oss: 1): each adds exp(sink) to its "
+        "head's softmax denominator and reads no value. sdpa cannot: auto picks flex on "
+        "CUDA, else reference",
+    )
+    partial_rotary: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="fraction of head_dim that RoPE rotates: its first "
+        "int(head_dim * partial_rotary) dims (GPT-NeoX 0.25, Phi 0.5; 1.0: all)",
+    )
     backend: str = backend_field(BACKENDS)
     share_cache: int | None = Field(
         default=None,
@@ -80,6 +112,10 @@ class AttentionParams(Protocol):
     rope_theta: float
     qk_norm: bool
     bias: bool
+    attn_softcap: float | None
+    sinks: int
+    partial_rotary: float
+    backend: str
     share_cache: int | None
 
 
@@ -96,20 +132,56 @@ def shape_checks(p: AttentionParams, d_model: int) -> Checks:
         )
     if p.kv_heads is not None and p.heads % p.kv_heads:
         errors.append(("kv_heads", f"must divide heads ({p.heads}) (got {p.kv_heads})"))
-    if p.rope and (p.head_dim or d_model // p.heads) % 2:
+    if p.rope and p.partial_rotary == 1 and (p.head_dim or d_model // p.heads) % 2:
         errors.append(("head_dim", "must be even when rope is on"))
+    return errors
+
+
+def logit_mods(p: AttentionParams) -> bool:
+    """Whether the softmax is modified (soft-capped logits or sink logits): sdpa cannot."""
+    return p.attn_softcap is not None or p.sinks > 0
+
+
+def extras_checks(p: AttentionParams, d_model: int) -> Checks:
+    """sdpa not asked for with soft-capping or sinks; rotary_dim even and at least 2 under
+    partial RoPE."""
+    errors: Checks = []
+    if p.backend == "sdpa" and logit_mods(p):
+        what = "soft-cap attention logits" if p.attn_softcap is not None else "add sink logits"
+        errors.append(
+            ("backend", f"sdpa cannot {what}: use flex (CUDA) or reference (auto picks them)")
+        )
+    if p.rope and p.partial_rotary < 1 and (p.head_dim or d_model % p.heads == 0):
+        rd = rotary_dim(p, d_model)
+        if rd < 2 or rd % 2:
+            errors.append(
+                (
+                    "partial_rotary",
+                    f"int(head_dim * partial_rotary) must be even and at least 2 (it is {rd})",
+                )
+            )
     return errors
 
 
 def check(p: Params, d_model: int) -> Checks:
     """Checks that need the model: the kind has the backend asked for; head_dim
-    derivable, kv_heads dividing heads, head_dim even under RoPE."""
-    return backend_check(p.kind, BACKENDS, p.backend) + shape_checks(p, d_model)
+    derivable, kv_heads dividing heads, head_dim even under RoPE (rotary_dim under partial
+    RoPE); sdpa not asked for with soft-capping or sinks."""
+    return (
+        backend_check(p.kind, BACKENDS, p.backend)
+        + shape_checks(p, d_model)
+        + extras_checks(p, d_model)
+    )
 
 
 def head_dims(p: AttentionParams, d_model: int) -> tuple[int, int, int]:
     """(heads, kv_heads, head_dim) with the defaults filled in."""
     return p.heads, p.kv_heads or p.heads, p.head_dim or d_model // p.heads
+
+
+def rotary_dim(p: AttentionParams, d_model: int) -> int:
+    """Dims of each head that RoPE rotates: int(head_dim * partial_rotary) (HF's rule)."""
+    return int((p.head_dim or d_model // p.heads) * p.partial_rotary)
 
 
 def visible_pairs(seq_len: int, window: int | None) -> int:
@@ -125,14 +197,15 @@ def own_kv_heads(p: AttentionParams, d_model: int) -> int:
 
 
 def param_count(p: AttentionParams, d_model: int) -> int:
-    """Parameters of the q/(k/v)/o projections, their biases and the qk-norm weights; a
-    block that shares another's cache has no k/v projections and no k-norm weight."""
+    """Parameters of the q/(k/v)/o projections, their biases, the qk-norm weights and the
+    sink logits (heads x sinks); a block that shares another's cache has no k/v projections
+    and no k-norm weight."""
     H, _, dh = head_dims(p, d_model)
     K = own_kv_heads(p, d_model)
     weights = 2 * d_model * H * dh + 2 * d_model * K * dh
     biases = (H * dh + 2 * K * dh + d_model) if p.bias else 0
     norms = dh * (2 if K else 1) if p.qk_norm else 0
-    return weights + biases + norms
+    return weights + biases + norms + H * p.sinks
 
 
 def cost(p: AttentionParams, d_model: int, batch: int, tokens: int, pairs: int) -> FlopCount:
@@ -143,9 +216,11 @@ def cost(p: AttentionParams, d_model: int, batch: int, tokens: int, pairs: int) 
     products = 2 * 2 * dh * pairs * H
     qk_elems = tokens * (H + K) * dh
     other = SOFTMAX_FLOPS * pairs * H
-    other += ROPE_FLOPS * qk_elems if p.rope else 0
+    other += ROPE_FLOPS * tokens * (H + K) * rotary_dim(p, d_model) if p.rope else 0
     other += QK_NORM_FLOPS * qk_elems if p.qk_norm else 0
     other += tokens * (H * dh + 2 * K * dh + d_model) if p.bias else 0
+    other += SOFTCAP_FLOPS * pairs * H if p.attn_softcap is not None else 0
+    other += SOFTMAX_FLOPS * tokens * H * p.sinks
     return FlopCount(batch * (proj + products), batch * other)
 
 
@@ -177,13 +252,15 @@ def activations(p: AttentionParams, d_model: int, seq_len: int) -> tuple[int, in
 
 def cache_geometry(p: AttentionParams, d_model: int) -> dict:
     """What must agree between a cache's source and a block that reads it (`share_cache`):
-    the kv heads, head_dim, RoPE and the window (None for full attention)."""
+    the kv heads, head_dim, RoPE (and the rotated fraction) and the window (None for full
+    attention)."""
     return {
         "kind": p.kind,
         "kv_heads": p.kv_heads or p.heads,
         "head_dim": p.head_dim or d_model // p.heads,
         "rope": p.rope,
         "rope_theta": p.rope_theta,
+        "partial_rotary": p.partial_rotary,
         "window": getattr(p, "window", None),
     }
 
@@ -196,7 +273,8 @@ def _layer():
 
 KIND = BlockKind(
     name="attention",
-    summary="causal multi-head softmax attention: GQA / MQA, RoPE, optional qk-norm, cache sharing",
+    summary="causal multi-head softmax attention: GQA / MQA, RoPE (or partial RoPE), optional "
+    "qk-norm, logit soft-capping and sink logits, cache sharing",
     symbol="A",
     is_mixer=True,
     params=Params,
@@ -223,6 +301,8 @@ KIND = BlockKind(
             "qk_norm": True,
             "bias": True,
         },
+        {"kind": "attention", "heads": 4, "kv_heads": 2, "attn_softcap": 2.0, "sinks": 1},
+        {"kind": "attention", "heads": 2, "sinks": 2, "partial_rotary": 0.25, "qk_norm": True},
     ),
     gpu_examples=({"kind": "attention", "heads": 16, "head_dim": 128},),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.blocks.attention import Params, common, head_dims
+from archlab.blocks.attention import Params, common, head_dims, logit_mods, rotary_dim
 from archlab.blocks.base import (
     BackendUnavailable,
     ModelConfig,
@@ -16,7 +16,11 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.cache import LayerCache
 from archlab.kernels.flex_compiled import flex_available
-from archlab.kernels.rope import rope
+
+
+def sdpa_cannot_modify(device: torch.device) -> str:
+    """The sdpa check of a block with soft-capped logits or sink logits."""
+    return "sdpa cannot soft-cap attention logits or add sink logits (use flex or reference)"
 
 
 def flex_can_run(device: torch.device) -> str | None:
@@ -74,6 +78,10 @@ class AttentionBlock(nn.Module):
     query, so it runs `reference` for the reference backend and sdpa otherwise (flex's
     block-sparse kernel has no single-query path). A block that asks for `flex` has no
     backend until `select_backend` is called with a CUDA device.
+
+    With `attn_softcap` or `sinks` the backends are flex and reference (in `auto`'s order;
+    sdpa cannot, `backend_table` says why) and the decode step runs the reference. The sink
+    logits are the parameter `sinks` [heads, sinks].
     """
 
     KIND_NAME = "attention"
@@ -85,6 +93,8 @@ class AttentionBlock(nn.Module):
         self.params = params
         self.window: int | None = getattr(params, "window", None)
         self.heads, self.kv_heads, self.head_dim = head_dims(params, model.d_model)
+        self.rotary_dim = rotary_dim(params, model.d_model)
+        self.logit_mods = logit_mods(params)  # soft-capping or sinks: no sdpa
         self.norm_eps = model.norm_eps
         d, inner = model.d_model, self.heads * self.head_dim
         kv_inner = self.kv_heads * self.head_dim
@@ -98,17 +108,20 @@ class AttentionBlock(nn.Module):
             self.q_norm = nn.Parameter(torch.ones(self.head_dim))
             if not self.shares:
                 self.k_norm = nn.Parameter(torch.ones(self.head_dim))
+        if params.sinks:
+            self.sinks = nn.Parameter(torch.zeros(self.heads, params.sinks))
         self.reset_parameters()
         self.backend: str | None = None
         try:
             self.select_backend(torch.device("cpu"))
         except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
+            table = self.backend_table()
+            if params.backend not in table or table[params.backend] is sdpa_cannot_modify:
+                raise  # no such backend, or one that runs nowhere: an error
             # flex runs on CUDA only: select_backend(cuda) picks it
 
     def reset_parameters(self) -> None:
-        """Projections ~ N(0, 0.02), biases 0, qk-norm weights 1."""
+        """Projections ~ N(0, 0.02), biases 0, qk-norm weights 1, sink logits 0."""
         for proj in (
             self.q_proj,
             getattr(self, "k_proj", None),
@@ -123,13 +136,27 @@ class AttentionBlock(nn.Module):
         for norm in (getattr(self, "q_norm", None), getattr(self, "k_norm", None)):
             if norm is not None:
                 nn.init.ones_(norm)
+        if getattr(self, "sinks", None) is not None:
+            nn.init.zeros_(self.sinks)
+
+    def backend_table(self):
+        """`BACKENDS`; with soft-capping or sinks, flex then reference, and sdpa last with
+        the reason it cannot run."""
+        if not self.logit_mods:
+            return self.BACKENDS
+        table = {n: self.BACKENDS[n] for n in ("flex", "reference") if n in self.BACKENDS}
+        return {**table, "sdpa": sdpa_cannot_modify}
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
         self.backend = resolve_backend(
-            self.KIND_NAME, self.params.backend, torch.device(device), self.BACKENDS
+            self.KIND_NAME, self.params.backend, torch.device(device), self.backend_table()
         )
         return self.backend
+
+    def _mods(self) -> dict:
+        """The softmax's soft-capping and sink logits, for the reference and flex cores."""
+        return {"softcap": self.params.attn_softcap, "sinks_HN": getattr(self, "sinks", None)}
 
     def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor) -> torch.Tensor:
         """q [B, T, H, dh] with qk-norm and RoPE applied."""
@@ -143,7 +170,7 @@ class AttentionBlock(nn.Module):
         if self.params.qk_norm:
             q = common.rms_norm(q, self.q_norm, self.norm_eps)
         if self.params.rope:
-            q = rope(q, positions_T, self.params.rope_theta)
+            q = common.partial_rope(q, positions_T, self.params.rope_theta, self.rotary_dim)
         return q
 
     def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
@@ -154,7 +181,7 @@ class AttentionBlock(nn.Module):
         if self.params.qk_norm:
             k = common.rms_norm(k, self.k_norm, self.norm_eps)
         if self.params.rope:
-            k = rope(k, positions_T, self.params.rope_theta)
+            k = common.partial_rope(k, positions_T, self.params.rope_theta, self.rotary_dim)
         return k, v
 
     def _project(self, x_BTD, positions_T, shared_kv=None):
@@ -171,13 +198,15 @@ class AttentionBlock(nn.Module):
 
     def _attend_sequence(self, q_BTHD, k_BTKD, v_BTKD, block_mask=None) -> torch.Tensor:
         if self.backend == "flex":
-            return common.flex_attention(q_BTHD, k_BTKD, v_BTKD, self.window, block_mask)
+            return common.flex_attention(
+                q_BTHD, k_BTKD, v_BTKD, self.window, block_mask, **self._mods()
+            )
         if self.backend == "sdpa" and self.window is None:
             return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, causal=True)
         mask_TT = common.window_mask(q_BTHD.shape[1], self.window, q_BTHD.device)
         if self.backend == "sdpa":
             return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, mask_TS=mask_TT)
-        return common.reference_attention(q_BTHD, k_BTKD, v_BTKD, mask_TT)
+        return common.reference_attention(q_BTHD, k_BTKD, v_BTKD, mask_TT, **self._mods())
 
     def _out(self, y_BTHD: torch.Tensor) -> torch.Tensor:
         return self.o_proj(y_BTHD.flatten(2))
@@ -251,8 +280,8 @@ class AttentionBlock(nn.Module):
             cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
         keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
-        if self.backend == "reference":
-            y = common.reference_attention(q, keys, values, None)
+        if self.backend == "reference" or self.logit_mods:
+            y = common.reference_attention(q, keys, values, None, **self._mods())
         else:
             y = common.sdpa_attention(q, keys, values)
         cache.length = pos + 1

@@ -7,7 +7,9 @@ Backends: `reference` (explicit float32), `sdpa` (with an explicit boolean windo
 flex on CUDA and sdpa elsewhere. The decode cache is a ring buffer of
 min(max_len, window) positions: position p lives in slot p % slots. The layer is
 `archlab.blocks.local_attention.layer.LocalAttentionBlock` (attention's, reading the
-window); the FLOP conventions are attention's (`archlab.blocks.attention`).
+window); the FLOP conventions are attention's (`archlab.blocks.attention`), and so are
+the extras `attn_softcap`, `sinks` (gpt-oss's sliding-window layers have them) and
+`partial_rotary`: with soft-capping or sinks `auto` is flex on CUDA and reference elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Literal
 from pydantic import Field
 
 from archlab.blocks import attention
-from archlab.blocks.attention import cost, head_dims, own_kv_heads, shape_checks, visible_pairs
+from archlab.blocks.attention import (
+    cost,
+    extras_checks,
+    head_dims,
+    own_kv_heads,
+    shape_checks,
+    visible_pairs,
+)
 from archlab.blocks.base import BlockKind, Checks, FlopCount, backend_check, backend_field
 
 BACKENDS = ("flex", "sdpa", "reference")  # in the order `auto` tries them
@@ -35,7 +44,11 @@ class Params(attention.Params):
 
 def check(p: Params, d_model: int) -> Checks:
     """The same checks as `attention` (the backend among local_attention's)."""
-    return backend_check(p.kind, BACKENDS, p.backend) + shape_checks(p, d_model)
+    return (
+        backend_check(p.kind, BACKENDS, p.backend)
+        + shape_checks(p, d_model)
+        + extras_checks(p, d_model)
+    )
 
 
 def param_count(params: Params, d_model: int) -> int:
@@ -96,6 +109,14 @@ KIND = BlockKind(
         {"kind": "local_attention", "heads": 4, "kv_heads": 2, "window": 8, "qk_norm": True},
         {"kind": "local_attention", "heads": 2, "window": 1},
         {"kind": "local_attention", "heads": 4, "kv_heads": 1, "window": 5, "bias": True},
+        {"kind": "local_attention", "heads": 4, "kv_heads": 2, "window": 4, "sinks": 1},
+        {
+            "kind": "local_attention",
+            "heads": 2,
+            "window": 6,
+            "attn_softcap": 1.5,
+            "partial_rotary": 0.5,
+        },
     ),
     gpu_examples=({"kind": "local_attention", "heads": 16, "head_dim": 128, "window": 1025},),
 )
