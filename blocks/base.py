@@ -129,7 +129,8 @@ class BlockKind:
     `decode_flops(p, d_model, batch, t)` (one new token with t tokens cached),
     `cache_bytes(p, d_model, batch, seq_len, dtype_bytes)` and
     `activations(p, d_model, seq_len) -> (elements in the model dtype, float32 bytes)`
-    that one sequence keeps for backward (the training-memory estimate).
+    that one sequence keeps for backward (the training-memory estimate); and, for kinds
+    whose tokens use only some of the parameters, `active_param_count(p, d_model)`.
     """
 
     name: str
@@ -157,6 +158,8 @@ class BlockKind:
     examples: tuple[Mapping, ...] = ()  # small params the CPU contract tests build
     gpu_examples: tuple[Mapping, ...] = ()  # params the GPU contract tests build
     composite: bool = False  # holds other blocks (parallel)
+    # the parameters one token uses (a mixture of experts' routed ones); None: all of them
+    active_param_count: Callable[[Any, int], int] | None = None
 
     def build(self, params: BlockParams, model: ModelConfig):
         """The built `nn.Module` of `params` in a model of `model`'s settings (imports

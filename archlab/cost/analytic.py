@@ -39,6 +39,7 @@ class KindCost:
 
     blocks: int = 0
     params: int = 0
+    active_params: int = 0  # those one token uses (fewer than params with routed experts)
     fwd_flops: int = 0
     fwd_other_flops: int = 0
     cache_bytes: int = 0
@@ -78,6 +79,7 @@ class Cost:
     decode_other_flops: int
     decode_bytes: int
     weight_bytes: int  # the weight part of decode_bytes
+    active_params: int = 0  # the parameters one token uses (routed experts: top_k of them)
     by_kind: dict[str, KindCost] = field(default_factory=dict)
     by_block: list[KindCost] = field(default_factory=list)
     head: KindCost = field(default_factory=KindCost)  # embedding, final norm, LM head
@@ -133,8 +135,11 @@ def block_cost(
     dec = mod.decode_flops(block.params, d, batch, seq_len) + FlopCount(0, wrap * batch * d)
     cache = mod.cache_bytes(block.params, d, batch, seq_len, dbytes)
     params = mod.param_count(block.params, d) + norm_params(model)
+    active = params
+    if mod.active_param_count is not None:
+        active = mod.active_param_count(block.params, d) + norm_params(model)
     read = params * dbytes + cache + shared_read
-    return KindCost(1, params, f.matmul, f.other, cache, dec.matmul, dec.other, read)
+    return KindCost(1, params, active, f.matmul, f.other, cache, dec.matmul, dec.other, read)
 
 
 def mixer_figures(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int) -> dict:
@@ -178,6 +183,7 @@ def head_cost(model: ModelConfig, batch: int, seq_len: int) -> KindCost:
     read = params - (0 if model.tie_embeddings else V * d) + embedding_rows
     return KindCost(
         0,
+        params,
         params,
         linear_flops(tokens, d, V),
         NORM_FLOPS_PER_ELEMENT * tokens * d,

@@ -219,6 +219,7 @@ KIND = BlockKind(
     params=Params,
     layer=_layer,
     param_count=param_count,
+    active_param_count=active_param_count,
     flops=flops,
     decode_flops=decode_flops,
     cache_bytes=cache_bytes,
