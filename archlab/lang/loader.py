@@ -31,6 +31,7 @@ from archlab.lang.yaml_limits import (
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "Source", "load_source", "parse_yaml"]
 
 Pos = tuple[str, int, int]  # file, line, col (1-based)
+MAX_EXTENDS = 16  # files in one extends chain
 _EXTRA_ROOTS: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar(
     "archlab_extends_roots", default=()
 )
@@ -62,6 +63,7 @@ class Source:
 # --- YAML nodes -> data with positions -----------------------------------------------------
 
 _PLAIN = (str, int, float, bool, type(None))
+_STR = "tag:yaml.org,2002:str"
 
 
 class _Builder:
@@ -80,7 +82,9 @@ class _Builder:
         self.errors.append(SpecIssue(*self.at(node), format_path(path), message))
 
     def tag_of(self, node) -> str | None:
-        return self.tagged.get((node.start_mark.index, type(node)))
+        """The tag written on `node` ('!!binary' for YAML's own), or None."""
+        tag = self.tagged.get((node.start_mark.index, type(node)))
+        return tag.replace("tag:yaml.org,2002:", "!!", 1) if tag else None
 
     def build(self, node, path: tuple, depth: int = 0) -> Any:
         here = self.at(node)
@@ -105,13 +109,15 @@ class _Builder:
         return self.scalar(node, path)
 
     def scalar(self, node, path: tuple) -> Any:
-        if node.tag == MERGE:
-            return node.value  # `<<` where it is no key: the string
+        if node.tag == _STR or node.tag == MERGE:  # `<<` where it is no key: the string
+            return node.value
         try:
             value = self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-            problem = getattr(e, "problem", None) or str(e)
-            self.error(node, path, f"cannot read this value: {str(problem)[:120]}")
+            problem = str(getattr(e, "problem", None) or e)
+            if "digits" in problem:  # int("9" * 5000): Python's limit on digits
+                problem = "an integer with more digits than Python reads (4300)"
+            self.error(node, path, f"cannot read this value: {problem[:120]}")
             return None
         if not isinstance(value, _PLAIN):  # no implicit tag builds anything else
             self.error(node, path, f"unsupported YAML value of type {type(value).__name__}")
@@ -126,6 +132,8 @@ class _Builder:
                 sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
                 if not all(isinstance(s, yaml.MappingNode) for s in sources):
                     self.error(value, path, "`<<` merges a mapping or a list of mappings")
+                elif any(self.tag_of(n) for n in (value, *sources)):
+                    self.error(value, path, "unsupported YAML tag on what `<<` merges")
                 elif depth >= MAX_DEPTH:
                     self.error(value, path, f"merges nested deeper than {MAX_DEPTH} levels")
                 else:
@@ -268,6 +276,8 @@ def resolve_extends(
     if parent_path in chain:
         cycle = " -> ".join(p.name for p in (*chain, parent_path))
         fail(f"extends cycle: {cycle}")
+    if len(chain) >= MAX_EXTENDS:
+        fail(f"an extends chain longer than {MAX_EXTENDS} files (the limit)")
     allowed = tuple(dict.fromkeys(r for r in (*roots, project_root(cwd())) if r is not None))
     if not any(parent_path.is_relative_to(r) for r in allowed):
         folders = ", ".join(str(r) for r in allowed)

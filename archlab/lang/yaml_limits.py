@@ -18,7 +18,7 @@ from yaml.resolver import Resolver
 
 MAX_BYTES = 4 << 20  # of UTF-8 text
 MAX_DEPTH = 64  # nested mappings and lists
-MAX_NODES = 200_000  # after aliases are expanded
+MAX_NODES = 100_000  # as written, and after aliases are expanded
 MAX_ALIASES = 10_000
 
 MERGE = "tag:yaml.org,2002:merge"
@@ -100,9 +100,9 @@ def _mark(mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
 
 
-def _scan(text: str) -> dict[tuple[int, type], str]:
+def _scan(text: str) -> tuple[dict[tuple[int, type], str], int]:
     """Check the event stream against the limits; returns the explicit tags by
-    (position index, node type)."""
+    (position index, node type) and the number of aliases."""
     loader = NodeLoader(text)
     nodes = aliases = depth = 0
     tagged: dict[tuple[int, type], str] = {}
@@ -139,7 +139,7 @@ def _scan(text: str) -> dict[tuple[int, type], str]:
                     )
     finally:
         loader.dispose()
-    return tagged
+    return tagged, aliases
 
 
 def _children(node) -> list:
@@ -206,10 +206,10 @@ def compose(text: str):
         raise YamlProblem(f"larger than {MAX_BYTES:,} bytes (4 MiB, the limit)", 1, 1)
     loader = None
     try:
-        tagged = _scan(text)
+        tagged, aliases = _scan(text)
         loader = NodeLoader(text)
         root = loader.get_single_node()
-        if root is not None:
+        if root is not None and aliases:  # without aliases the nodes were counted
             size_of = expanded_sizes(root)
             if size_of[id(root)] > MAX_NODES:
                 raise _too_big(root, size_of)
