@@ -34,26 +34,28 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def load_spec(spec: str | Path | dict) -> Source:
-    """Load a spec (a path, a YAML string or a dict) and resolve `extends`.
-    Raises SpecError for unreadable files and YAML errors."""
-    return load_source(spec)
+def load_spec(spec: str | Path | dict, roots=None) -> Source:
+    """Load a spec (a path, a YAML string or a dict) and resolve `extends` (which may also
+    reach the folders in `roots`, see docs/language.md). Raises SpecError for unreadable
+    files and YAML errors."""
+    return load_source(spec, roots=roots)
 
 
-def compile(spec: str | Path | dict | Source | Plan) -> Plan:  # noqa: A001
+def compile(spec: str | Path | dict | Source | Plan, roots=None) -> Plan:  # noqa: A001
     """The validated, expanded Plan of a spec. Raises SpecError listing every problem."""
     from archlab.lang.compiler import compile_spec
 
-    return spec if isinstance(spec, Plan) else compile_spec(spec)
+    return spec if isinstance(spec, Plan) else compile_spec(spec, roots=roots)
 
 
-def build(spec, device="cpu", dtype=None):
+def build(spec, device="cpu", dtype=None, force: bool = False):
     """Build the model of a spec (path, YAML string, dict, Source or Plan) on `device`
     (a string or torch.device); `dtype` (a torch.dtype or its name) overrides the spec's
-    `model.dtype`."""
+    `model.dtype`. A model whose weights would not fit in the device's free memory raises
+    `archlab.model.ModelTooLarge` (a ValueError) unless `force`."""
     from archlab.model import build_model
 
-    return build_model(compile(spec), device=device, dtype=dtype)
+    return build_model(compile(spec), device=device, dtype=dtype, force=force)
 
 
 def cost(spec, batch: int = 1, seq_len: int | None = None):
