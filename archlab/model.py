@@ -116,7 +116,18 @@ class ArchModel(nn.Module):
         return {i: getattr(b.mixer, "backend", None) for i, b in enumerate(self.blocks)}
 
     def _head(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.final_norm(x_BTD))
+        logits = self.lm_head(self.final_norm(x_BTD))
+        cap = self.plan.model.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
+
+    def aux_loss(self) -> torch.Tensor:
+        """The sum of the auxiliary losses the blocks left in the last forward (a mixture
+        of experts' load-balancing loss, already times its `aux_loss_coef`); 0 without
+        any. A training step adds it to the language-model loss."""
+        losses = [
+            b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None
+        ]
+        return torch.stack(losses).sum() if losses else self.lm_head.weight.new_zeros(())
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x, shared = self.embedding(input_ids), {}

@@ -41,6 +41,11 @@ class ModelConfig(BaseModel):
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="dtype of weights, activations and caches"
     )
+    logit_softcap: float | None = Field(
+        default=None,
+        gt=0,
+        description="soft-cap the final logits: cap * tanh(logits / cap) (Gemma-2); none if null",
+    )
 
     @property
     def torch_dtype(self):

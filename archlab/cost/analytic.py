@@ -21,6 +21,7 @@ from archlab.blocks.registry import kind as block_kind
 from archlab.lang.plan import Plan, PlannedBlock
 
 NORM_FLOPS_PER_ELEMENT = 4  # square, sum, scale, weight (rmsnorm); layernorm counted alike
+SOFTCAP_FLOPS = 3  # per logit of a soft-capped head: divide, tanh, multiply
 RESIDUAL_FLOPS_PER_ELEMENT = 1  # x + block(norm(x))
 METRICS = ("fwd_flops", "train_flops", "decode_flops", "cache_bytes", "decode_bytes")
 
@@ -175,9 +176,11 @@ def _cache_of(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int)
 
 
 def head_cost(model: ModelConfig, batch: int, seq_len: int) -> KindCost:
-    """Embedding, final norm and LM head. A decode step reads the whole LM head but only
-    `batch` rows of an untied embedding table (all of it when tied: it is the LM head)."""
+    """Embedding, final norm and LM head (and the logits' soft-cap: divide, tanh, multiply,
+    3 FLOPs per logit). A decode step reads the whole LM head but only `batch` rows of an
+    untied embedding table (all of it when tied: it is the LM head)."""
     d, V, tokens = model.d_model, model.vocab_size, batch * seq_len
+    cap = SOFTCAP_FLOPS if model.logit_softcap is not None else 0
     params = V * d * (1 if model.tie_embeddings else 2) + norm_params(model)
     embedding_rows = 0 if model.tie_embeddings else batch * d
     read = params - (0 if model.tie_embeddings else V * d) + embedding_rows
@@ -186,10 +189,10 @@ def head_cost(model: ModelConfig, batch: int, seq_len: int) -> KindCost:
         params,
         params,
         linear_flops(tokens, d, V),
-        NORM_FLOPS_PER_ELEMENT * tokens * d,
+        NORM_FLOPS_PER_ELEMENT * tokens * d + cap * tokens * V,
         0,
         linear_flops(batch, d, V),
-        NORM_FLOPS_PER_ELEMENT * batch * d,
+        NORM_FLOPS_PER_ELEMENT * batch * d + cap * batch * V,
         read * model.dtype_bytes,
     )
 

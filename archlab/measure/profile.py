@@ -225,7 +225,8 @@ class ModelTarget(_Target):
 
         def run() -> None:
             logits = model(ids)
-            F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            (loss + model.aux_loss()).backward()
             if opt is not None:
                 opt.step()
             model.zero_grad(set_to_none=True)
