@@ -173,7 +173,13 @@ def scale_plan(plan: Plan, scale: Scale, dtype: str) -> tuple[Plan, str]:
     vocab = min(scale.vocab_size, m.vocab_size)
     model = m.model_copy(update={"d_model": d_new, "vocab_size": vocab, "dtype": dtype})
     mixers = [x for b in blocks for x in (getattr(b.params, "branches", None) or [b.params])]
-    heads = sorted({f"{x.heads}x{x.head_dim}" for x in mixers if getattr(x, "heads", None)})
+    heads = sorted(
+        {
+            f"{x.heads}x{x.head_dim}" if getattr(x, "head_dim", None) else f"{x.heads}"
+            for x in mixers
+            if getattr(x, "heads", None)
+        }
+    )
     text = (
         f"d_model {d_new}"
         + (f", heads {'/'.join(heads)}" if heads else "")

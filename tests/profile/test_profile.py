@@ -17,7 +17,7 @@ from archlab.measure.throughput import device_peaks, measure_throughput
 ROOT = Path(__file__).resolve().parents[2]
 TINY, PAPER = ROOT / "specs" / "tiny", ROOT / "specs" / "paper"
 CPU = torch.device("cpu")
-QUICK = Settings(warmup=0, repeats=2, max_time_s=1.0)
+QUICK = Settings(warmup=0, repeats=2, max_time_s=30.0)  # 2 runs at most (repeats < 3)
 
 
 @pytest.fixture(scope="module")
