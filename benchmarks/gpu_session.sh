@@ -17,6 +17,11 @@
 #   peers     each block kind beside the plain layer a user would write (peers.py;
 #             PEER_ARGS="--kinds attention,rnn --shapes 64x4096" narrows it; RAT_REPO names
 #             a checkout of the RAT paper's code for the rat peer)
+#   distributed  sharded training on 2 GPUs (kind nvidia-h200-x2; docs/distributed.md):
+#             torchrun smoke run, the 1.3B RAT at 4K on 2 GPUs and on 1 (the scaling),
+#             the ~10B RAT hybrid with checkpointing (per-GPU peak vs the prediction; on one
+#             GPU it must run out of memory), and `compare --measure --parallel`
+#             (DIST_PARTS="smoke,rat,10b,compare" picks parts)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -90,6 +95,37 @@ case $stage in
       ${RAT_REPO:+--rat-repo "$RAT_REPO"} --out "$out/$stage/peers.json" \
       >"$out/$stage/peers.log" 2>&1
     tail -40 "$out/$stage/peers.log"
+    ;;
+  distributed)  # FSDP2 over 2 GPUs: scaling of the 1.3B RAT, the ~10B hybrid's memory
+    specs=$repo/specs
+    parts=",${DIST_PARTS:-smoke,rat,10b,compare},"
+    nvidia-smi topo -m >"$out/$stage/topo.txt" 2>&1
+    case $parts in *,smoke,*)  # torchrun itself starting the ranks, tiny model
+      timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
+        -m archlab.cli profile "$specs/tiny/hybrid.yaml" --seq 128 --batch 2 --optimizer \
+        --checkpoint --timeout 100 --out "$out/$stage/smoke" >"$out/$stage/smoke.log" 2>&1
+      tail -6 "$out/$stage/smoke.log" ;;
+    esac
+    case $parts in *,rat,*)  # target: 2 GPUs >= 1.85x one GPU at the same batch per GPU
+      timeout "$limit" python3 -m archlab.cli profile "$specs/paper/rat.yaml" --nproc 2 \
+        --seq 4k --batch 4 --optimizer --timeout 400 --out "$out/$stage/rat" \
+        >"$out/$stage/rat.log" 2>&1
+      tail -8 "$out/$stage/rat.log" ;;
+    esac
+    case $parts in *,10b,*)  # target: per-GPU peak within 10% of the prediction
+      timeout "$limit" python3 -m archlab.cli profile "$specs/examples/rat_hybrid_10b.yaml" \
+        --nproc 2 --checkpoint --seq 4k --batch 1 --optimizer --warmup 1 --repeats 3 \
+        --timeout 450 --out "$out/$stage/10b" >"$out/$stage/10b.log" 2>&1
+      python3 -m archlab.cli cost "$specs/examples/rat_hybrid_10b.yaml" --seq 4k \
+        --train-memory --shards 2 --checkpoint >"$out/$stage/10b_cost.txt" 2>&1
+      tail -8 "$out/$stage/10b.log" ;;
+    esac
+    case $parts in *,compare,*)  # one spec per GPU at once, merged into one report
+      timeout "$limit" python3 -m archlab.cli compare "$specs/paper/attention.yaml" \
+        "$specs/paper/rat.yaml" --measure --parallel --seq 4k --mode train,decode \
+        --out "$out/$stage/compare" >"$out/$stage/compare.log" 2>&1
+      tail -20 "$out/$stage/compare.log" ;;
+    esac
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
-"""The `archlab` command: validate, show, build, cost, profile, compare, schema, kinds (each with
-`--json`). Each command is one module here with `register(subparsers)` and `run(args)`.
+"""The `archlab` command: validate, show, build, cost, profile, compare, sweep, probe,
+schema, kinds (each with `--json`). Each command is one module here with
+`register(subparsers)` and `run(args)`.
 
 Exit status: 0 success, 1 invalid spec (or a requested backend that cannot run),
 2 usage errors (unknown option, missing file), 3 an internal error. With `--json`, every
@@ -13,7 +14,18 @@ import argparse
 import os
 import sys
 
-from archlab.cli import build, compare, cost, kinds, profile, schema, show, validate
+from archlab.cli import (
+    build,
+    compare,
+    cost,
+    kinds,
+    probe,
+    profile,
+    schema,
+    show,
+    sweep,
+    validate,
+)
 from archlab.cli.common import (
     EXIT_INTERNAL,
     EXIT_INVALID,
@@ -24,7 +36,18 @@ from archlab.cli.common import (
 )
 from archlab.lang.errors import ModelTooLarge, SpecError, UsageError
 
-COMMANDS = (validate, show, build, cost, profile, compare, schema, kinds)  # in the help's order
+COMMANDS = (
+    validate,
+    show,
+    build,
+    cost,
+    profile,
+    compare,
+    sweep,
+    probe,
+    schema,
+    kinds,
+)  # in the help's order
 
 
 class Parser(argparse.ArgumentParser):

@@ -3,19 +3,22 @@ plots and a Markdown report."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from archlab.cli.common import add_extends_root, check_modes
+from archlab.cli.common import add_extends_root
 from archlab.cli.measure_options import (
     add_size_options,
     default_seqs,
     parse_modes,
     partial_note,
+    profile_argv,
     resolve_sizes,
     settings_dict,
     unique_plans,
 )
+from archlab.lang.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -30,6 +33,13 @@ def register(subparsers) -> None:
         help="also time train, prefill, decode and throughput (on the CPU: scaled-down copies)",
     )
     p.add_argument("--mode", default="all", help="modes measured with --measure")
+    p.add_argument(
+        "--parallel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--measure each spec in its own process at once, one per GPU (default: on when "
+        "more than one GPU is visible; off on the CPU, where --parallel runs two at a time)",
+    )
     add_size_options(p, "CPU 128,256,512; CUDA 1k,4k,16k")
     add_extends_root(p)
     p.set_defaults(func=run)
@@ -37,13 +47,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """`archlab compare`: analytic (and with --measure, measured) side by side."""
-    from archlab.measure import MODES
     from archlab.measure.sweep import prepare, sweep
     from archlab.report.compare import compare_outputs
     from archlab.report.results import results_document, write_csv
 
-    if args.measure:
-        check_modes(args.mode, MODES)  # unknown values, with a did-you-mean
+    modes = parse_modes(args.mode) if args.measure else []  # usage errors first
     plans = unique_plans(args.specs)
     sizes = resolve_sizes(args, compare=True)
     if sizes.device.type == "cuda" and args.gen_sample is None:
@@ -58,8 +66,15 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(doc, indent=2, default=str))
 
-    if args.measure:
-        modes = parse_modes(args.mode)
+    slots = parallel_slots(args, sizes, len(plans)) if args.measure else []
+    if args.measure and slots:
+        from archlab.measure.parallel import run_parallel
+
+        argv = profile_argv(args, sizes, modes)
+        results, peaks, notes = run_parallel(
+            plans, args.specs, argv, slots, modes, sizes, save_partial if out else None
+        )
+    elif args.measure:
         results, peaks, notes = sweep(
             plans, modes, sizes, [], on_result=save_partial if out else None
         )
@@ -92,3 +107,20 @@ def run(args) -> int:
         if not args.out:
             print("(--out DIR writes the plots and a Markdown report)")
     return 0
+
+
+def parallel_slots(args, sizes, specs: int) -> list[dict[str, str]]:
+    """The environments of `--parallel`'s processes, one per GPU (two on the CPU), or []
+    to measure in this process (the default with one GPU, on the CPU, or for one spec)."""
+    import torch
+
+    from archlab.measure.parallel import gpu_slots
+
+    cuda = sizes.device.type == "cuda"
+    gpus = torch.cuda.device_count() if cuda else 0
+    wanted = args.parallel if args.parallel is not None else (gpus > 1 and specs > 1)
+    if not wanted:
+        return []
+    if cuda and sizes.device.index is not None:
+        raise UsageError("--parallel puts one spec on each GPU: give --device cuda, not an index")
+    return gpu_slots(gpus) if cuda else [{}, {}]

@@ -1,5 +1,6 @@
 """`archlab cost SPEC... [--seq 4k,32k] [--batch B] [--by-kind] [--by-block] [--crossover]
-[--train-memory] [--json]`: the analytic cost tables (docs/cost.md explains every figure)."""
+[--train-memory [--shards N] [--checkpoint]] [--json]`: the analytic cost tables (docs/cost.md
+explains every figure)."""
 
 from __future__ import annotations
 
@@ -111,14 +112,15 @@ def _breakdown(rows_in: list[tuple[str, str, KindCost]], total: Cost) -> str:
         ]
 
     tot = KindCost(
-        len(total.by_block),
-        total.params,
-        total.fwd_flops,
-        total.fwd_other_flops,
-        total.cache_bytes,
-        total.decode_flops,
-        total.decode_other_flops,
-        total.decode_bytes,
+        blocks=len(total.by_block),
+        params=total.params,
+        active_params=total.active_params,
+        fwd_flops=total.fwd_flops,
+        fwd_other_flops=total.fwd_other_flops,
+        cache_bytes=total.cache_bytes,
+        decode_flops=total.decode_flops,
+        decode_other_flops=total.decode_other_flops,
+        decode_bytes=total.decode_bytes,
     )
     body = [row(*r) for r in rows_in] + [row("total", "", tot)]
     return table(
@@ -155,11 +157,18 @@ def _memory_table(mems: list[TrainMemory]) -> str:
         ("fp32 master weights", "master_weights"),
         ("AdamW state", "optimizer"),
         ("activations", "activations"),
-        ("total", "total"),
     ]
+    if mems[0].shards > 1:
+        parts += [
+            ("all-gathered unit (largest)", "gathered"),
+            ("its grads before reduce-scatter", "gathered_gradients"),
+        ]
+    parts.append(("total", "total"))
     rows = [[label, *(nbytes(getattr(m, attr)) for m in mems)] for label, attr in parts]
+    shards = mems[0].shards
+    head = f"per GPU of {shards} (estimate)" if shards > 1 else "training memory (estimate)"
     return table(
-        ["training memory (estimate)", *(f"T={length(m.seq_len)}" for m in mems)],
+        [head, *(f"T={length(m.seq_len)}" for m in mems)],
         rows,
         right=set(range(1, len(mems) + 1)),
     )
@@ -237,6 +246,18 @@ def register(subparsers) -> None:
         action="store_true",
         help="estimate training memory (weights, grads, AdamW, activations)",
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--train-memory per GPU, sharded over N GPUs with FSDP2 (--batch is per GPU)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="--train-memory with activation checkpointing of every residual block",
+    )
     add_extends_root(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -256,6 +277,12 @@ def run(args: Namespace) -> int:
         raise UsageError(f"--batch must be >= 1 (got {batch})")
     if getattr(args, "crossover", False) and len(specs) < 2:
         raise UsageError("--crossover compares specs: give two or more")
+    shards = getattr(args, "shards", 1)
+    if shards is None or shards < 1:
+        raise UsageError(f"--shards must be >= 1 (got {shards})")
+    checkpoint = getattr(args, "checkpoint", False)
+    if (shards > 1 or checkpoint) and not getattr(args, "train_memory", False):
+        raise UsageError("--shards and --checkpoint shape the training memory: add --train-memory")
     plans = [compile(s) for s in specs]
     seq = getattr(args, "seq", None)
     lengths = parse_lengths(seq) if seq else sorted({p.model.max_seq_len for p in plans})
@@ -266,7 +293,10 @@ def run(args: Namespace) -> int:
     names = _names(plans, specs)
     costs = [[spec_cost(p, batch, T) for T in lengths] for p in plans]
     mems = (
-        [[train_memory(p, batch, T) for T in lengths] for p in plans]
+        [
+            [train_memory(p, batch, T, shards=shards, checkpoint=checkpoint) for T in lengths]
+            for p in plans
+        ]
         if getattr(args, "train_memory", False)
         else None
     )
@@ -336,7 +366,9 @@ def _print_text(args, plans, names, costs, mems, cross) -> None:
                 print(_by_block(p, c))
     if mems is not None:
         for name, ms in zip(names, mems, strict=True):
-            print(f"\n{name}: training memory at batch {batch} (an ESTIMATE)")
+            each = f" per GPU, sharded over {ms[0].shards} (FSDP2)" if ms[0].shards > 1 else ""
+            ck = ", activation checkpointing" if ms[0].checkpoint else ""
+            print(f"\n{name}: training memory at batch {batch}{each}{ck} (an ESTIMATE)")
             print(_memory_table(ms))
         print("assumptions: " + "; ".join(mems[0][0].assumptions))
     if cross is not None:

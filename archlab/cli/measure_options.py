@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from archlab.cli.common import existing, parse_lengths
+from archlab.cli.common import check_layer, check_modes, existing, parse_lengths
 from archlab.lang.errors import UsageError
 from archlab.lang.plan import Plan
 from archlab.measure import MODES
@@ -130,6 +130,7 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
 
 def parse_modes(text: str) -> list[str]:
     """'train,decode' or 'all' -> the modes; UsageError for an unknown one."""
+    check_modes(text, MODES)  # unknown values, with a did-you-mean
     modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -141,13 +142,8 @@ def parse_modes(text: str) -> list[str]:
 
 def parse_layer(text: str) -> tuple[str, dict]:
     """'rat:chunk_size=64,qk_groups=1' -> ('rat', {'chunk_size': 64, 'qk_groups': 1})."""
-    from archlab.blocks.registry import kinds
-
+    check_layer(text)  # an unknown kind or param, with a did-you-mean
     kind, _, rest = text.partition(":")
-    if kind not in kinds():
-        raise UsageError(
-            f"--layer {text}: unknown kind {kind!r} (choose from {', '.join(kinds())})"
-        )
     overrides: dict = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -295,6 +291,45 @@ def default_seqs(sizes, plans: list[Plan]) -> None:
 def partial_note(results: list) -> str:
     """The note of a results document written while its sweep is still running."""
     return f"partial: {len(results)} cases so far (the run has not ended)"
+
+
+def profile_argv(args, sizes, modes: list[str]) -> list[str]:
+    """The options that make `archlab profile SPEC` measure what this command's sweep would
+    (its resolved sizes, timing and scaling), for the processes of `compare --parallel`;
+    each sees one GPU, hence `--device cuda` there."""
+    s, t = sizes, sizes.settings
+    argv = ["--mode", ",".join(modes), "--seq", ",".join(map(str, s.seqs))]
+    argv += ["--device", "cuda" if s.device.type == "cuda" else "cpu"]
+    argv += (
+        ["--batch", str(s.batch)] if s.batch else ["--tokens", str(s.tokens)] if s.tokens else []
+    )
+    values = {
+        "--decode-batch": s.decode_batch,
+        "--repeats": t.repeats,
+        "--warmup": t.warmup,
+        "--max-time": t.max_time_s,
+        "--prompt": s.prompt,
+        "--generate": s.generate,
+        "--gen-batch": s.gen_batch,
+        "--max-batch": s.max_batch,
+        "--batch-step": s.batch_step,
+        "--gen-sample": s.gen_sample,
+        "--dtype": s.dtype,
+        "--memory-limit": args.memory_limit,
+        "--threads": args.threads or (1 if s.device.type == "cpu" else None),
+    }
+    argv += [x for k, v in values.items() if v is not None for x in (k, str(v))]
+    if s.scale is not None:
+        argv += ["--d-model", str(s.scale.d_model), "--vocab", str(s.scale.vocab_size)]
+        argv += ["--blocks", str(s.scale.min_blocks)]
+        argv += ["--scale"] if s.device.type == "cuda" else []
+    elif s.device.type == "cpu":
+        argv.append("--full-size")
+    flags = {"--no-graphs": not t.cuda_graphs, "--optimizer": t.optimizer}
+    argv += [k for k, on in flags.items() if on] + (["--refresh-peaks"] if s.refresh_peaks else [])
+    for d in getattr(args, "extends_root", None) or []:
+        argv += ["--extends-root", d]
+    return argv
 
 
 def emit(text: str, args) -> None:

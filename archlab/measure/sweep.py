@@ -20,6 +20,7 @@ from archlab.measure.profile import (
     ModelTarget,
     Result,
     Settings,
+    Timing,
     free_memory,
     is_oom,
     measure,
@@ -63,6 +64,14 @@ def prepare(plan: Plan, sizes: Sizes) -> tuple[Plan, str | None]:
         except ValueError as e:
             raise UsageError(f"{e} (use --full-size or another --d-model)") from None
     return with_dtype(plan, sizes.dtype or plan.model.dtype), None
+
+
+def result_from_dict(d: dict) -> Result:
+    """A Result from its JSON form (`Result.to_dict`), e.g. another process's results: a
+    rank of a sharded run, or one spec of `compare --parallel`."""
+    d = dict(d)
+    timing = d.pop("timing", None)
+    return Result(**d, timing=Timing(**timing) if timing else None)
 
 
 def layer_block(plan: Plan, kind: str, overrides: dict):
