@@ -31,6 +31,7 @@ from archlab.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_USAGE,
+    did_you_mean,
     emit_json,
     extends_root_dirs,
 )
@@ -51,9 +52,17 @@ COMMANDS = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, whose usage errors are JSON on stdout when `--json` was asked for."""
+    """argparse, whose usage errors are JSON on stdout when `--json` was asked for, and
+    whose unknown choices (a command, a --dtype) come with a did-you-mean."""
 
     json_errors = False
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            message = f"invalid choice: {value!r} (choose from {choices})"
+            raise argparse.ArgumentError(action, message + did_you_mean(value, action.choices))
+        return super()._check_value(action, value)
 
     def error(self, message: str):
         if Parser.json_errors:

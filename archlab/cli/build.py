@@ -8,6 +8,7 @@ from archlab.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     add_extends_root,
+    did_you_mean,
     emit_json,
     existing,
     report_warnings,
@@ -61,7 +62,10 @@ def run(args) -> int:
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device: not a device: {args.device!r} (e.g. cpu, cuda)") from None
+        hint = did_you_mean(args.device, ("cpu", "cuda"))
+        raise UsageError(
+            f"--device: not a device: {args.device!r} (e.g. cpu, cuda){hint}"
+        ) from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device: archlab runs on cpu or cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():

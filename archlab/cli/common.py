@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
 from pathlib import Path
 
 from archlab.lang.errors import SpecIssue, UsageError
+from archlab.lang.stack import suggest
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 _LENGTH = re.compile(r"([0-9]+)([km]?)", re.ASCII)  # ASCII digits only: not '４'
@@ -104,9 +104,8 @@ def length_warnings(plan, lengths: list[int], option: str = "--seq") -> list[Spe
 
 
 def did_you_mean(value: str, choices) -> str:
-    """'; did you mean 'train'?' for the closest choice, or ''."""
-    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    """'; did you mean 'train'?' for the closest choice, or '' (the spec language's rule)."""
+    return suggest(value, choices)
 
 
 def check_modes(text: str, modes) -> None:

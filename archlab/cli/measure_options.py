@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from archlab.cli.common import check_layer, check_modes, existing, parse_lengths
+from archlab.cli.common import check_layer, check_modes, did_you_mean, existing, parse_lengths
 from archlab.lang.errors import UsageError
 from archlab.lang.plan import Plan
 from archlab.measure import MODES
@@ -187,7 +187,8 @@ def resolve_sizes(args, compare: bool = False):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise err(f"--device {args.device}: not a device (use cpu, cuda or cuda:N)") from None
+        hint = did_you_mean(args.device, ("cpu", "cuda"))
+        raise err(f"--device {args.device}: not a device (use cpu, cuda or cuda:N){hint}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise err(f"--device {args.device}: no CUDA device is available here")
     if device.type not in ("cpu", "cuda"):

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from archlab.cli.common import add_extends_root
+from archlab.cli.common import add_extends_root, did_you_mean
 from archlab.lang.errors import UsageError
 
 TASKS = ("mqar",)
@@ -85,7 +85,8 @@ def pick_device(name: str, threads: int | None = None):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name}: not a device (use cpu, cuda or cuda:N)") from None
+        hint = did_you_mean(name, ("cpu", "cuda"))
+        raise UsageError(f"--device {name}: not a device (use cpu, cuda or cuda:N){hint}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available here")
     return device
