@@ -92,6 +92,20 @@ def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
     return 2 * tokens * d_in * d_out
 
 
+def per_token_flops(per_token: Callable[[Any, int], FlopCount]):
+    """(flops, decode_flops) of a kind whose work is the same for every token at every
+    position (a recurrence with a constant-size state): `per_token(p, d_model)` times
+    the batch x T tokens of a forward, or the batch of one decode step."""
+
+    def flops(p: Any, d_model: int, batch: int, seq_len: int) -> FlopCount:
+        return per_token(p, d_model).scale(batch * seq_len)
+
+    def decode_flops(p: Any, d_model: int, batch: int, t: int) -> FlopCount:
+        return per_token(p, d_model).scale(batch)
+
+    return flops, decode_flops
+
+
 Checks = list[tuple[str, str]]  # (field, message) pairs
 
 

@@ -52,6 +52,7 @@ from archlab.blocks.base import (
     backend_check,
     backend_field,
     linear_flops,
+    per_token_flops,
 )
 
 BACKENDS = ("triton", "reference")  # in the order `auto` tries them
@@ -144,14 +145,7 @@ def _per_token(p: Params, d_model: int) -> FlopCount:
     return FlopCount(matmul, other)
 
 
-def flops(p: Params, d_model: int, batch: int, seq_len: int) -> FlopCount:
-    """Forward FLOPs: linear in T (the module docstring)."""
-    return _per_token(p, d_model).scale(batch * seq_len)
-
-
-def decode_flops(p: Params, d_model: int, batch: int, t: int) -> FlopCount:
-    """One new token at any position: the same work as one token of the forward."""
-    return _per_token(p, d_model).scale(batch)
+flops, decode_flops = per_token_flops(_per_token)  # linear in T; decode = one token
 
 
 def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: int) -> int:
