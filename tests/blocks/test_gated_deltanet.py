@@ -6,16 +6,19 @@ the CPU (a fresh process, see `interpreter_main`) and in bf16 on CUDA."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from numerics import rel_err
+from recurrent_helpers import (
+    assert_pieces_equal_forward,
+    assert_triton_matches_reference,
+    fla_present,
+    run_under_interpreter,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import gated_deltanet as gdn
@@ -143,17 +146,7 @@ def test_decode_flops_and_cache_are_constant_in_length():
 @pytest.mark.parametrize("i", range(len(EXAMPLES)))
 def test_long_decode_with_a_second_prefill_equals_forward(i):
     """prefill 17, step 10, prefill 12 more (continuing from the cache), step 6."""
-    block = make_block(EXAMPLES[i], seed=10 + i)
-    x = torch.randn(2, 45, D_MODEL)
-    with torch.no_grad():
-        full = block(x)
-        cache = block.allocate_cache(2, 45)
-        outs = [block.prefill(x[:, :17], cache)]
-        outs += [block.step(x[:, t : t + 1], cache) for t in range(17, 27)]
-        outs.append(block.prefill(x[:, 27:39], cache))
-        outs += [block.step(x[:, t : t + 1], cache) for t in range(39, 45)]
-    assert cache.length == 45
-    assert rel_err(torch.cat(outs, dim=1), full) < 1e-5
+    assert_pieces_equal_forward(make_block(EXAMPLES[i], seed=10 + i), D_MODEL)
 
 
 def test_parameter_names_follow_fla():
@@ -200,25 +193,13 @@ def test_backend_selection(monkeypatch):
 # ---- fla (the `triton` backend) against the reference --------------------------------------
 
 
-def fla_present() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("fla", "einops"))
-
-
 @pytest.mark.skipif(not fla_present(), reason='needs fla: pip install "archlab[ssm]"')
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here: the CUDA test runs fla")
 @pytest.mark.parametrize("check", ["kernel", "block"])
 def test_fla_under_triton_interpreter(check):
     """fla's kernels run on the CPU only under TRITON_INTERPRET=1, set before triton and fla
     are imported, with test_ssd.py's interpreter shims: hence a fresh process."""
-    tests = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
-    path = [str(tests), str(tests / "kernels"), env.get("PYTHONPATH")]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
-    run = subprocess.run(
-        [sys.executable, __file__, check], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.strip().endswith("ok"), run.stdout[-3000:]
+    run_under_interpreter(__file__, check)
 
 
 def outputs_and_grads(fn, inputs, seed=1):
@@ -258,22 +239,7 @@ def _check_block() -> None:
     for i, params in enumerate(EXAMPLES):
         block = make_block(params, seed=i)
         T = 70 if i == 0 else 20  # two of fla's chunks of 64 for the first example
-        x, dy = torch.randn(2, T, D_MODEL), torch.randn(2, T, D_MODEL)
-        results = {}
-        for backend in ("reference", "triton"):
-            block.backend = backend  # CUDA-only by select_backend; the interpreter runs it
-            block.zero_grad()
-            xb = x.clone().requires_grad_(True)
-            (block(xb) * dy).sum().backward()
-            grads = {n: p.grad.clone() for n, p in block.named_parameters()}
-            with torch.no_grad():
-                cache = block.allocate_cache(2, T)
-                outs = [block.prefill(x[:, : T - 4], cache)]
-                outs += [block.step(x[:, t : t + 1], cache) for t in range(T - 4, T)]
-            results[backend] = {"dx": xb.grad, "decoded": torch.cat(outs, 1), **grads}
-        for name, want in results["reference"].items():
-            err = rel_err(results["triton"][name], want)
-            assert err < 1e-4, f"example {i} {name}: rel err {err:.2e}"
+        assert_triton_matches_reference(block, T, D_MODEL, f"example {i}")
 
 
 def interpreter_main(check: str) -> None:

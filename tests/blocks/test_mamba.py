@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from numerics import rel_err
+from recurrent_helpers import assert_pieces_equal_forward
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import mamba
@@ -96,17 +97,7 @@ def test_decode_flops_and_cache_are_constant_in_length():
 @pytest.mark.parametrize("i", range(len(EXAMPLES)))
 def test_long_decode_with_a_second_prefill_equals_forward(i):
     """prefill 17, step 10, prefill 12 more (continuing from the cache), step 6."""
-    block = make_block(EXAMPLES[i], seed=10 + i)
-    u = torch.randn(2, 45, D_MODEL)
-    with torch.no_grad():
-        full = block(u)
-        cache = block.allocate_cache(2, 45)
-        outs = [block.prefill(u[:, :17], cache)]
-        outs += [block.step(u[:, t : t + 1], cache) for t in range(17, 27)]
-        outs.append(block.prefill(u[:, 27:39], cache))
-        outs += [block.step(u[:, t : t + 1], cache) for t in range(39, 45)]
-    assert cache.length == 45
-    assert rel_err(torch.cat(outs, dim=1), full) < 1e-5
+    assert_pieces_equal_forward(make_block(EXAMPLES[i], seed=10 + i), D_MODEL)
 
 
 def test_parameters_follow_mamba_names_and_init():
