@@ -21,7 +21,13 @@
 #             torchrun smoke run, the 1.3B RAT at 4K on 2 GPUs and on 1 (the scaling),
 #             the ~10B RAT hybrid with checkpointing (per-GPU peak vs the prediction; on one
 #             GPU it must run out of memory), and `compare --measure --parallel`
-#             (DIST_PARTS="smoke,rat,10b,compare" picks parts)
+#             (DIST_PARTS="smoke,rat,10b,compare" picks parts; DIST_BATCH the 1.3B's
+#             sequences per GPU, default 4)
+#   recall    RAT's chunk size against recall and decode speed: the 1.3B models' decode
+#             measured at full size and MQAR probes (sweeps/rat_chunk_recall.yaml)
+#   mixers    the field's mixers alone at the 1.3B width (specs/examples/field_mixers_1.3b.yaml),
+#             train / prefill at 4K and 16K (262,144 tokens), decode at batch 512
+#             (MIXERS="gla mamba" picks kinds, MIXER_SEQ the lengths)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -31,7 +37,9 @@
 set -u
 [ $# -gt 0 ] || { echo "usage: gpu_session.sh STAGE[:SECONDS]..."; exit 2; }
 out=${OUT:-/tmp/out}
-source benchmarks/device_setup.sh
+# ARCHLAB_READY=1: device_setup.sh already ran in this command (stages run side by side
+# on several GPUs, each with its own CUDA_VISIBLE_DEVICES, install once)
+[ -n "${ARCHLAB_READY:-}" ] || source benchmarks/device_setup.sh
 cd /tmp || exit 1  # run outside the checkout: the source folder must not shadow the install
 repo=$OLDPWD
 for arg in "$@"; do
@@ -101,14 +109,14 @@ case $stage in
     parts=",${DIST_PARTS:-smoke,rat,10b,compare},"
     nvidia-smi topo -m >"$out/$stage/topo.txt" 2>&1
     case $parts in *,smoke,*)  # torchrun itself starting the ranks, tiny model
-      timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
+      timeout 330 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
         -m archlab.cli profile "$specs/tiny/hybrid.yaml" --seq 128 --batch 2 --optimizer \
-        --checkpoint --timeout 100 --out "$out/$stage/smoke" >"$out/$stage/smoke.log" 2>&1
+        --checkpoint --timeout 300 --out "$out/$stage/smoke" >"$out/$stage/smoke.log" 2>&1
       tail -6 "$out/$stage/smoke.log" ;;
     esac
     case $parts in *,rat,*)  # target: 2 GPUs >= 1.85x one GPU at the same batch per GPU
       timeout "$limit" python3 -m archlab.cli profile "$specs/paper/rat.yaml" --nproc 2 \
-        --seq 4k --batch 4 --optimizer --timeout 400 --out "$out/$stage/rat" \
+        --seq 4k --batch "${DIST_BATCH:-4}" --optimizer --timeout 400 --out "$out/$stage/rat" \
         >"$out/$stage/rat.log" 2>&1
       tail -8 "$out/$stage/rat.log" ;;
     esac
@@ -126,6 +134,23 @@ case $stage in
         --out "$out/$stage/compare" >"$out/$stage/compare.log" 2>&1
       tail -20 "$out/$stage/compare.log" ;;
     esac
+    ;;
+  recall)  # decode of the 1.3B models at full size and MQAR recall, per RAT chunk size
+    timeout "$limit" python3 -m archlab.cli sweep "$repo/sweeps/rat_chunk_recall.yaml" --measure \
+      --mode decode --probe mqar --out "$out/$stage/sweep" >"$out/$stage/sweep.log" 2>&1
+    tail -30 "$out/$stage/sweep.log"
+    ;;
+  mixers)  # the field's mixers alone, at the paper's width and token count
+    layers=""
+    for k in ${MIXERS:-attention rat gated_deltanet gla mamba rg_lru mla moe}; do
+      layers="$layers --layer $k"
+    done
+    # shellcheck disable=SC2086
+    timeout "$limit" python3 -m archlab.cli profile "$repo/specs/examples/field_mixers_1.3b.yaml" \
+      $layers --mode train,prefill,decode \
+      --seq "${MIXER_SEQ:-4k,16k}" --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 \
+      --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+    tail -40 "$out/$stage/profile.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

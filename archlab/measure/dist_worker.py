@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,12 @@ class Watchdog:
         self.timer.daemon = True
 
     def _expire(self) -> None:
-        self.status({"status": "error", "error": f"timeout: the run passed {self.seconds:g} s"})
+        why = f"timeout: the run passed {self.seconds:g} s"
+        self.status({"status": "error", "error": why})
+        # under torchrun no launcher of ours reads the status file: say it here too
+        rank = os.environ.get("RANK", "?")
+        print(f"archlab: rank {rank}: {why} (--timeout); this rank stops", file=sys.stderr)
+        sys.stderr.flush()
         os._exit(TIMEOUT_EXIT)
 
 
