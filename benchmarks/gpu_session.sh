@@ -109,9 +109,9 @@ case $stage in
     parts=",${DIST_PARTS:-smoke,rat,10b,compare},"
     nvidia-smi topo -m >"$out/$stage/topo.txt" 2>&1
     case $parts in *,smoke,*)  # torchrun itself starting the ranks, tiny model
-      timeout 330 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
+      timeout "${SMOKE_S:-330}" python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
         -m archlab.cli profile "$specs/tiny/hybrid.yaml" --seq 128 --batch 2 --optimizer \
-        --checkpoint --timeout 300 --out "$out/$stage/smoke" >"$out/$stage/smoke.log" 2>&1
+        --checkpoint --timeout "$(( ${SMOKE_S:-330} - 30 ))" --out "$out/$stage/smoke" >"$out/$stage/smoke.log" 2>&1
       tail -6 "$out/$stage/smoke.log" ;;
     esac
     case $parts in *,rat,*)  # target: 2 GPUs >= 1.85x one GPU at the same batch per GPU
