@@ -19,6 +19,7 @@ from archlab.blocks.base import (
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.gated_deltanet import FLA_MAX_HEAD_DIM, STATE_BYTES, GDNSizes, Params
 from archlab.kernels.linear_attn.fla_backend import (
+    gated_delta_backward_refused,
     INSTALL_HINT,
     fla_importable,
     gated_delta_rule_fla,
@@ -114,6 +115,8 @@ class GatedDeltaNetBlock(nn.Module):
         self.backend = resolve_backend(
             "gated_deltanet", self.params.backend, torch.device(device), table
         )
+        # where fla refuses chunk_gated_delta_rule's backward, training takes chunk_kda: say so
+        self.backend_note = gated_delta_backward_refused() if self.backend == "triton" else None
         return self.backend
 
     def _convs(self):

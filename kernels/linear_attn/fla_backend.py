@@ -15,6 +15,14 @@ beta, the decay -exp(A_log) softplus(a + dt_bias), GLA's logsigmoid) are compute
 block in PyTorch, so that only the long-standing arguments of fla's API are used (fla >=
 0.3). Grouped value heads (HV > H) are passed with q and k repeated to HV heads (fla
 before 0.5 has no native GVA); the gradient flows back through the repeat.
+
+fla refuses the backward of `chunk_gated_delta_rule` on Hopper GPUs (H100, H200) with
+Triton >= 3.4.0 and < 3.7.1 (a Triton miscompile of its gated `chunk_bwd_dqkwg`; torch 2.11
+ships Triton 3.6). There a forward that needs gradients runs fla's Kimi Delta Attention
+kernel, `chunk_kda`, instead: the delta rule with a decay per key channel, given the head's
+one decay in every channel, is the same recurrence (a scalar decay commutes with the
+delta-rule update), and its backward has its own kernels, which fla does not refuse.
+`gated_delta_backward_refused` says when.
 """
 
 from __future__ import annotations
@@ -26,12 +34,19 @@ from types import ModuleType
 import torch
 
 from archlab.kernels.linear_attn.reference import expand_heads
-from archlab.kernels.ssd.fla_backend import INSTALL_HINT
+from archlab.kernels.ssd.fla_backend import INSTALL_HINT, gated_backward_refused_here
 
-__all__ = ["INSTALL_HINT", "KERNELS", "fla_importable", "gated_delta_rule_fla", "gla_fla"]
+__all__ = [
+    "INSTALL_HINT",
+    "KERNELS",
+    "fla_importable",
+    "gated_delta_backward_refused",
+    "gated_delta_rule_fla",
+    "gla_fla",
+]
 
-KERNELS = ("chunk", "recurrent")
-OPS = {"gated_delta_rule": "fla.ops.gated_delta_rule", "gla": "fla.ops.gla"}
+KERNELS = ("chunk", "recurrent", "kda")
+OPS = {"gated_delta_rule": "fla.ops.gated_delta_rule", "gla": "fla.ops.gla", "kda": "fla.ops.kda"}
 
 
 @functools.cache
@@ -60,6 +75,21 @@ def _kernel(kernel: str) -> str:
     return kernel
 
 
+@functools.cache  # fla's flags are fixed for the process
+def gated_delta_backward_refused() -> str | None:
+    """Why fla would refuse `chunk_gated_delta_rule`'s backward on this machine (its own
+    guard, read from its flags), or None when it can run. Where it is refused, a forward
+    that needs gradients runs `chunk_kda` (see the module docstring)."""
+    if not fla_importable("gated_delta_rule") or not gated_backward_refused_here():
+        return None
+    return (
+        "fla refuses chunk_gated_delta_rule's backward on Hopper GPUs with Triton >= 3.4.0 "
+        "and < 3.7.1 (a Triton miscompile, fla issue #640), so training runs fla's chunk_kda "
+        "(the same recurrence, the decay given per key channel); Triton >= 3.7.1 trains "
+        "through chunk_gated_delta_rule"
+    )
+
+
 def _state(initial_state_BHKV: torch.Tensor | None) -> torch.Tensor | None:
     return None if initial_state_BHKV is None else initial_state_BHKV.float().contiguous()
 
@@ -76,20 +106,31 @@ def gated_delta_rule_fla(
     kernel: str = "chunk",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`reference.gated_delta_rule` by fla: "chunk" (`chunk_gated_delta_rule`,
-    differentiable in every input) or "recurrent" (`fused_recurrent_gated_delta_rule`, for
-    decode: no backward). Returns o [B, T, HV, V] in v's dtype and, if
-    `output_final_state`, the final state [B, HV, K, V] in float32 (else None)."""
+    differentiable in every input; where fla refuses its backward and gradients are
+    needed, `chunk_kda`), "kda" (`chunk_kda` always) or "recurrent"
+    (`fused_recurrent_gated_delta_rule`, for decode: no backward). Returns o [B, T, HV, V]
+    in v's dtype and, if `output_final_state`, the final state [B, HV, K, V] in float32
+    (else None)."""
+    _kernel(kernel)
+    inputs = (q_BTHK, k_BTHK, v_BTHV, g_BTH, beta_BTH, initial_state_BHKV)
+    if kernel == "chunk" and torch.is_grad_enabled() and gated_delta_backward_refused():
+        if any(t is not None and t.requires_grad for t in inputs):
+            kernel = "kda"
     ops, dtype, HV = _ops("gated_delta_rule"), v_BTHV.dtype, v_BTHV.shape[-2]
-    fn = {
-        "chunk": lambda: ops.chunk_gated_delta_rule,
-        "recurrent": lambda: ops.fused_recurrent_gated_delta_rule,
-    }[_kernel(kernel)]()
     q, k = (expand_heads(t, HV).to(dtype).contiguous() for t in (q_BTHK, k_BTHK))
+    g = g_BTH.float()
+    if kernel == "kda":  # the head's decay in every key channel: [B, T, HV, K]
+        fn, g = _ops("kda").chunk_kda, g[..., None].expand(*g.shape, q.shape[-1])
+    else:
+        fn = {
+            "chunk": ops.chunk_gated_delta_rule,
+            "recurrent": ops.fused_recurrent_gated_delta_rule,
+        }[kernel]
     o, final = fn(
         q,
         k,
         v_BTHV.contiguous(),
-        g=g_BTH.float().contiguous(),
+        g=g.contiguous(),
         beta=beta_BTH.float().contiguous(),
         scale=scale,
         initial_state=_state(initial_state_BHKV),

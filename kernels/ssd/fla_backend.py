@@ -57,19 +57,31 @@ def simple_gla_backward_refused() -> str | None:
     """Why fla would refuse `chunk_simple_gla`'s backward on this machine (mirroring fla's
     own guard, read from fla's flags), or None when it can run. Where it is refused,
     `ssd_fla` trains through `chunk_gla` instead."""
-    if not fla_importable():
-        return None
-    chunk_o = importlib.import_module("fla.ops.common.chunk_o")
-    hopper = getattr(chunk_o, "IS_NVIDIA_HOPPER", False)
-    if hopper and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False):
-        if not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True):
-            return (
-                "fla refuses chunk_simple_gla's backward on Hopper GPUs with Triton >= 3.4.0 "
-                "and < 3.7.1 (a Triton miscompile, fla issue #640), so training runs fla's "
-                "chunk_gla (the same decay in every state channel); Triton >= 3.7.1 "
-                "(torch >= 2.12.1) trains through chunk_simple_gla"
-            )
+    if fla_importable() and gated_backward_refused_here():
+        return (
+            "fla refuses chunk_simple_gla's backward on Hopper GPUs with Triton >= 3.4.0 "
+            "and < 3.7.1 (a Triton miscompile, fla issue #640), so training runs fla's "
+            "chunk_gla (the same decay in every state channel); Triton >= 3.7.1 "
+            "(torch >= 2.12.1) trains through chunk_simple_gla"
+        )
     return None
+
+
+@functools.cache
+def gated_backward_refused_here() -> bool:
+    """True where fla's guard refuses the backward of its gated `chunk_bwd_dqkwg` (used by
+    `chunk_simple_gla` and `chunk_gated_delta_rule`): a Hopper GPU with Triton >= 3.4.0
+    and < 3.7.1 (read from fla's own flags; False without fla)."""
+    try:
+        chunk_o = importlib.import_module("fla.ops.common.chunk_o")
+    except Exception:  # no fla, or a broken install
+        return False
+    hopper = getattr(chunk_o, "IS_NVIDIA_HOPPER", False)
+    return bool(
+        hopper
+        and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False)
+        and not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True)
+    )
 
 
 KERNELS = ("simple_gla", "gla")

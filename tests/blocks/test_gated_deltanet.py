@@ -190,6 +190,38 @@ def test_backend_selection(monkeypatch):
     assert wide.select_backend("cuda") == "reference"  # beyond fla's head_dim: auto falls back
 
 
+def test_training_takes_kda_where_fla_refuses_the_backward(monkeypatch):
+    """Where fla refuses chunk_gated_delta_rule's backward (Hopper, Triton < 3.7.1), a
+    forward that needs gradients calls chunk_kda with the decay in every key channel;
+    one without gradients, and every forward elsewhere, calls chunk_gated_delta_rule."""
+    import types
+
+    from archlab.kernels.linear_attn import fla_backend
+
+    calls = []
+
+    def fake(name):
+        def op(q, k, v, g, **kw):
+            calls.append((name, tuple(g.shape)))
+            return v * 1.0, None
+
+        return op
+
+    ops = types.SimpleNamespace(
+        chunk_gated_delta_rule=fake("gdn"), fused_recurrent_gated_delta_rule=fake("rec"),
+        chunk_kda=fake("kda"),
+    )
+    monkeypatch.setattr(fla_backend, "_ops", lambda op: ops)
+    q, k, v, g, beta, h0 = rule_inputs(B=1, T=5, H=2, HV=2, K=8, V=4)
+    for refused in (None, "refused here"):
+        monkeypatch.setattr(fla_backend, "gated_delta_backward_refused", lambda r=refused: r)
+        fla_backend.gated_delta_rule_fla(q, k, v.requires_grad_(True), g, beta, 0.5)
+        with torch.no_grad():
+            fla_backend.gated_delta_rule_fla(q, k, v, g, beta, 0.5)
+    assert calls == [("gdn", (1, 5, 2)), ("gdn", (1, 5, 2)), ("kda", (1, 5, 2, 8)), ("gdn", (1, 5, 2))]
+    assert make_block(EXAMPLES[0]).backend_note is None  # the reference says nothing
+
+
 # ---- fla (the `triton` backend) against the reference --------------------------------------
 
 
@@ -227,6 +259,12 @@ def _check_kernel() -> None:
         )
         for name, g, w in zip(NAMES, got, want, strict=True):
             assert rel_err(g, w) < 1e-4, f"chunk T={T} {name}: {rel_err(g, w):.2e}"
+        # chunk_kda, the training path where fla refuses the gated delta rule's backward
+        got = outputs_and_grads(
+            lambda *a: gated_delta_rule_fla(*a[:5], 0.25, a[5], True, "kda"), inputs
+        )
+        for name, g, w in zip(NAMES, got, want, strict=True):
+            assert rel_err(g, w) < 1e-4, f"kda T={T} {name}: {rel_err(g, w):.2e}"
         one = [t[:, :1] for t in inputs[:5]] + [inputs[5]]  # decode: one token, no backward
         o, state = gated_delta_rule_fla(*one[:5], 0.25, one[5], True, "recurrent")
         o_ref, state_ref = gated_delta_rule(*one[:5], 0.25, one[5])
