@@ -77,13 +77,14 @@ class MQAR:
 
 def _distinct(gen: torch.Generator, rows: int, low: int, high: int, k: int) -> torch.Tensor:
     """`rows` x `k` distinct integers of [low, high) per row, uniformly."""
-    scores = torch.rand(rows, high - low, generator=gen)
+    scores = torch.rand(rows, high - low, generator=gen, device=gen.device)
     # the k smallest scores, in increasing order: argsort(scores)[:, :k], without the sort
     return scores.topk(k, dim=1, largest=False, sorted=True).indices + low
 
 
 def make_batch(task: MQAR, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` sequences: inputs [n, T] and labels [n, T] (int64, on the CPU), drawn from `gen`."""
+    """`n` sequences: inputs [n, T] and labels [n, T] (int64, on `gen`'s device), drawn
+    from `gen`."""
     problems = task.problems()
     if problems:
         raise ValueError("; ".join(problems))
@@ -92,24 +93,27 @@ def make_batch(task: MQAR, n: int, gen: torch.Generator) -> tuple[torch.Tensor, 
     keys = _distinct(gen, n, 1, half, P)
     values = _distinct(gen, n, half, V, P)
     context = 2 * P
-    inputs = torch.zeros(n, T, dtype=torch.int64)
+    device = gen.device
+    inputs = torch.zeros(n, T, dtype=torch.int64, device=device)
     inputs[:, 0:context:2], inputs[:, 1:context:2] = keys, values
     slots = (T - context) // 2  # query places: every other token of the query region
-    gaps = torch.arange(1, slots + 1, dtype=torch.float64)
+    gaps = torch.arange(1, slots + 1, dtype=torch.float64, device=device)
     weights = (task.power_a * gaps ** (task.power_a - 1)).expand(n, slots)
     where = context + 2 * torch.multinomial(weights, P, replacement=False, generator=gen)
     inputs.scatter_(1, where, keys)
-    labels = torch.full((n, T), IGNORE, dtype=torch.int64)
+    labels = torch.full((n, T), IGNORE, dtype=torch.int64, device=device)
     labels.scatter_(1, where, values)
     if task.random_non_queries:
-        filler = torch.randint(V, (n, T), generator=gen)
+        filler = torch.randint(V, (n, T), generator=gen, device=device)
         empty = inputs == 0
         inputs[empty] = filler[empty]
     return inputs, labels
 
 
-def generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with `seed` (sequences are made on the CPU, then moved)."""
-    gen = torch.Generator()
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` seeded with `seed`: sequences are made where it lives (on a
+    GPU the data then costs the training loop next to nothing; a seed gives different
+    sequences on the CPU and on CUDA, each reproducible)."""
+    gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen

@@ -8,9 +8,9 @@ repeating unit and every patched unit, chunk sizes and windows unchanged), with 
 probe's vocabulary and sequence length. It is trained from a seeded initialisation for a
 fixed number of AdamW steps (betas 0.9/0.98, weight decay, gradients clipped at norm 1,
 a linear warm-up over the first `warmup` of the steps, then a constant rate) on fresh
-sequences every step, drawn from a generator seeded with `2 seed`; the held-out
-sequences come from a generator seeded with `2 seed + 1`, so that they are never the
-training stream. The loss is cross-entropy on the query positions only. Every block
+sequences every step, drawn on the probe's device from a generator seeded with `2 seed`;
+the held-out sequences come from a generator seeded with `2 seed + 1`, so that they are
+never the training stream. The loss is cross-entropy on the query positions only. Every block
 runs the backend it picks for the device (the fast kernels on CUDA).
 """
 
@@ -150,7 +150,8 @@ def run_probe(
         params, lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _rate(s, settings))
-    train_gen, eval_gen = generator(2 * settings.seed), generator(2 * settings.seed + 1)
+    train_gen = generator(2 * settings.seed, device)
+    eval_gen = generator(2 * settings.seed + 1, device)
     held_x, held_y = make_batch(task, settings.eval_sequences, eval_gen)
     every = settings.eval_every or max(1, settings.steps // 10)
     losses: list[torch.Tensor] = []
