@@ -59,3 +59,12 @@ def test_rnn_scan_small_run(tmp_path):
     doc = json.loads(out.read_text())
     assert {"command", "date", "device", "torch"} <= set(doc)
     assert "triton" in json.dumps(doc) and "reference" in json.dumps(doc)
+
+
+def test_selective_scan_small_run(tmp_path):
+    out = tmp_path / "selective_scan.json"
+    assert load("selective_scan").main(["--small", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {"command", "date", "device", "torch", "triton"} <= set(doc)
+    variants = doc["results"][0]["variants"]
+    assert all("train_ms" in variants[v] for v in ("triton", "reference")), variants

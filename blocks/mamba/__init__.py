@@ -15,11 +15,14 @@ without the pre-norm and residual archlab adds. The layer is
 Parameter names follow mamba (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`,
 `out_proj`), so weights map one to one. dt_rank "auto" is ceil(d_model / 16).
 
-Backends: `reference` only (float32 PyTorch, a loop over tokens: T sequential steps of
+Backends, in `auto` order: `triton` (CUDA; archlab's own Triton selective scan,
+kernels/selective_scan/triton.py: the [channels, d_state] state in registers, a loop over
+tokens, states checkpointed every 64 tokens and recomputed chunk by chunk in the backward;
+d_state <= 256) and `reference` (float32 PyTorch, a loop over tokens: T sequential steps of
 O(B E d_state), every state kept under autograd; fine at small sizes). No installable
 library serves a fast path on Hopper without a CUDA build: mamba_ssm's selective scan is a
 CUDA extension built for the local CUDA and torch, which archlab does not depend on, and
-fla has no Mamba-1 kernel. A Triton kernel is future work (kernels/selective_scan). The
+fla has no Mamba-1 kernel. Decode (`step`) runs the PyTorch step on every backend. The
 cache: the conv state (the last d_conv - 1 inputs of the E conv channels, in the cache
 dtype) and the SSM state [B, E, d_state] in float32.
 
@@ -51,8 +54,9 @@ from archlab.blocks.base import (
     per_token_flops,
 )
 
-BACKENDS = ("reference",)  # in the order `auto` tries them (a Triton kernel: future work)
+BACKENDS = ("triton", "reference")  # in the order `auto` tries them
 STATE_BYTES = 4  # the SSM state is float32 (layer.STATE_DTYPE)
+MAX_TRITON_D_STATE = 256  # the Triton scan's limit (kernels/selective_scan/triton.py)
 
 
 class Params(BlockParams):
@@ -74,8 +78,14 @@ class Params(BlockParams):
 
 
 def check(p: Params, d_model: int) -> Checks:
-    """Only that the kind has the backend asked for."""
-    return backend_check(p.kind, BACKENDS, p.backend)
+    """d_state <= 256 for backend triton (`auto` falls back to reference above that); the
+    backend exists."""
+    errors: Checks = []
+    if p.backend == "triton" and p.d_state > MAX_TRITON_D_STATE:
+        errors.append(
+            ("d_state", f"backend triton takes d_state <= {MAX_TRITON_D_STATE} (got {p.d_state})")
+        )
+    return errors + backend_check(p.kind, BACKENDS, p.backend)
 
 
 class MambaSizes:
@@ -121,8 +131,9 @@ def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: 
 def activations(p: Params, d_model: int, seq_len: int) -> tuple[int, int]:
     """What a fused selective scan (mamba_ssm's) and the layer keep for backward, per
     sequence: in_proj's output, the conv output and its SiLU, x_proj's output, y and the
-    gated y in the model dtype; dt in float32 (the states are recomputed). The reference
-    backend keeps every state, T * d_inner * d_state floats, beyond this estimate."""
+    gated y in the model dtype; dt in float32 (the states are recomputed). Beyond this
+    estimate, the triton backend keeps its checkpoints, T / 64 * d_inner * d_state floats,
+    and the reference backend every state, T * d_inner * d_state floats."""
     s, T = MambaSizes(p, d_model), seq_len
     elems = T * (2 * s.inner + 2 * s.inner + s.x_proj + 2 * s.inner)
     return elems, 4 * T * s.inner

@@ -11,7 +11,8 @@ from torch import nn
 
 from archlab.blocks.base import BackendUnavailable, ModelConfig, resolve_backend, runs_anywhere
 from archlab.blocks.cache import LayerCache
-from archlab.blocks.mamba import STATE_BYTES, MambaSizes, Params
+from archlab.blocks.mamba import MAX_TRITON_D_STATE, STATE_BYTES, MambaSizes, Params
+from archlab.kernels.runtime import triton_can_run
 from archlab.kernels.selective_scan.reference import selective_scan, selective_scan_step
 from archlab.kernels.short_conv import causal_conv1d, causal_conv1d_step
 
@@ -19,11 +20,32 @@ STATE_DTYPE = torch.float32
 assert STATE_DTYPE.itemsize == STATE_BYTES  # the record counts the state's bytes
 
 
+def _triton_scan():
+    """archlab.kernels.selective_scan.triton's scan (imported on first use: importing it
+    decorates its kernels, which must happen after TRITON_INTERPRET is set, if at all)."""
+    from archlab.kernels.selective_scan.triton import selective_scan_triton
+
+    return selective_scan_triton
+
+
+def triton_check(device: torch.device, d_state: int, asked_by_name: bool) -> str | None:
+    """The `triton` backend's check: CUDA (or, asked for by name, Triton's interpreter on the
+    CPU), Triton installed, d_state <= MAX_TRITON_D_STATE."""
+    reason = triton_can_run(device, asked_by_name)
+    if reason is None and d_state > MAX_TRITON_D_STATE:
+        reason = f"takes d_state <= {MAX_TRITON_D_STATE} (got {d_state})"
+    return reason
+
+
 class MambaBlock(nn.Module):
     """Mamba-1 mixer over u [B, T, d_model] (the record's docstring)."""
 
-    # backend -> why it cannot run on a device (None: it can), in the order `auto` tries them
-    BACKENDS = {"reference": runs_anywhere}
+    # backend -> why it cannot run on a device (None: it can), in the order `auto` tries them;
+    # triton on the CPU only when asked for by name under Triton's interpreter (the tests)
+    BACKENDS = {
+        "triton": lambda device: triton_can_run(device, asked_by_name=False),
+        "reference": runs_anywhere,
+    }
 
     def __init__(self, params: Params, model: ModelConfig) -> None:
         super().__init__()
@@ -39,7 +61,12 @@ class MambaBlock(nn.Module):
         self.out_proj = nn.Linear(s.inner, d, bias=False)
         self.reset_parameters()
         self.backend: str | None = None
-        self.select_backend(torch.device("cpu"))
+        try:
+            self.select_backend(torch.device("cpu"))
+        except BackendUnavailable:
+            if params.backend not in self.BACKENDS:  # no such backend: an error
+                raise
+            # a triton block is resolved once it has a device (select_backend(cuda))
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
@@ -56,10 +83,14 @@ class MambaBlock(nn.Module):
         self.D.fill_(1.0)
 
     def select_backend(self, device: torch.device | str) -> str:
-        """Choose the backend for `device` (only `reference` exists: it runs anywhere)."""
-        self.backend = resolve_backend(
-            "mamba", self.params.backend, torch.device(device), self.BACKENDS
-        )
+        """Choose the backend for `device`; raises BackendUnavailable if the requested one
+        cannot run (triton needs CUDA, or the interpreter when asked for by name, and
+        d_state <= MAX_TRITON_D_STATE)."""
+        self.backend = None
+        by_name, n = self.params.backend == "triton", self.sizes.d_state
+        table = dict(self.BACKENDS)
+        table["triton"] = lambda dev: triton_check(dev, n, asked_by_name=by_name)
+        self.backend = resolve_backend("mamba", self.params.backend, torch.device(device), table)
         return self.backend
 
     def _ssm_inputs(self, x: torch.Tensor):
@@ -75,12 +106,13 @@ class MambaBlock(nn.Module):
 
     def _sequence(self, u_BTD, conv_state=None, ssm_state=None):
         """The pass over a sequence -> (out, new conv state, final SSM state)."""
-        if self.backend != "reference":
+        if self.backend not in ("triton", "reference"):
             raise BackendUnavailable("no mamba backend selected: call select_backend(device)")
         x, z = self.in_proj(u_BTD).chunk(2, dim=-1)
         x, conv_state = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
         x = F.silu(x)
-        y, state = selective_scan(x, *self._ssm_inputs(x), ssm_state)
+        scan = _triton_scan() if self.backend == "triton" else selective_scan
+        y, state = scan(x, *self._ssm_inputs(x), ssm_state)
         return self._output(y, x, z), conv_state, state
 
     def forward(self, u_BTD: torch.Tensor) -> torch.Tensor:
@@ -114,7 +146,10 @@ class MambaBlock(nn.Module):
         return out
 
     def step(self, u_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """Decode one token [B, 1, d_model]: O(1) work and memory, whatever the position."""
+        """Decode one token [B, 1, d_model]: O(1) work and memory, whatever the position.
+        Every backend runs the PyTorch step (`selective_scan_step`): one token is a handful of
+        elementwise ops on the [B, d_inner, d_state] state, no loop; a fused Triton step
+        kernel would only save their launches."""
         x, z = self.in_proj(u_B1D[:, 0]).chunk(2, dim=-1)
         x, conv = causal_conv1d_step(x, self.conv1d.weight[:, 0], self.conv1d.bias, cache["conv"])
         x = F.silu(x)

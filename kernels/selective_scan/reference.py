@@ -12,12 +12,9 @@ each channel e keeps a state h [N]:
 Cost: T sequential steps of O(B E N) work (a Python loop); under autograd every step's
 state [B, E, N] is kept, O(T B E N) memory. Fine for tests and small models.
 
-The fast path is future work. mamba_ssm's selective scan (and causal-conv1d) is a CUDA
-extension that must be built for, or match, the local CUDA and torch versions, so archlab
-does not depend on it; fla has no Mamba-1 kernel (its Mamba layer calls mamba_ssm). The plan is a
-Triton kernel here: a chunked scan over T with the [E, N] state in registers (E split over
-programs), the decay exp(dt A) computed on the fly, a recomputing backward, and a fused
-decode step.
+The fast path is `triton.py` (the `triton` backend of `mamba`): mamba_ssm's selective
+scan is a CUDA extension that must be built for the local CUDA and torch, so archlab does
+not depend on it, and fla has no Mamba-1 kernel.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The `mamba` (Mamba-1) block beyond the registry contract: the layer against a by-hand
 model, FLOPs against FlopCounterMode, longer decoding, names and init, checks, scaling and
-the backend (reference only)."""
+the backends (the triton one under Triton's interpreter on the CPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from numerics import rel_err
-from recurrent_helpers import assert_pieces_equal_forward
+from recurrent_helpers import assert_pieces_equal_forward, assert_triton_matches_reference
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.blocks import mamba
@@ -117,13 +117,51 @@ def test_checks_scale_and_backends():
     assert mamba.Params(dt_rank=4).dt_rank == 4 and mamba.Params().dt_rank == "auto"
     with pytest.raises(ValueError):
         mamba.Params(dt_rank="big")
-    assert mamba.check(mamba.Params(backend="triton"), D_MODEL)[0][0] == "backend"
-    assert mamba.KIND.backends == ("reference",)
+    assert mamba.check(mamba.Params(backend="cuda"), D_MODEL)[0][0] == "backend"
+    assert mamba.check(mamba.Params(backend="triton"), D_MODEL) == []
+    assert mamba.check(mamba.Params(backend="triton", d_state=512), D_MODEL)[0][0] == "d_state"
+    assert mamba.check(mamba.Params(d_state=512), D_MODEL) == []  # auto: reference
+    assert mamba.KIND.backends == ("triton", "reference")
     data = mamba.Params(dt_rank=128).model_dump()
     assert mamba.KIND.scale(data, 2048, 256)["dt_rank"] == 16
     assert mamba.KIND.scale(mamba.Params().model_dump(), 2048, 256)["dt_rank"] == "auto"
     block = make_block(EXAMPLES[0])
-    assert block.backend == "reference" and block.select_backend("cuda") == "reference"
+    assert block.backend == "reference" and block.select_backend("cuda") == "triton"
+    assert make_block({"d_state": 512}).select_backend("cuda") == "reference"
     block.backend = None
     with pytest.raises(BackendUnavailable, match="select_backend"):
         block(torch.randn(1, 2, D_MODEL))
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    """`backend: triton` on the CPU: no backend until a CUDA device is selected, and a
+    clear error (not a traceback from Triton) from select_backend and forward; under
+    Triton's interpreter it runs on the CPU."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    block = make_block({**EXAMPLES[0], "backend": "triton"})
+    assert block.backend is None
+    with pytest.raises(BackendUnavailable, match="cannot run on cpu: needs a CUDA device"):
+        block.select_backend("cpu")
+    with pytest.raises(BackendUnavailable, match="select_backend"):
+        block(torch.randn(1, 2, D_MODEL))
+    assert block.select_backend("cuda") == "triton"
+    with pytest.raises(BackendUnavailable, match="d_state <= 256"):
+        make_block({"d_state": 512, "backend": "triton"}).select_backend("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert block.select_backend("cpu") == "triton"
+    assert make_block(EXAMPLES[0]).select_backend("cpu") == "reference"  # auto never does
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here: test_contract_gpu runs it")
+def test_triton_backend_matches_reference_under_interpreter():
+    """Output, input and parameter gradients, prefill + steps: the triton backend (the
+    kernel under Triton's interpreter, set by conftest.py) against the reference, for each
+    example (d_state 4 and 3, two chunks of the interpreter's 16 tokens)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from archlab.kernels.selective_scan import triton as ss_triton
+
+    if not isinstance(ss_triton.selective_scan_fwd_kernel, InterpretedFunction):
+        pytest.skip("the scan was imported without the interpreter")
+    for i, params in enumerate(EXAMPLES):
+        assert_triton_matches_reference(make_block(params, seed=i), 21, D_MODEL, f"example {i}")
