@@ -28,6 +28,7 @@
 #   mixers    the field's mixers alone at the 1.3B width (specs/examples/field_mixers_1.3b.yaml),
 #             train / prefill at 4K and 16K (262,144 tokens), decode at batch 512
 #             (MIXERS="gla mamba" picks kinds, MIXER_SEQ the lengths)
+#   scan      Mamba-1's selective scan alone (selective_scan.py; SCAN_VARIANTS picks)
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -151,6 +152,12 @@ case $stage in
       --seq "${MIXER_SEQ:-4k,16k}" --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 \
       --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
     tail -40 "$out/$stage/profile.log"
+    ;;
+  scan)  # Mamba-1's selective scan: the Triton kernel against the PyTorch loop (compiled too)
+    timeout "$limit" python3 "$repo/benchmarks/selective_scan.py" \
+      --variants "${SCAN_VARIANTS:-triton,reference,compiled}" --out "$out/$stage/scan.json" \
+      >"$out/$stage/scan.log" 2>&1
+    tail -12 "$out/$stage/scan.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
