@@ -25,24 +25,49 @@ def make_norm(model: ModelConfig) -> nn.Module:
 class ResidualBlock(nn.Module):
     """x + mixer(norm(x)), with the same wrapping for prefill and step.
 
-    Cache sharing: a block whose keys/values later blocks read (`exports`) hands them on
-    through the `shared` dict (block index -> what its mixer returned with return_kv); a
-    block with `share_cache` (`reads`) takes its source's from there."""
+    Cache sharing: a block whose keys/values later blocks read (`exports`: None for the
+    mixer itself, j for branch j of a parallel mixer) hands them on through the `shared`
+    dict ((block position, branch or None) -> what the mixer returned with return_kv); a
+    reader (`reads`: reader -> the source's (position, branch or None)) takes its source's
+    from there. A parallel mixer takes `shared_kv` and `return_kv` per branch."""
 
-    def __init__(self, norm: nn.Module, mixer: nn.Module, index: int, exports: bool = False):
+    def __init__(
+        self,
+        norm: nn.Module,
+        mixer: nn.Module,
+        index: int,
+        exports=(),
+        reads: dict | None = None,
+    ):
         super().__init__()
-        self.norm, self.mixer = norm, mixer
-        self.index, self.exports = index, exports
-        self.reads: int | None = getattr(getattr(mixer, "params", None), "share_cache", None)
+        self.norm, self.mixer, self.index = norm, mixer, index
+        self.exports: frozenset = frozenset(exports)
+        if reads is None:  # a plain mixer: its own `share_cache`
+            source = getattr(getattr(mixer, "params", None), "share_cache", None)
+            reads = {} if source is None else {None: (source, None)}
+        self.reads: dict = dict(reads)
 
     def _kwargs(self, shared: dict | None) -> dict:
-        if self.reads is not None:
-            return {"shared_kv": shared[self.reads]}
-        return {"return_kv": True} if self.exports else {}
+        if None in self.reads:
+            return {"shared_kv": shared[self.reads[None]]}
+        if None in self.exports:
+            return {"return_kv": True}
+        out = {}
+        if self.reads:
+            out["shared_kv"] = {j: shared[ref] for j, ref in self.reads.items()}
+        if self.exports:
+            out["return_kv"] = self.exports
+        return out
 
     def _keep(self, out, shared: dict | None) -> torch.Tensor:
-        if self.exports and self.reads is None:
-            out, shared[self.index] = out
+        if not self.exports:
+            return out
+        out, kv = out
+        if None in self.exports:
+            shared[(self.index, None)] = kv
+        else:
+            for j in self.exports:
+                shared[(self.index, j)] = kv[j]
         return out
 
     def forward(self, x_BTD: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
@@ -57,6 +82,20 @@ class ResidualBlock(nn.Module):
 
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         return x_B1D + self.mixer.step(self.norm(x_B1D), cache)
+
+
+def cache_links(plan: Plan) -> tuple[dict[int, set], dict[int, dict]]:
+    """Position in `plan.order()` -> what its block exports (None: the block itself; j: its
+    branch j) and what it reads (reader -> the source's (position, branch or None))."""
+    order = plan.order()
+    position = {b.index: i for i, b in enumerate(order)}
+    exports: dict[int, set] = {i: set() for i in range(len(order))}
+    reads: dict[int, dict] = {i: {} for i in range(len(order))}
+    for i, b in enumerate(order):
+        for reader, (source, branch) in b.cache_reads().items():
+            exports[position[source]].add(branch)
+            reads[i][reader] = (position[source], branch)
+    return exports, reads
 
 
 @dataclass
@@ -89,10 +128,12 @@ class ArchModel(nn.Module):
         self.embedding = nn.Embedding(m.vocab_size, m.d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         cast(self.embedding)
-        sources = {b.shares_cache_of for b in plan.blocks} - {None}
+        exports, reads = cache_links(plan)
         self.blocks = nn.ModuleList(
             cast(
-                ResidualBlock(make_norm(m), block_kind(b.kind).build(b.params, m), i, i in sources)
+                ResidualBlock(
+                    make_norm(m), block_kind(b.kind).build(b.params, m), i, exports[i], reads[i]
+                )
             )
             for i, b in enumerate(plan.order())
         )
@@ -144,8 +185,10 @@ class ArchModel(nn.Module):
             for b in self.blocks
         ]
         for block, layer in zip(self.blocks, layers, strict=True):
-            if block.reads is not None:
-                layer.source = layers[block.reads]
+            for reader, (source, branch) in block.reads.items():
+                mine = layer if reader is None else layer.children[reader]
+                theirs = layers[source]
+                mine.source = theirs if branch is None else theirs.children[branch]
         return ModelCache(layers)
 
     def prefill(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:

@@ -14,7 +14,9 @@ class LayerCache:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     length: int = 0
     children: list[LayerCache] = field(default_factory=list)  # a parallel block's branches
-    source: LayerCache | None = None  # the cache this block reads (`share_cache`), not owns
+    # the cache this block (or parallel branch) reads (`share_cache`), not owns: a block's
+    # or, for a branch source, the `children` entry of the source branch
+    source: LayerCache | None = None
 
     def set_length(self, length: int) -> None:
         """Mark this cache, and its branches', as holding `length` tokens."""

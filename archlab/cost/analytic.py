@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
-from archlab.blocks.base import FlopCount, ModelConfig, linear_flops
+from archlab.blocks.base import BlockParams, FlopCount, ModelConfig, linear_flops
 from archlab.blocks.registry import kind as block_kind
 from archlab.lang.plan import Plan, PlannedBlock
 
@@ -129,7 +129,8 @@ def block_cost(
     block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int, shared_read: int = 0
 ) -> KindCost:
     """One residual block (its pre-norm, mixer and residual add) at batch x seq_len;
-    `shared_read`: bytes of another block's cache that its decode step reads (share_cache)."""
+    `shared_read`: bytes of other blocks' caches that its decode step reads (share_cache,
+    its parallel branches' included)."""
     mod, d, dbytes = block_kind(block.kind), model.d_model, model.dtype_bytes
     wrap = NORM_FLOPS_PER_ELEMENT + RESIDUAL_FLOPS_PER_ELEMENT  # per element of the stream
     f = mod.flops(block.params, d, batch, seq_len) + FlopCount(0, wrap * batch * seq_len * d)
@@ -159,19 +160,22 @@ def mixer_figures(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: 
     }
 
 
-def shared_sources(plan: Plan) -> dict[int, PlannedBlock]:
-    """Block index -> the block whose cache it reads instead of its own (`share_cache`)."""
+def shared_sources(plan: Plan) -> dict[int, list[BlockParams]]:
+    """Block index -> the mixers (a block's params, or a parallel branch's) whose caches
+    it reads instead of its own (`share_cache`, its branches' included)."""
     by_index = {b.index: b for b in plan.blocks}
-    return {
-        b.index: by_index[b.shares_cache_of]
-        for b in plan.blocks
-        if getattr(b, "shares_cache_of", None) is not None
-    }
+    out: dict[int, list[BlockParams]] = {}
+    for b in plan.blocks:
+        reads = b.cache_reads()
+        if reads:
+            out[b.index] = [by_index[block].mixer(branch) for block, branch in reads.values()]
+    return out
 
 
-def _cache_of(block: PlannedBlock, model: ModelConfig, batch: int, seq_len: int) -> int:
-    return block_kind(block.kind).cache_bytes(
-        block.params, model.d_model, batch, seq_len, model.dtype_bytes
+def _cache_of(params: BlockParams, model: ModelConfig, batch: int, seq_len: int) -> int:
+    """The cache bytes of one mixer (a block's params or a branch's)."""
+    return block_kind(params.kind).cache_bytes(
+        params, model.d_model, batch, seq_len, model.dtype_bytes
     )
 
 
@@ -212,8 +216,8 @@ def spec_cost(plan: Plan, batch: int = 1, seq_len: int | None = None) -> Cost:
     sources = shared_sources(plan)
     weight_bytes = head.decode_bytes
     for b in plan.order():
-        src = sources.get(b.index)
-        one = block_cost(b, m, batch, T, 0 if src is None else _cache_of(src, m, batch, T))
+        read = sum(_cache_of(src, m, batch, T) for src in sources.get(b.index, ()))
+        one = block_cost(b, m, batch, T, read)
         by_block.append(one)
         by_kind.setdefault(b.kind, KindCost()).add(one)
         total.add(one)
@@ -254,7 +258,8 @@ def metric_function(plan: Plan, metric: str, batch: int = 1) -> Callable[[int], 
 
     else:
         weights = spec_cost(plan, batch, 1).weight_bytes if metric == "decode_bytes" else 0
-        reads = list(shared_sources(plan).values()) if metric == "decode_bytes" else []
+        reads = [src for srcs in shared_sources(plan).values() for src in srcs]
+        reads = reads if metric == "decode_bytes" else []
 
         def f(T: int) -> int:
             total = weights + sum(_cache_of(src, m, batch, T) for src in reads)

@@ -9,6 +9,7 @@ as much as possible; the compiler raises SpecError with all of them at the end.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +288,11 @@ def resolve(
         params = _resolve_params(doc.source, b, names, model, errors, branches)
         if params is not None:
             name = b.name[0] if b.name else None
-            out.append(PlannedBlock(index, b.kind, params, format_path(b.origin), name))
+            labels = tuple(x.name[0] if x.name else None for x in b.branches)
+            planned = PlannedBlock(index, b.kind, params, format_path(b.origin), name)
+            out.append(
+                dataclasses.replace(planned, branch_names=labels) if any(labels) else planned
+            )
     return out
 
 

@@ -2,8 +2,9 @@
 
 Nodes: `embedding`, `block{i}` (one per block), `block{i}.{j}` (branch j of a parallel
 block), `final_norm`, `lm_head`. Edges: `residual` (the residual stream), `branch` and
-`merge` (into and out of a parallel block's branches), `cache_share` (from the block
-whose keys/values a later block reads), `tied_weights` (embedding -> head when tied).
+`merge` (into and out of a parallel block's branches), `cache_share` (from the block or
+branch whose keys/values a later block or branch reads), `tied_weights` (embedding -> head
+when tied).
 Build, cost and show read the Plan only, never the YAML; they walk `Plan.order()` (a
 topological order of the graph), so that graphs that are not a plain chain fit. The
 networkx graph itself (`Plan.graph`) is made on first use from the Plan's nodes and
@@ -19,6 +20,19 @@ from archlab.blocks.base import BlockParams, ModelConfig
 from archlab.lang.errors import SpecIssue
 
 Edge = tuple[str, str, dict]  # (from, to, attributes)
+# Where a cache lives: (block index, branch index), the branch None for the block itself.
+CacheRef = tuple[int, int | None]
+
+
+def ref_value(ref: CacheRef) -> int | list[int]:
+    """A cache's place as a spec writes it in `share_cache`: 3 (block 3) or [3, 1] (its
+    branch 1)."""
+    return ref[0] if ref[1] is None else [ref[0], ref[1]]
+
+
+def ref_node(ref: CacheRef) -> str:
+    """The Plan node of a cache's place: `block3`, or `block3.1` for its branch 1."""
+    return f"block{ref[0]}" if ref[1] is None else f"block{ref[0]}.{ref[1]}"
 
 
 @dataclass(frozen=True)
@@ -30,11 +44,33 @@ class PlannedBlock:
     params: BlockParams
     origin: str = ""  # the spec path that produced it, for messages
     name: str | None = None
+    branch_names: tuple[str | None, ...] = ()  # a parallel block's branches' `name`s
+    # (reader, branch) pairs: the branch of its source block that a reader (None: this
+    # block; j: its branch j) reads, where that source is a branch of a parallel block
+    source_branches: tuple[tuple[int | None, int], ...] = ()
 
     @property
     def shares_cache_of(self) -> int | None:
-        """Index of the block whose keys/values and cache this block reads, if any."""
+        """Index of the block whose keys/values and cache this block itself reads, if any
+        (its branches' reads: `cache_reads`)."""
         return getattr(self.params, "share_cache", None)
+
+    def cache_reads(self) -> dict[int | None, CacheRef]:
+        """Every cache this block's mixers read instead of their own (`share_cache`):
+        reader (None: the block itself; j: its branch j) -> where the cache lives
+        (block index, branch index or None)."""
+        branch_of = dict(self.source_branches)
+        out: dict[int | None, CacheRef] = {}
+        if self.shares_cache_of is not None:
+            out[None] = (self.shares_cache_of, branch_of.get(None))
+        for j, b in enumerate(getattr(self.params, "branches", None) or ()):
+            if getattr(b, "share_cache", None) is not None:
+                out[j] = (b.share_cache, branch_of.get(j))
+        return out
+
+    def mixer(self, branch: int | None) -> BlockParams:
+        """The params of the block itself (None) or of its branch `branch`."""
+        return self.params if branch is None else self.params.branches[branch]
 
     @property
     def node(self) -> str:
@@ -43,26 +79,43 @@ class PlannedBlock:
     def resolved(self) -> dict:
         """Every param with its value (defaults included), without `kind`; a parallel
         block's branches as a list of such dicts, each with its `kind`."""
+        reads = {j: ref_value(ref) for j, ref in self.cache_reads().items()}
         out = self.params.model_dump(exclude={"kind", "branches"})
+        if None in reads:
+            out["share_cache"] = reads[None]
         branches = getattr(self.params, "branches", None)
         if branches:
-            out["branches"] = [b.model_dump() for b in branches]
+            out["branches"] = [
+                _with_read(b.model_dump(), reads.get(j)) for j, b in enumerate(branches)
+            ]
         return out
 
     def summary(self) -> dict:
         """The params that differ from their defaults, without `kind`; a parallel block's
         branches as one string, `attention(heads=8) | ssm()`."""
+        reads = {j: ref_value(ref) for j, ref in self.cache_reads().items()}
         out = self.params.model_dump(exclude_defaults=True, exclude={"kind", "branches"})
+        if None in reads:
+            out["share_cache"] = reads[None]
         branches = getattr(self.params, "branches", None)
         if branches:
-            out["branches"] = " | ".join(
-                f"{b.kind}({', '.join(f'{k}={v}' for k, v in _short(b).items())})" for b in branches
-            )
+            parts = []
+            for j, b in enumerate(branches):
+                shown = branch_summary(b, reads.get(j))
+                parts.append(f"{b.kind}({', '.join(f'{k}={v}' for k, v in shown.items())})")
+            out["branches"] = " | ".join(parts)
         return out
 
 
-def _short(params: BlockParams) -> dict:
-    return params.model_dump(exclude_defaults=True, exclude={"kind", "backend"})
+def _with_read(values: dict, read) -> dict:
+    return values if read is None else {**values, "share_cache": read}
+
+
+def branch_summary(params: BlockParams, read: int | list[int] | None = None) -> dict:
+    """A branch's params that differ from their defaults, without `kind` and `backend`;
+    `share_cache` as `read` (its source's place, `ref_value`) when given."""
+    out = params.model_dump(exclude_defaults=True, exclude={"kind", "backend"})
+    return _with_read(out, read)
 
 
 @dataclass
@@ -125,13 +178,15 @@ def make_plan(
     previous = "embedding"
     for b in blocks:
         nodes[b.node] = {"role": "block", "kind": b.kind, "index": b.index, "name": b.name}
+        names = dict(enumerate(b.branch_names))
         for j, branch in enumerate(getattr(b.params, "branches", ())):
             node = f"{b.node}.{j}"
             nodes[node] = {"role": "branch", "kind": branch.kind, "index": b.index, "branch": j}
+            nodes[node]["name"] = names.get(j)
             edges += [(previous, node, {"kind": "branch"}), (node, b.node, {"kind": "merge"})]
         edges.append((previous, b.node, {"kind": "residual"}))
-        if b.shares_cache_of is not None:
-            edges.append((f"block{b.shares_cache_of}", b.node, {"kind": "cache_share"}))
+        for reader, ref in b.cache_reads().items():
+            edges.append((ref_node(ref), ref_node((b.index, reader)), {"kind": "cache_share"}))
         previous = b.node
     nodes["final_norm"] = {"role": "norm"}
     nodes["lm_head"] = {"role": "head", "tied": model.tie_embeddings}

@@ -90,19 +90,20 @@ def _params_fields(kind: str) -> dict[str, Any]:
 
 def _raw_params_model(kind: str, role: str) -> type[BaseModel]:
     """The params of `kind` as written in YAML. `role`: "Block" (a stack item: `kind`
-    required, `name` and `share_cache` allowed), "Branch" (a parallel branch: `kind`
-    required), "Patch" (an `at` patch merged into a block of that kind: no `kind`) or
-    "Defaults" (params only)."""
+    required, `name` and `share_cache` allowed), "Branch" (a parallel branch: the same),
+    "Patch" (an `at` patch merged into a block of that kind: no `kind`) or "Defaults"
+    (params only)."""
     fields = _params_fields(kind)
     if role in ("Block", "Branch"):
         fields["kind"] = (Literal[kind], Field(description="the block kind"))
-    if role in ("Block", "Patch"):
+    if role in ("Block", "Branch", "Patch"):
         fields["name"] = _field(str, None, "a name that `share_cache` can refer to")
         if "share_cache" in block_kind(kind).params.model_fields:
             fields["share_cache"] = _field(
-                int | str,
+                int | str | tuple[int | str, int],
                 None,
-                "read the keys/values of this earlier block (its index or its name)",
+                "read the keys/values of this earlier block or parallel branch: its index, "
+                "its name, or [block, branch] (the block's index or name, the branch's index)",
             )
     return create_model(
         f"{kind.title().replace('_', '')}{role}",

@@ -83,43 +83,47 @@ def check_fields(source, kind, params: dict, base: tuple, errors) -> dict[str, P
     return out
 
 
+def share_problem(share: Any) -> str | None:
+    """Why a `share_cache` value as written is not one (None when it is): a block index, a
+    name (of a block or of a parallel branch), or [block, branch] with the block an index
+    or a name and the branch an index."""
+    if isinstance(share, int | str) and not isinstance(share, bool):
+        return None
+    if (
+        isinstance(share, list)
+        and len(share) == 2
+        and isinstance(share[0], int | str)
+        and all(type(v) is not bool for v in share)
+        and type(share[1]) is int
+    ):
+        return None
+    return (
+        "must be a block index or a block name, or [block, branch] for a branch of a "
+        f"parallel block (got {short(share)})"
+    )
+
+
 def topology(source: Source, item: dict, path: tuple, errors, in_parallel: bool) -> dict:
-    """The `name` and `share_cache` keys of a block mapping, checked for their type."""
+    """The `name` and `share_cache` keys of a block mapping (a parallel branch's too),
+    checked for their type."""
     out: dict[str, Param] = {}
-    if "name" in item and in_parallel:
-        errors.append(
-            source.issue(
-                path + ("name",),
-                "a parallel branch has no name of its own (name the parallel block)",
-            )
-        )
-    elif "name" in item:
+    if "name" in item:
         name = item["name"]
         if not isinstance(name, str) or not name.isidentifier():
+            what = "a branch name" if in_parallel else "a block name"
             errors.append(
                 source.issue(
                     path + ("name",),
-                    f"a block name is an identifier (letters, digits, _) (got {short(name)})",
+                    f"{what} is an identifier (letters, digits, _) (got {short(name)})",
                 )
             )
         else:
             out["name"] = (name, path + ("name",))
     if "share_cache" in item:
         share = item["share_cache"]
-        if in_parallel:
-            errors.append(
-                source.issue(
-                    path + ("share_cache",),
-                    "`share_cache` is not supported inside a parallel block",
-                )
-            )
-        elif isinstance(share, bool) or not isinstance(share, int | str):
-            errors.append(
-                source.issue(
-                    path + ("share_cache",),
-                    f"must be a block index or a block name (got {short(share)})",
-                )
-            )
+        problem = share_problem(share)
+        if problem is not None:
+            errors.append(source.issue(path + ("share_cache",), problem))
         else:
             out["share"] = (share, path + ("share_cache",))
     return out
@@ -176,7 +180,14 @@ def block_from_item(
 
 def _parallel_from_item(source: Source, item: dict, path: tuple, errors) -> RawBlock | None:
     for key in item:
-        if key not in PARALLEL_KEYS:
+        if key == "share_cache":
+            errors.append(
+                source.issue(
+                    path + (key,),
+                    "`share_cache` belongs on a branch of a parallel block, not on the block",
+                )
+            )
+        elif key not in PARALLEL_KEYS:
             errors.append(
                 source.issue(
                     path + (key,), "unknown key in a parallel block" + suggest(key, PARALLEL_KEYS)

@@ -93,11 +93,11 @@ class SharedKV:
     def __init__(self):
         self._kv: dict = {}
 
-    def __getitem__(self, index: int):
-        return self._kv[index]
+    def __getitem__(self, key):
+        return self._kv[key]
 
-    def __setitem__(self, index: int, kv) -> None:
-        self._kv[index] = kv
+    def __setitem__(self, key, kv) -> None:
+        self._kv[key] = kv
 
 
 def _forward_sharing(self: ArchModel, input_ids: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ def shard_model(model: ArchModel, mesh, mp_policy, checkpoint: bool) -> ArchMode
         fully_shard(model.embedding, mesh=mesh, mp_policy=mp_policy)
         fully_shard(model.lm_head, mesh=mesh, mp_policy=mp_policy)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy)
-    if any(b.shares_cache_of is not None for b in model.plan.blocks):
+    if any(b.cache_reads() for b in model.plan.blocks):
         model.forward = types.MethodType(_forward_sharing, model)
     return model
 

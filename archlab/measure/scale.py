@@ -89,8 +89,8 @@ def kept_blocks(plan: Plan, min_blocks: int) -> Depth:
     (`repeating_unit`); keep the first r units equal to the most common ("ordinary") one,
     r the fewest with at least `min_blocks` blocks, every unit that differs from it (a
     patched unit, at its place), the blocks after the last whole unit, and every block whose
-    cache a kept block reads (`share_cache`); all in stack order. No repeating unit, or
-    `min_blocks` 0: every block."""
+    cache a kept block or one of its branches reads (`share_cache`); all in stack order. No
+    repeating unit, or `min_blocks` 0: every block."""
     order = plan.order()
     n = len(order)
     everything = list(range(n))
@@ -108,9 +108,7 @@ def kept_blocks(plan: Plan, min_blocks: int) -> Depth:
     units = sorted(ordinary[:r] + patched)
     keep = {j for i in units for j in range(i * p, (i + 1) * p)} | set(range(m * p, n))
     position = {b.index: j for j, b in enumerate(order)}
-    sources = {
-        position[order[j].shares_cache_of] for j in keep if order[j].shares_cache_of is not None
-    } - keep
+    sources = {position[block] for j in keep for block, _ in order[j].cache_reads().values()} - keep
     keep |= sources
     if {order[j].kind for j in keep} != {b.kind for b in order}:  # cannot happen; be safe
         return Depth(everything, n, f"{n} of {n} blocks")
@@ -160,8 +158,9 @@ def scale_plan(plan: Plan, scale: Scale, dtype: str) -> tuple[Plan, str]:
     for i, j in enumerate(depth.keep):
         b = order[j]
         data = _scale_params(b.kind, b.params.model_dump(), m.d_model, d_new)
-        if b.shares_cache_of is not None:
-            data["share_cache"] = renumber[b.shares_cache_of]
+        for reader, (source, _) in b.cache_reads().items():  # sources keep their branches
+            mine = data if reader is None else data["branches"][reader]
+            mine["share_cache"] = renumber[source]
         params = type(b.params).model_validate(data)
         problems = block_kind(b.kind).check(params, d_new)
         if problems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from archlab.lang.plan import Plan
+from archlab.lang.plan import Plan, ref_value
 
 EDGE_STYLES = {  # kind -> (colour, line style, meaning)
     "cache_share": ("#c00000", "dashed", "reads the keys/values of (red, dashed)"),
@@ -29,9 +29,13 @@ def _label(plan: Plan, node: str) -> str:
         return node
     block = plan.blocks[data["index"]]
     if data["role"] == "branch":  # drawn as its own node: "2.1: rat (chunk_size=4)"
-        branch = block.params.branches[data["branch"]]
+        j = data["branch"]
+        branch = block.params.branches[j]
         summary = branch.model_dump(exclude_defaults=True, exclude={"kind"})
-        name = f"{block.index}.{data['branch']}: {branch.kind}"
+        if j in block.cache_reads():  # its source's place: 3 or [3, 0]
+            summary["share_cache"] = ref_value(block.cache_reads()[j])
+        named = f" {data['name']}" if data.get("name") else ""
+        name = f"{block.index}.{j}{named}: {branch.kind}"
     else:
         summary = block.summary()
         # a composite block's branches have nodes of their own

@@ -5,7 +5,10 @@ arXiv:2411.13676).
 Written in a spec as `{parallel: [branch, ...], merge: mean | sum | concat}`. Every
 branch sees the same input and keeps its own params, cost and cache; the outputs merge
 into one residual update: their mean, their sum, or (`concat`) a projection
-`Linear(n * d_model, d_model)` of their concatenation. A branch is any kind whose record
+`Linear(n * d_model, d_model)` of their concatenation. A branch of a kind that can share
+a cache may read an earlier block's or branch's keys/values (`share_cache`, Hymba's
+cross-layer KV sharing): its params then count no key/value projections and no cache,
+and the layer takes and hands on keys/values per branch. A branch is any kind whose record
 has `branchable=True` (`BRANCHES`, read from the registry); the cost functions, checks
 and activations are their branches' plus the merge's. The layer is
 `archlab.blocks.parallel.layer.ParallelBlock`.

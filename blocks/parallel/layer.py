@@ -40,8 +40,30 @@ class ParallelBlock(nn.Module):
         total = torch.stack(outs).sum(0)
         return total / len(outs) if self.params.merge == "mean" else total
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        return self._merge([b(x_BTD) for b in self.branches])
+    def _run(self, call, shared_kv, return_kv) -> tuple[list[torch.Tensor], dict]:
+        """Every branch through `call(j, branch, kwargs)`: branch j takes `shared_kv[j]`
+        (the keys/values of the cache it reads) or, when j is in `return_kv`, hands its own
+        on; returns the outputs and the handed-on keys/values by branch."""
+        outs, kvs = [], {}
+        for j, branch in enumerate(self.branches):
+            kwargs = {}
+            if shared_kv and j in shared_kv:
+                kwargs["shared_kv"] = shared_kv[j]
+            elif j in return_kv:
+                kwargs["return_kv"] = True
+            out = call(j, branch, kwargs)
+            if "return_kv" in kwargs:
+                out, kvs[j] = out
+            outs.append(out)
+        return outs, kvs
+
+    def forward(self, x_BTD: torch.Tensor, shared_kv: dict | None = None, return_kv=()):
+        """The merged branches. Cache sharing by branch: `shared_kv` maps a reading branch
+        to the keys/values it reads; with `return_kv` (branch indices) also returns
+        {branch: its keys/values} for the branches that later blocks read."""
+        outs, kvs = self._run(lambda j, b, kw: b(x_BTD, **kw), shared_kv, return_kv)
+        y = self._merge(outs)
+        return (y, kvs) if return_kv else y
 
     def allocate_cache(self, batch: int, max_len: int, device=None, dtype=None) -> LayerCache:
         return LayerCache(
@@ -50,10 +72,17 @@ class ParallelBlock(nn.Module):
             ]
         )
 
-    def prefill(self, x_BTD: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        outs = [b.prefill(x_BTD, c) for b, c in zip(self.branches, cache.children, strict=True)]
+    def prefill(
+        self, x_BTD: torch.Tensor, cache: LayerCache, shared_kv: dict | None = None, return_kv=()
+    ):
+        """Every branch's prefill into its cache; `shared_kv` and `return_kv` as `forward`."""
+        children = cache.children
+        outs, kvs = self._run(
+            lambda j, b, kw: b.prefill(x_BTD, children[j], **kw), shared_kv, return_kv
+        )
         cache.length += x_BTD.shape[1]
-        return self._merge(outs)
+        y = self._merge(outs)
+        return (y, kvs) if return_kv else y
 
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         outs = [b.step(x_B1D, c) for b, c in zip(self.branches, cache.children, strict=True)]

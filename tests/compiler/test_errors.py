@@ -144,7 +144,7 @@ M = "model: {d_model: 64, vocab_size: 10}\n"
             M + "stack: [mlp, mlp]\nat: {0: {hidden: 8}, -2: {hidden: 16}}\n",
             "block 0 is already patched by at[0]",
         ),
-        (M + "stack: [{parallel: [{kind: rnn, name: inner}]}]\n", "a parallel branch has no name"),
+        (M + "stack: [{parallel: [{kind: rnn, name: 1n}]}]\n", "a branch name is an identifier"),
         (M + "stack: [{pattern: 5}]\n", "a pattern item has only the key `pattern`, and it is"),
     ],
 )

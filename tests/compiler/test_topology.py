@@ -77,7 +77,10 @@ def test_parallel_in_symbols_repeats_and_patches():
         ("[{parallel: [rat], merj: sum}]", "did you mean 'merge'"),
         ("[parallel]", "write a parallel block as"),
         ("[{parallel: [{kind: rat, chunk_size: 0}]}]", "stack[0].parallel[0].chunk_size: must be"),
-        ("[{parallel: [{kind: attention, heads: 4, share_cache: 0}]}]", "not supported inside"),
+        (  # a branch may share a cache, but only an earlier block's
+            "[{parallel: [{kind: attention, heads: 4, share_cache: 0}]}]",
+            "stack[0].parallel[0].share_cache: must name an earlier block (this is branch 0",
+        ),
     ],
 )
 def test_parallel_errors(stack, needle):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import archlab
+from archlab.blocks.registry import kind
 from archlab.cost.analytic import METRICS, metric_function, spec_cost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,11 +68,13 @@ def test_parts_sum_to_totals(spec, batch, T):
         assert sum(getattr(b, name) for b in c.by_block) + getattr(c.head, name) == total
         assert sum(getattr(k, name) for k in c.by_kind.values()) + getattr(c.head, name) == total
     assert c.train_flops == 3 * c.fwd_flops == c.fwd_flops + c.bwd_flops
-    # a block with share_cache reads its source's cache too
+    # a block (or a parallel branch) with share_cache reads its source's cache too
+    by_index, m = {b.index: b for b in plan.blocks}, plan.model
     shared = sum(
-        c.by_block[b.shares_cache_of].cache_bytes
+        kind(src.kind).cache_bytes(src, m.d_model, batch, T, m.dtype_bytes)
         for b in plan.blocks
-        if b.shares_cache_of is not None
+        for s, branch in b.cache_reads().values()
+        for src in [by_index[s].mixer(branch)]
     )
     assert c.decode_bytes == c.weight_bytes + c.cache_bytes + shared
     assert sum(k.blocks for k in c.by_kind.values()) == len(plan.blocks)
