@@ -24,9 +24,14 @@ Peers (each built with the archlab block's weights by `load_weights(peer, block)
   residual, so archlab's row times `x + mixer(norm(x))` from the same block.
 
 Modes: train (forward + backward), prefill (forward without grad, filling a cache), decode
-(one token at position T against a cache of T tokens; both sides replayed as CUDA graphs
-where they can be captured). The first call of each side (compilation, autotuning, graph
-capture) is timed apart (`*_first_call_s`) and never inside a timing. Timings are CUDA
+(one token at position T against a cache of T tokens; every side replayed as a CUDA graph
+where it can be captured). archlab's block is timed twice: eagerly (`archlab_*`) and under
+torch.compile (`archlab_compiled_*`: its forward, prefill and decode step compiled with
+static shapes, as `archlab profile --compile` runs them, with the peers' --compile
+backend), so each row shows archlab eager and compiled against the peer; with
+`--compile none` (the --small default) the compiled side is not timed and the run says so.
+The first call of each side (compilation, autotuning, graph capture) is timed apart
+(`*_first_call_s`) and never inside a timing. Timings are CUDA
 events (perf_counter on the CPU), median of the repetitions. An OOM is a row, not a crash.
 The JSON is rewritten after every row, so a run cut short keeps what it measured.
 
@@ -1075,18 +1080,37 @@ class ArchlabSide:
 
     def prefill(self, x, cache):
         _set_length(cache, 0)
-        if self.residual:
-            return x + self.mixer.prefill(self.norm(x), cache)
-        return self.mixer.prefill(x, cache)
+        return self._prefill(x, cache)
 
     def step(self, x, cache, pos):
         _set_length(cache, pos)
         with torch.no_grad():
-            return (
-                x + self.mixer.step(self.norm(x), cache)
-                if self.residual
-                else self.mixer.step(x, cache)
-            )
+            return self._step(x, cache)
+
+    def _prefill(self, x, cache):
+        if self.residual:
+            return x + self.mixer.prefill(self.norm(x), cache)
+        return self.mixer.prefill(x, cache)
+
+    def _step(self, x, cache):
+        return (
+            x + self.mixer.step(self.norm(x), cache) if self.residual else self.mixer.step(x, cache)
+        )
+
+
+class ArchlabCompiledSide(ArchlabSide):
+    """archlab's layer as `archlab profile --compile` runs it: the forward (train), the
+    prefill and the decode step each under torch.compile with static shapes (the run's
+    --compile backend); the cache's length is set outside the compiled code."""
+
+    def __init__(self, kind: str, block: nn.Module, mode: str) -> None:
+        super().__init__(kind, block)
+        self._forward = compiled(super().forward, mode, False)
+        self._prefill = compiled(self._prefill, mode, False)
+        self._step = compiled(self._step, mode, False)
+
+    def forward(self, x):
+        return self._forward(x)
 
 
 def _set_length(cache, n: int) -> None:
@@ -1316,6 +1340,7 @@ def run_kind(kind, setup, args, deadline, save) -> list[dict]:
         save(row)
         return [row]
     archlab_side = ArchlabSide(kind, block)
+    fast_side = ArchlabCompiledSide(kind, block, setup.compile) if setup.compile != "none" else None
     peer, peer_error = None, ""
     try:
         peer = make_peer(kind, setup, args.rat_repo)
@@ -1348,13 +1373,15 @@ def run_kind(kind, setup, args, deadline, save) -> list[dict]:
         if kind == "rat":  # as the published benchmark's inputs; see RESIDUAL_INPUT_SCALE
             x *= RESIDUAL_INPUT_SCALE
         a = run_side(archlab_side, mode, x, T, setup)
+        c = run_side(fast_side, mode, x, T, setup) if fast_side is not None else SKIPPED
         p = run_side(peer, mode, x, T, setup) if peer is not None else {"status": "n/a"}
         _fill(row, a, p, peer, peer_error, kind, x, setup, mode)
+        _fill_compiled(row, a, c, p, setup)
         del x
         free_memory()
         save(row)
         rows.append(row)
-    del peer, archlab_side, block, model
+    del peer, archlab_side, fast_side, block, model
     free_memory(collect=True)
     return rows
 
@@ -1392,56 +1419,89 @@ def _fill(row, a, p, peer, peer_error, kind, x, setup, mode) -> None:
     row["status"] = "ok" if a["status"] == "ok" and p.get("status") in ("ok", "n/a") else "partial"
 
 
+SKIPPED = {"status": "skipped", "ms": None, "first_call_s": None, "reps": 0}
+
+
+def compiled_skip_note(setup: Setup) -> str | None:
+    """Why the archlab-compiled rows are not timed (None when they are)."""
+    if setup.compile != "none":
+        return None
+    why = "the --small default" if setup.small else "--compile none"
+    return f"archlab compiled: not timed ({why}; --compile inductor times it)"
+
+
+def _fill_compiled(row, a, c, p, setup) -> None:
+    """archlab's layer under torch.compile (ArchlabCompiledSide): its time, first call
+    (the compile), status, and its output against archlab's eager output."""
+    row["archlab_compiled_ms"], row["archlab_compiled_status"] = c["ms"], c["status"]
+    row["archlab_compiled_first_call_s"] = c["first_call_s"]
+    row["archlab_compiled_reps"] = c["reps"]
+    row["archlab_compiled_cuda_graph"] = c.get("cuda_graph")
+    if c.get("error"):
+        row["archlab_compiled_error"] = c["error"]
+    if c.get("note"):
+        row["archlab_compiled_note"] = c["note"]
+    row["compiled_speed_ratio"] = (
+        p["ms"] / c["ms"] if c.get("ms") and p.get("ms") else None
+    )  # > 1: compiled archlab faster than the peer
+    if "sample" in a and "sample" in c:
+        row["compiled_check"] = compare(a["sample"], c["sample"], setup.dtype)
+    if c["status"] not in ("ok", "skipped"):
+        row["status"] = "partial"
+
+
 def fmt_ms(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _ms_cell(r: dict, side: str) -> str:
+    """A side's time, or its status (OOM, ERROR, N/A...); '-' for a side not timed."""
+    if r.get(f"{side}_ms"):
+        return fmt_ms(r[f"{side}_ms"])
+    status = r.get(f"{side}_status") or r.get("status", "")
+    return "-" if status == "skipped" and side == "archlab_compiled" else status.upper()
+
+
 def table(rows: list[dict]) -> str:
-    head = [
-        "kind",
-        "mode",
-        "BxT",
-        "archlab ms",
-        "peer ms",
-        "archlab/peer",
-        "backend",
-        "check",
-        "note",
-    ]
+    """archlab eager, archlab compiled (its layer under torch.compile) and the peer, each
+    row's ratios peer ms / archlab ms (above 1: archlab faster)."""
+    head = ["kind", "mode", "BxT", "archlab ms", "compiled ms", "peer ms", "archlab/peer"]
+    head += ["compiled/peer", "backend", "check", "note"]
     lines = []
     for r in rows:
         if "mode" not in r:
-            lines.append([r["kind"], "-", "-", "-", "-", "-", "-", "-", r.get("error", "")])
+            lines.append([r["kind"], *["-"] * 9, r.get("error", "")])
             continue
-        a = (
-            fmt_ms(r.get("archlab_ms"))
-            if r.get("archlab_ms")
-            else (r.get("archlab_status") or r.get("status", "")).upper()
-        )
-        p = (
-            fmt_ms(r.get("peer_ms"))
-            if r.get("peer_ms")
-            else (r.get("peer_status") or r.get("status", "")).upper()
-        )
         ratio = f"x{r['speed_ratio']:.2f}" if r.get("speed_ratio") else ""
+        cratio = f"x{r['compiled_speed_ratio']:.2f}" if r.get("compiled_speed_ratio") else ""
         check = r.get("check")
         chk = f"{check['rel_err']:.1e}{'' if check['match'] else ' !'}" if check else ""
-        note = r.get("note") or r.get("archlab_error") or r.get("peer_error") or ""
+        if r.get("compiled_check") and not r["compiled_check"]["match"]:
+            chk += " (compiled !)"
+        note = (
+            r.get("note")
+            or r.get("archlab_error")
+            or r.get("archlab_compiled_error")
+            or r.get("peer_error")
+            or ""
+        )
         lines.append(
             [
                 r["kind"],
                 r["mode"],
                 f"{r['batch']}x{r['seq_len']}",
-                a,
-                p,
+                _ms_cell(r, "archlab"),
+                _ms_cell(r, "archlab_compiled"),
+                _ms_cell(r, "peer"),
                 ratio,
+                cratio,
                 str(r.get("archlab_backend")),
                 chk,
                 note[:90],
             ]
         )
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=False)]
-    right = {3, 4, 5}
+    right = {3, 4, 5, 6, 7}
     out = []
     for i, line in enumerate([head, *lines]):
         cells = [
@@ -1503,7 +1563,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--small", action="store_true", help="tiny sizes on the CPU (CI)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with CUDA")
     parser.add_argument("--rat-repo", help="a checkout of github.com/CLAIRE-Labo/RAT")
-    parser.add_argument("--compile", choices=["inductor", "eager", "none"])
+    parser.add_argument(
+        "--compile",
+        choices=["inductor", "eager", "none"],
+        help="how the peers and archlab's compiled side compile (default: inductor; "
+        "--small: none, which also skips archlab's compiled side)",
+    )
     parser.add_argument("--row-budget", type=float, help="seconds of timed repetitions per side")
     parser.add_argument(
         "--time-budget",
@@ -1535,11 +1600,17 @@ def main(argv: list[str] | None = None) -> int:
         doc["rows"].append(row)
         doc["elapsed_s"] = round(time.monotonic() - began, 1)
         print(table([row]).splitlines()[-1], flush=True)
-        firsts = [row.get(f"{side}_first_call_s") for side in ("archlab", "peer")]
+        sides = ("archlab", "archlab_compiled", "peer")
+        firsts = [row.get(f"{side}_first_call_s") for side in sides]
         firsts = ", ".join("-" if f is None else f"{f:.1f}" for f in firsts)
-        extra = [row[k] for k in ("archlab_error", "peer_error", "peer_fallbacks") if row.get(k)]
+        keys = ("archlab_error", "archlab_compiled_error", "peer_error", "peer_fallbacks")
+        extra = [row[k] for k in keys if row.get(k)]
         elapsed = time.monotonic() - began
-        print(f"    first calls {firsts} s; at {elapsed:.0f} s; {extra or ''}", flush=True)
+        print(
+            f"    first calls (archlab, compiled, peer) {firsts} s; at {elapsed:.0f} s; "
+            f"{extra or ''}",
+            flush=True,
+        )
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(doc, f, indent=1, default=str)
@@ -1547,6 +1618,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {doc['device']}, torch {doc['torch']}, triton {doc['triton']}, {doc['fla']}", flush=True
     )
+    skipped = compiled_skip_note(setup)
+    if skipped:
+        doc["notes"] = [skipped]
+        print(f"# {skipped}", flush=True)
     for i, kind in enumerate(kinds):
         deadline = None
         if args.time_budget:
@@ -1561,11 +1636,18 @@ def main(argv: list[str] | None = None) -> int:
         key=lambda r: (kinds.index(r["kind"]), order.get(r.get("mode"), 9), r.get("seq_len", 0)),
     )
     print(table(by_mode))
-    slower = [r for r in doc["rows"] if r.get("speed_ratio") and r["speed_ratio"] < 1]
+    slower = [
+        r
+        for r in doc["rows"]
+        if any(r.get(k) and r[k] < 1 for k in ("speed_ratio", "compiled_speed_ratio"))
+    ]
     if slower:
-        print("\narchlab slower than its peer:")
+        print("\narchlab slower than its peer (eager; compiled):")
         for r in slower:
-            print(f"  {r['kind']} {r['mode']} {r['batch']}x{r['seq_len']}: x{r['speed_ratio']:.2f}")
+            ratios = "; ".join(
+                f"x{r[k]:.2f}" if r.get(k) else "-" for k in ("speed_ratio", "compiled_speed_ratio")
+            )
+            print(f"  {r['kind']} {r['mode']} {r['batch']}x{r['seq_len']}: {ratios}")
     doc["elapsed_s"] = round(time.monotonic() - began, 1)
     if args.out:
         with open(args.out, "w") as f:

@@ -96,6 +96,14 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     )
     t.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
     t.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run train, prefill and decode under torch.compile (static shapes, one compile "
+        "per case, timed apart as compile_s; a failed compile is timed eagerly, with a note); "
+        "default: on for CUDA, off on the CPU",
+    )
+    t.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -172,6 +180,12 @@ def _is_float(text: str) -> bool:
         return False
 
 
+def compile_default(flag: bool | None, device_type: str) -> bool:
+    """Whether to torch.compile the timed cases: `--compile` / `--no-compile` when given,
+    else on for CUDA and off elsewhere (compiling on the CPU takes longer than the runs)."""
+    return device_type == "cuda" if flag is None else flag
+
+
 def resolve_sizes(args, compare: bool = False):
     """The sweep's `Sizes`: device-dependent defaults filled in from `args`; UsageError for
     bad values. Imports torch."""
@@ -234,6 +248,7 @@ def resolve_sizes(args, compare: bool = False):
         pick("max_time"),
         cuda_graphs=not args.no_graphs,
         optimizer=args.optimizer,
+        compile=compile_default(getattr(args, "compile", None), device.type),
     )
     return Sizes(
         device,
@@ -327,6 +342,7 @@ def profile_argv(args, sizes, modes: list[str]) -> list[str]:
     elif s.device.type == "cpu":
         argv.append("--full-size")
     flags = {"--no-graphs": not t.cuda_graphs, "--optimizer": t.optimizer}
+    flags |= {"--compile": t.compile, "--no-compile": not t.compile}
     argv += [k for k, on in flags.items() if on] + (["--refresh-peaks"] if s.refresh_peaks else [])
     for d in getattr(args, "extends_root", None) or []:
         argv += ["--extends-root", d]

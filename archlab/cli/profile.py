@@ -102,7 +102,8 @@ def run(args) -> int:
                 f"{r.spec} {r.mode}: {n}"
                 for r in results
                 for n in r.notes
-                if "graph" in n or "OOM" in n or "estimated" in n or n.startswith("backend:")
+                if any(w in n for w in ("graph", "compile", "OOM", "estimated"))
+                or n.startswith("backend:")
             }
         )
         for n in extra:
@@ -167,10 +168,13 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
         raise UsageError("--nproc measures sharded training: --mode train")
     if layers:
         raise UsageError("--nproc trains whole models; it does not take --layer")
+    if args.compile:
+        raise UsageError("--nproc: sharded training runs eagerly; it does not take --compile")
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0 (got {args.timeout:g})")
     plans = unique_plans(args.specs)
     sizes = resolve_sizes(args)
+    sizes.settings.compile = False  # FSDP2 runs eagerly here (the default on CUDA too)
     if sizes.device.index is not None:
         raise UsageError("--nproc: rank k runs on cuda:k; give --device cuda, not an index")
     if sizes.device.type == "cuda" and not here and world > torch.cuda.device_count():

@@ -194,7 +194,7 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
     from archlab.cli.measure_options import parse_modes, resolve_sizes, settings_dict
     from archlab.cost.analytic import param_count, spec_cost
     from archlab.measure import MODES
-    from archlab.measure.sweep import prepare
+    from archlab.measure.sweep import compile_notes, prepare, result_from_dict
     from archlab.measure.sweep import sweep as run_cases
 
     check_modes(args.mode, MODES)
@@ -208,11 +208,12 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
     per_point = len(sizes.seqs) * len([m for m in modes if m != "throughput"]) + (
         "throughput" in modes
     )
-    bar, reused = Bar(len(plans)), 0
+    bar, reused, measured = Bar(len(plans)), 0, []
     for n, (point, plan) in enumerate(zip(doc["points"], plans, strict=True)):
         key = digest(["measure", point["spec_digest"], point["label"], settings, modes])
         if key in old:
             point["measured"], reused = old[key], reused + 1
+            measured += [result_from_dict(r) for r in old[key].get("results") or []]
             bar.skip(1)
             continue
 
@@ -227,7 +228,12 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
             continue
         results, peaks, notes = run_cases([plan], modes, sizes, [], quiet=True, on_result=case)
         doc["device"] = peaks
-        doc["notes"] += [x for x in notes if not x.startswith("scaled ") and x not in doc["notes"]]
+        measured += results
+        doc["notes"] += [
+            x
+            for x in notes
+            if not x.startswith(("scaled ", "torch.compile:")) and x not in doc["notes"]
+        ]
         point["measured"] = {
             "key": key,
             "measured_as": described or f"as written, {small.model.dtype}",
@@ -238,6 +244,7 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
         if save:
             save()
     bar.close()
+    doc["notes"] += compile_notes(measured, sizes.settings)  # one line for every point
     if reused:
         doc["notes"].append(f"{reused} points' measurements reused from the earlier run in --out")
 

@@ -1,7 +1,10 @@
 """Measured speed and memory of a spec: train, prefill and decode (throughput: throughput.py).
 
-A *target* is what is timed: a whole model (`ModelTarget`) or one mixer block of a spec
-with its projections (`LayerTarget`, the RAT paper's efficiency setup). `measure` runs one
+A *target* is what is timed (archlab.measure.targets): a whole model (`ModelTarget`) or
+one mixer block of a spec with its projections (`LayerTarget`, the RAT paper's efficiency
+setup). With `Settings.compile`, train, prefill and decode run under torch.compile
+(archlab.measure.compiled), compiled before any timed run and the compile's wall time
+reported apart (`compile_s`); a failed compile is timed eagerly, with a note. `measure` runs one
 case (target x mode x batch x T) and returns a `Result`; an out-of-memory error becomes a
 result with status "oom" (memory freed), any other failure a result with status "error".
 
@@ -23,11 +26,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-from archlab.blocks.registry import kind as block_kind
-from archlab.cost.analytic import mixer_figures, param_count, spec_cost
-from archlab.lang.plan import Plan, PlannedBlock
+from archlab.cost.analytic import param_count
+from archlab.lang.plan import Plan
+from archlab.measure.compiled import break_note, compile_fn, failure_reason, first_calls, fresh
 from archlab.measure.result import (  # noqa: F401 (re-exported)
     SCHEMA,
     Result,
@@ -35,7 +37,13 @@ from archlab.measure.result import (  # noqa: F401 (re-exported)
     Timing,
     judge_timing,
 )
-from archlab.model import build_model
+from archlab.measure.targets import (  # noqa: F401 (re-exported)
+    LayerTarget,
+    ModelTarget,
+    Target,
+    _adamw,
+    set_length,
+)
 
 OOM_TYPES: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
@@ -162,143 +170,11 @@ def graph_of(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[
     return graph.replay, ""
 
 
-# ---- targets -------------------------------------------------------------------------
+# ---- targets: archlab.measure.targets ------------------------------------------------
 
 
 def _cuda_peak(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-class _Target:
-    """What the timing loops drive: `self.module` (a model or one block) and its cache."""
-
-    module: torch.nn.Module
-
-    def allocate_cache(self, batch: int, max_len: int, device=None):
-        return self.module.allocate_cache(batch, max_len, device=device)
-
-    def prefill(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.prefill(x, cache)
-
-    def step(self, x: torch.Tensor, cache) -> torch.Tensor:
-        return self.module.step(x, cache)
-
-    def backend_notes(self) -> list[str]:
-        """The caveats the blocks' selected backends give (`backend_note`), each once."""
-        notes = (getattr(m, "backend_note", None) for m in self.module.modules())
-        return [f"backend: {n}" for n in dict.fromkeys(n for n in notes if n)]
-
-
-class ModelTarget(_Target):
-    """A whole model built from a Plan (whose `model.dtype` is the dtype it runs in)."""
-
-    def __init__(self, plan: Plan, device: torch.device, scaled: str | None = None):
-        self.plan, self.device, self.scaled = plan, device, scaled
-        self.label = "model"
-        self.module = build_model(plan, device=device)
-        self.vocab = plan.model.vocab_size
-
-    def backends(self) -> dict[str, str]:
-        by_kind: dict[str, set[str]] = {}
-        for block, backend in zip(self.plan.order(), self.module.backends().values(), strict=False):
-            if backend is not None:
-                by_kind.setdefault(block.kind, set()).add(str(backend))
-        return {k: "/".join(sorted(v)) for k, v in by_kind.items()}
-
-    def analytic(self, batch: int, seq_len: int) -> dict[str, int]:
-        c = spec_cost(self.plan, batch=batch, seq_len=seq_len)
-        return {
-            "fwd_flops": c.fwd_flops,
-            "train_flops": c.train_flops,
-            "cache_bytes": c.cache_bytes,
-            "decode_flops": c.decode_flops,
-            "decode_bytes": c.decode_bytes,
-        }
-
-    def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
-        return torch.randint(0, self.vocab, (batch, seq_len), device=self.device)
-
-    def train_fn(self, batch: int, seq_len: int, optimizer: bool) -> Callable[[], None]:
-        ids, targets = self.inputs(batch, seq_len), self.inputs(batch, seq_len)
-        model = self.module
-        opt = _adamw(model, self.device) if optimizer else None
-
-        def run() -> None:
-            logits = model(ids)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            (loss + model.aux_loss()).backward()
-            if opt is not None:
-                opt.step()
-            model.zero_grad(set_to_none=True)
-
-        return run
-
-    @staticmethod
-    def layers(cache) -> list:
-        return cache.layers
-
-
-class LayerTarget(_Target):
-    """One mixer block of a spec, alone (input and output projections included, no norm,
-    no residual), on random activations [B, T, d_model]."""
-
-    def __init__(
-        self, plan: Plan, block: PlannedBlock, device: torch.device, scaled: str | None = None
-    ):
-        self.plan, self.block, self.device, self.scaled = plan, block, device, scaled
-        params = block.summary()  # what differs from the defaults, a backend asked for included
-        self.label = f"layer {block.kind}" + (
-            "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
-        )
-        m = plan.model
-        with torch.device(device):
-            module = block_kind(block.kind).build(block.params, m)
-        self.module = module.to(dtype=m.torch_dtype)
-        self.module.select_backend(device)
-
-    def backends(self) -> dict[str, str]:
-        backend = getattr(self.module, "backend", None)
-        return {self.block.kind: str(backend)} if backend is not None else {}
-
-    def analytic(self, batch: int, seq_len: int) -> dict[str, int]:
-        return mixer_figures(self.block, self.plan.model, batch, seq_len)
-
-    def inputs(self, batch: int, seq_len: int) -> torch.Tensor:
-        m = self.plan.model
-        return torch.randn(batch, seq_len, m.d_model, device=self.device, dtype=m.torch_dtype)
-
-    def train_fn(self, batch: int, seq_len: int, optimizer: bool) -> Callable[[], None]:
-        x = self.inputs(batch, seq_len).requires_grad_()
-        grad = torch.randn_like(x)
-        block = self.module
-        opt = _adamw(block, self.device) if optimizer else None
-
-        def run() -> None:
-            block(x).backward(grad)
-            if opt is not None:
-                opt.step()
-            block.zero_grad(set_to_none=True)
-            x.grad = None
-
-        return run
-
-    @staticmethod
-    def layers(cache) -> list:
-        return [cache]
-
-
-Target = ModelTarget | LayerTarget
-
-
-def _adamw(module: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-
-def set_length(target: Target, cache, length: int) -> None:
-    """Mark every layer's cache as holding `length` tokens (the contents stay as they are:
-    no block's work depends on the values in its cache)."""
-    for layer in target.layers(cache):
-        layer.set_length(length)  # a parallel block's branches keep counts of their own
 
 
 # ---- one case --------------------------------------------------------------------------
@@ -316,12 +192,47 @@ def _figures(r: Result, flops: int, nbytes: int | None, tokens: int, peaks: dict
             r.bw_frac = r.gbps / peaks["copy_gbps"]
 
 
+def _prepared(
+    target: Target, r: Result, settings: Settings, make: Callable[[Callable | None], Callable]
+) -> Callable[[], object]:
+    """The function to time, `make(wrap)`. With `settings.compile`, `wrap` is
+    `compiled.compile_fn` and the calls that compile are made here, before any warm-up,
+    their wall time the result's `compile_s`; a compile that fails (anything but an OOM)
+    leaves a note and the case is timed eagerly: `make(None)`."""
+    if not settings.compile:
+        return make(None)
+    device = target.device
+    fresh()  # this case's graphs only: no reuse, no recompile limit reached across cases
+    try:
+        fn = make(compile_fn)
+        calls = first_calls(fn, device)
+        if not calls.graphs:
+            raise RuntimeError("Dynamo compiled no graph (are its errors suppressed?)")
+    except Exception as e:
+        if is_oom(e):
+            raise
+        target.module.zero_grad(set_to_none=True)
+        fn = None
+        fresh()
+        free_memory(device)
+        r.notes.append(f"compile failed: {failure_reason(e)}; timed eagerly")
+        return make(None)
+    r.compiled, r.compile_s = True, calls.seconds
+    r.extra.update(graphs=calls.graphs, graph_breaks=calls.breaks)
+    r.notes += [n for n in [break_note(calls)] if n]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the compiler's own memory is not the case's
+    return fn
+
+
 def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None) -> None:
     B, T, device = r.batch, r.seq_len, target.device
     r.notes += target.backend_notes()
     if r.mode == "train":
         target.module.train()
-        fn = target.train_fn(B, T, settings.optimizer)
+        fn = _prepared(
+            target, r, settings, lambda wrap: target.train_fn(B, T, settings.optimizer, wrap=wrap)
+        )
         r.timing = time_fn(fn, device, settings)
         _figures(r, target.analytic(B, T)["train_flops"], None, B * T, peaks)
         if settings.optimizer:
@@ -332,24 +243,36 @@ def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None)
         if r.mode == "prefill":
             x, cache = target.inputs(B, T), target.allocate_cache(B, T)
 
-            def fn() -> None:
-                set_length(target, cache, 0)
-                target.prefill(x, cache)
+            def make(wrap: Callable | None) -> Callable[[], None]:
+                prefill = wrap(target.prefill) if wrap else target.prefill
 
-            r.timing = time_fn(fn, device, settings)
+                def fn() -> None:
+                    set_length(target, cache, 0)
+                    prefill(x, cache)
+
+                return fn
+
+            r.timing = time_fn(_prepared(target, r, settings, make), device, settings)
             _figures(r, target.analytic(B, T)["fwd_flops"], None, B * T, peaks)
         else:  # decode: one token at position T, the cache holding T tokens
             x, cache = target.inputs(B, 1), target.allocate_cache(B, T + 1)
 
-            def fn() -> None:
-                set_length(target, cache, T)
-                target.step(x, cache)
+            def make(wrap: Callable | None) -> Callable[[], None]:
+                step = wrap(target.step) if wrap else target.step
 
+                def fn() -> None:
+                    set_length(target, cache, T)
+                    step(x, cache)
+
+                return fn
+
+            fn = _prepared(target, r, settings, make)
             if device.type == "cuda" and settings.cuda_graphs:
                 fn2, why = graph_of(fn, device)
                 r.cuda_graph = not why
                 if why:
-                    r.notes.append(f"no CUDA graph: {why}; timed eagerly")
+                    how = "compiled, without a graph" if r.compiled else "eagerly"
+                    r.notes.append(f"no CUDA graph: {why}; timed {how}")
                 fn = fn2
             r.timing = time_fn(fn, device, settings)
             a = target.analytic(B, T)
@@ -393,6 +316,8 @@ def measure(
     if r.status != "ok":
         target.module.zero_grad(set_to_none=True)  # a backward cut short leaves gradients
     r.peak_memory_bytes = _cuda_peak(device) if r.status == "ok" else None
+    if settings.compile:
+        fresh()  # the case's graphs hold its inputs and cache: let them go
     free_memory(device)
     return r
 

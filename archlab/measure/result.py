@@ -12,16 +12,18 @@ SCHEMA = "archlab.profile/1"
 
 @dataclass
 class Settings:
-    """How to time: runs, time budget per case, CUDA graphs for decode, AdamW in train.
-    A case runs `repeats` runs, more (up to `max_runs`) while the spread of its runs is
-    above `stable_spread`, and starts no new run once `max_time_s` of timed runs have
-    passed and at least 3 (or, when one run alone outlasts the budget, 1) are in."""
+    """How to time: runs, time budget per case, CUDA graphs for decode, AdamW in train,
+    torch.compile of train, prefill and decode (`compile`; its time is apart). A case
+    runs `repeats` runs, more (up to `max_runs`) while the spread of its runs is above
+    `stable_spread`, and starts no new run once `max_time_s` of timed runs have passed
+    and at least 3 (or, when one run alone outlasts the budget, 1) are in."""
 
     warmup: int = 1
     repeats: int = 5
     max_time_s: float = 10.0
     cuda_graphs: bool = True
     optimizer: bool = False
+    compile: bool = False  # train, prefill and decode under torch.compile (compiled.py)
     stable_spread: float = 0.2  # (p90 - p10) / median at which a case counts as stable
 
     @property
@@ -86,6 +88,8 @@ class Result:
     cache_bytes_analytic: int | None = None
     backends: dict[str, str] = field(default_factory=dict)  # kind -> backend that ran
     cuda_graph: bool | None = None
+    compiled: bool = False  # timed under torch.compile (False: eagerly, a failure noted)
+    compile_s: float | None = None  # wall time of the calls that compiled, before any timing
     scaled: str | None = None  # what the scaled-down model is, when it is one
     extra: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

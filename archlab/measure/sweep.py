@@ -256,7 +256,7 @@ def sweep(
     notes += scaling_notes(
         sizes, [(p.name, text) for p, (_, text) in zip(plans, prepared, strict=True)]
     )
-    notes += check_peaks(results, by_dtype, sizes) + busy
+    notes += check_peaks(results, by_dtype, sizes) + busy + compile_notes(results, sizes.settings)
     peaks = by_dtype[run_dtype]
     unstable = sum(r.unstable for r in results)
     if unstable:
@@ -271,6 +271,28 @@ def sweep(
             f"time budget (--max-time) ran out; do not trust their times{hint}"
         )
     return results, peaks, notes
+
+
+def compile_notes(results: list[Result], settings: Settings) -> list[str]:
+    """What `--compile` did in a sweep: how many cases ran compiled, the compile time in
+    all (never inside a timing), the cases that failed to compile and ran eagerly."""
+    if not settings.compile:
+        return []
+    cases = [r for r in results if r.mode != "throughput"]
+    compiled = [r for r in cases if r.compiled]
+    failed = [r for r in cases if any(n.startswith("compile failed") for n in r.notes)]
+    spent = sum(r.compile_s or 0.0 for r in compiled)
+    text = (
+        f"torch.compile: {len(compiled)} of {len(cases)} train/prefill/decode cases ran "
+        "compiled (static shapes, one compile per case"
+        + (f"; {seconds_text(spent)} of compiling in all" if compiled else "")
+        + ", apart from every timing: compile_s)"
+    )
+    if failed:
+        text += f"; {len(failed)} failed to compile and ran eagerly (their notes say why)"
+    if len(cases) < len(results):
+        text += "; throughput generation runs eagerly"
+    return [text]
 
 
 def busy_cpu_note(device: torch.device) -> list[str]:

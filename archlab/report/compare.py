@@ -78,6 +78,7 @@ def compare_rows(
     if results is not None:
         headers += ["train", "prefill", "decode"]
     got = measured_index(results or [])
+    compiled = any(r.compiled for r in results or [])  # then an eager case is marked so
     rows = []
     for row in analytic:
         q = row["ratio"]
@@ -102,6 +103,7 @@ def compare_rows(
             cells.append(
                 ratio_text(r.timing.median_s, ratio, seconds_text)
                 + (" unstable" if r.unstable else "")
+                + (" eager" if compiled and not r.compiled else "")
             )
         rows.append(cells)
     return headers, rows
@@ -154,6 +156,16 @@ def throughput_rows(results: list[Result]) -> list[list]:
 
 
 THROUGHPUT_HEADERS = ["spec", "batch", "tokens/s", "GB/s", "%bw"]
+
+
+def compile_failures(results: list[Result]) -> list[str]:
+    """One line per case whose compile failed (timed eagerly, 'eager' in the table)."""
+    return [
+        f"{r.spec} {r.mode} T={r.seq_len}: {n} ('eager' in the table)"
+        for r in results
+        for n in r.notes
+        if n.startswith("compile failed")
+    ]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -222,6 +234,7 @@ def compare_outputs(
             "median time (ratio to the first spec's measured model)"
         )
     intro += [n for n in notes if not n.startswith("scaled ")]  # per spec: the table below
+    intro += compile_failures(results or [])
     lines = [
         *intro,
         "",

@@ -130,10 +130,33 @@ PROFILE_HEADERS = [
 ]
 
 
+def compile_failed(r: Result) -> bool:
+    """True for a result that was to run compiled and ran eagerly (its compile failed)."""
+    return any(n.startswith("compile failed") for n in r.notes)
+
+
+def compile_text(r: Result) -> str:
+    """The compile column: the compile time (and graph breaks) of a compiled result,
+    'failed' for one whose compile failed (timed eagerly), '-' for an eager one."""
+    if r.compiled:
+        breaks = r.extra.get("graph_breaks") or 0
+        return seconds_text(r.compile_s or 0.0) + (
+            f", {breaks} break{'s' if breaks > 1 else ''}" if breaks else ""
+        )
+    return "failed" if compile_failed(r) else "-"
+
+
 def results_table(results: list[Result]) -> str:
     """The aligned text table of a sweep. %peak is of the matmul peak for train and
-    prefill, of the copy bandwidth for decode and throughput."""
-    return table(PROFILE_HEADERS, [result_row(r) for r in results], right={3, 4, 5, 6, 7, 8, 9, 10})
+    prefill, of the copy bandwidth for decode and throughput. When any case was to run
+    under torch.compile, a `compile` column (before the notes) gives each case's compile
+    time, 'failed' (timed eagerly) or '-' (eager)."""
+    rows = [result_row(r) for r in results]
+    headers = PROFILE_HEADERS
+    if any(r.compiled or compile_failed(r) for r in results):
+        headers = [*headers[:-1], "compile", headers[-1]]
+        rows = [[*row[:-1], compile_text(r), row[-1]] for row, r in zip(rows, results, strict=True)]
+    return table(headers, rows, right={3, 4, 5, 6, 7, 8, 9, 10})
 
 
 def results_document(

@@ -56,6 +56,8 @@ RESULT_KEYS = {
     "cache_bytes_analytic": (int, type(None)),
     "backends": dict,
     "cuda_graph": (bool, type(None)),
+    "compiled": bool,
+    "compile_s": (float, type(None)),
     "scaled": (str, type(None)),
     "extra": dict,
     "notes": list,
