@@ -29,6 +29,7 @@
 #             train / prefill at 4K and 16K (262,144 tokens), decode at batch 512
 #             (MIXERS="gla mamba" picks kinds, MIXER_SEQ the lengths)
 #   scan      Mamba-1's selective scan alone (selective_scan.py; SCAN_VARIANTS picks)
+#   compiled  attention and RAT layers under --compile, beside the mixers stage's eager rows
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
 # (archlab runs as `python3 -m archlab.cli`: the install in /tmp/site puts no script on PATH.)
@@ -138,7 +139,7 @@ case $stage in
     ;;
   recall)  # decode of the 1.3B models at full size and MQAR recall, per RAT chunk size
     timeout "$limit" python3 -m archlab.cli sweep "$repo/sweeps/rat_chunk_recall.yaml" --measure \
-      --mode decode --probe mqar --out "$out/$stage/sweep" >"$out/$stage/sweep.log" 2>&1
+      --mode decode --probe mqar --no-compile --out "$out/$stage/sweep" >"$out/$stage/sweep.log" 2>&1
     tail -30 "$out/$stage/sweep.log"
     ;;
   mixers)  # the field's mixers alone, at the paper's width and token count
@@ -150,8 +151,15 @@ case $stage in
     timeout "$limit" python3 -m archlab.cli profile "$repo/specs/examples/field_mixers_1.3b.yaml" \
       $layers --mode train,prefill,decode \
       --seq "${MIXER_SEQ:-4k,16k}" --tokens 262144 --decode-batch 512 --warmup 1 --repeats 3 \
-      --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+      --no-compile --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
     tail -40 "$out/$stage/profile.log"
+    ;;
+  compiled)  # attention and RAT layers under torch.compile (the mixers stage's eager rows)
+    timeout "$limit" python3 -m archlab.cli profile "$repo/specs/examples/field_mixers_1.3b.yaml" \
+      --layer attention --layer rat --mode train,prefill,decode --seq 4k --tokens 262144 \
+      --decode-batch 512 --warmup 1 --repeats 3 --compile --out "$out/$stage" \
+      >"$out/$stage/profile.log" 2>&1
+    tail -12 "$out/$stage/profile.log"
     ;;
   scan)  # Mamba-1's selective scan: the Triton kernel against the PyTorch loop (compiled too)
     timeout "$limit" python3 "$repo/benchmarks/selective_scan.py" \
