@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_session.sh kernels:110 tests:280 layer:160
 #   kernels   RAT Triton kernels: checks at real shapes and timings (docs/rat_kernels.md)
 #   tests     every GPU test (fast backends vs the references, the contract suite at
-#             d_model 2048, T = 4096 in bf16), failures printed as they happen
+#             d_model 2048, T = 4096 in bf16), each test's result printed as it ends (a
+#             stage cut by its limit keeps them); fla's kernels autotune at each new shape:
+#             its first test took over 200 s on an H200, give fla's kinds a stage of their own
 #   layer     the RAT layer against the paper's published code's H200 times (rat_layer.py)
 #   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants;
 #    TESTS_K="pytest -k expression" selects some of the GPU tests)
@@ -56,7 +58,7 @@ mkdir -p "$out/$stage"
 } >"$out/$stage/env.txt" 2>&1
 case $stage in
   tests)
-    ARCHLAB_INSTAFAIL=1 timeout "$limit" python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
+    ARCHLAB_INSTAFAIL=1 timeout "$limit" python3 -m pytest -v -m gpu -p no:cacheprovider -rs \
       -o faulthandler_timeout=120 --durations=15 -k "${TESTS_K:-}" "$repo/tests/blocks" "$repo/tests/kernels" \
       --junitxml="$out/$stage/junit.xml" >"$out/$stage/pytest.log" 2>&1
     grep -E "^FAILED|passed|failed" "$out/$stage/pytest.log"
