@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """`archlab compare`: analytic (and with --measure, measured) side by side."""
-    from archlab.measure.sweep import prepare, sweep
+    from archlab.measure.cases import prepare, run_cases
     from archlab.report.compare import compare_outputs
     from archlab.report.results import results_document, write_csv
 
@@ -75,7 +75,7 @@ def run(args) -> int:
             plans, args.specs, argv, slots, modes, sizes, save_partial if out else None
         )
     elif args.measure:
-        results, peaks, notes = sweep(
+        results, peaks, notes = run_cases(
             plans, modes, sizes, [], on_result=save_partial if out else None
         )
         prepared = [prepare(p, sizes) for p in plans]

@@ -193,7 +193,7 @@ def resolve_sizes(args, compare: bool = False):
 
     from archlab.measure.profile import Settings
     from archlab.measure.scale import Scale
-    from archlab.measure.sweep import Sizes
+    from archlab.measure.cases import Sizes
 
     err = UsageError
     name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device

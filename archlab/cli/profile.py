@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """`archlab profile`: measure the cases, print a table (or JSON / CSV)."""
-    from archlab.measure.sweep import sweep
+    from archlab.measure.cases import run_cases
     from archlab.report.results import results_document, results_table, write_csv
 
     sharded = args.nproc is not None or launched_by_torchrun()
@@ -78,7 +78,7 @@ def run(args) -> int:
     def save_partial(results, peaks) -> None:  # a run cut short keeps what it measured
         save(results, peaks, [partial_note(results)])
 
-    results, peaks, notes = sweep(
+    results, peaks, notes = run_cases(
         plans, modes, sizes, layers, on_result=save_partial if out else None
     )
     doc = results_document(results, peaks, notes, settings_dict(sizes))
@@ -155,7 +155,7 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
     from archlab.measure.dist_launch import launch, new_run_dir, run_here
     from archlab.measure.distributed import DistJob
     from archlab.measure.profile import _short
-    from archlab.measure.sweep import prepare, scaling_notes
+    from archlab.measure.cases import prepare, scaling_notes
     from archlab.report.results import results_document, write_csv
 
     here = launched_by_torchrun()

@@ -28,7 +28,7 @@ from pathlib import Path
 from archlab.measure.dist_worker import TIMEOUT_EXIT, worker
 from archlab.measure.distributed import DistJob, failed_extra
 from archlab.measure.result import Result
-from archlab.measure.sweep import result_from_dict
+from archlab.measure.cases import result_from_dict
 
 GRACE_S = 60.0  # the launcher's own alarm waits this much longer than the ranks' watchdogs
 QUIET_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing", "torch.distributed")

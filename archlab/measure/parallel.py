@@ -20,7 +20,7 @@ from pathlib import Path
 
 from archlab.lang.plan import Plan
 from archlab.measure.result import Result
-from archlab.measure.sweep import Sizes, _unbuilt_results, result_from_dict
+from archlab.measure.cases import Sizes, _unbuilt_results, result_from_dict
 
 POLL_S = 0.2
 

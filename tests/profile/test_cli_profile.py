@@ -305,9 +305,9 @@ def test_specs_with_one_name_are_kept_apart(tmp_path, capsys):
 
 def files_seen_after_each_case(monkeypatch, path) -> list[dict]:
     """Spy on the sweep: the JSON at `path` as it stands after each case's `on_result`."""
-    import archlab.measure.sweep as sweep_module
+    import archlab.measure.cases as cases_module
 
-    seen, real_sweep = [], sweep_module.sweep
+    seen, real_sweep = [], cases_module.run_cases
 
     def sweep(*args, on_result=None, **kw):
         def spy(results, peaks):
@@ -316,7 +316,7 @@ def files_seen_after_each_case(monkeypatch, path) -> list[dict]:
 
         return real_sweep(*args, on_result=spy, **kw)
 
-    monkeypatch.setattr(sweep_module, "sweep", sweep)
+    monkeypatch.setattr(cases_module, "run_cases", sweep)
     return seen
 
 

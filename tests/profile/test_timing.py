@@ -7,7 +7,7 @@ import itertools
 
 import torch
 
-from archlab.measure import profile, sweep
+from archlab.measure import cases, profile
 from archlab.measure.result import Result, Settings, Timing, judge_timing
 from archlab.report.results import result_row
 
@@ -50,7 +50,7 @@ def test_steady_runs_stop_at_repeats(monkeypatch):
 
 def test_a_slow_case_honours_its_budget_and_shows_progress(monkeypatch, capsys):
     run = fake_time(monkeypatch, [30.0])  # every run 30 s
-    progress = sweep.Progress(1, every_s=0.0)
+    progress = cases.Progress(1, every_s=0.0)
     progress.start("big model train")
     with profile.reporting(progress.run):
         t = profile.time_fn(run, CPU, Settings(2, 3, 5.0))
@@ -72,13 +72,13 @@ def test_a_peak_below_the_achieved_rate_is_measured_again(monkeypatch):
 
     r = Result("s", "f", "model", "train", 1, 16, "float32", "cpu", timing=Timing.of([1.0]))
     r.tflops, r.flops_frac, r.gbps, r.bw_frac, r.tokens_per_s = 2.0, 2.0, 5.0, 0.5, 1.0
-    sizes = sweep.Sizes(*[None] * 17)
+    sizes = cases.Sizes(*[None] * 17)
     sizes.device = CPU
-    monkeypatch.setattr(sweep, "device_peaks", peaks)
-    notes = sweep.check_peaks([r], {"float32": low}, sizes)  # measured again: 4 TFLOP/s
+    monkeypatch.setattr(cases, "device_peaks", peaks)
+    notes = cases.check_peaks([r], {"float32": low}, sizes)  # measured again: 4 TFLOP/s
     assert calls == [True] and r.flops_frac == 0.5 and notes and "peak?" not in notes[0]
     r.flops_frac = 2.0
-    notes = sweep.check_peaks([r], {"float32": low}, sizes)  # measured again: still 1
+    notes = cases.check_peaks([r], {"float32": low}, sizes)  # measured again: still 1
     assert r.flops_frac is None and r.notes[-1].startswith("peak?") and "peak?" in notes[0]
     row = result_row(r)
     assert row[9] == "peak?" and "peak?" in row[-1]

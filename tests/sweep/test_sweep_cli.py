@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import archlab.measure.probe as probe_module
-import archlab.measure.sweep as measure_sweep
+import archlab.measure.cases as measure_cases
 from archlab.measure.result import Result, Timing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def fake_cases(calls):
 
 def test_measure_and_resume(archlab_main, capsys, tmp_path, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(measure_sweep, "sweep", fake_cases(calls))
+    monkeypatch.setattr(measure_cases, "run_cases", fake_cases(calls))
     path = tmp_path / "s.yaml"
     path.write_text(TINY)
     out = str(tmp_path / "out")

@@ -1,5 +1,5 @@
-"""The measuring sweep behind `archlab profile` and `archlab compare`: every (spec or
-layer) x mode x sequence length case, with progress, out-of-memory and build failures as
+"""The measured cases behind `archlab profile`, `archlab compare` and `archlab sweep
+--measure` (`run_cases`): every (spec or layer) x mode x sequence length case, with progress, out-of-memory and build failures as
 results, and the plan each case runs (scaled down on the CPU, or in the run dtype)."""
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _unbuilt_results(plan: Plan, label: str, modes: list[str], sizes: Sizes, e: 
     ]
 
 
-def sweep(
+def run_cases(
     plans: list[Plan],
     modes: list[str],
     sizes: Sizes,
