@@ -5,8 +5,16 @@ optional qk-norm (an RMSNorm over each head of q and k). Extras that published m
 `attn_softcap` (Gemma Team 2024, "Gemma 2", arXiv:2408.00118: logits capped as
 cap * tanh(logit / cap)), `sinks` (learned per-head sink logits in the softmax denominator,
 as gpt-oss; OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model Card", arXiv:2508.10925; after
-Xiao et al. 2023, "StreamingLLM", arXiv:2309.17453) and `partial_rotary` (RoPE on the
-first fraction of each head, as GPT-NeoX and Phi).
+Xiao et al. 2023, "StreamingLLM", arXiv:2309.17453), `partial_rotary` (RoPE on the
+first fraction of each head, as GPT-NeoX and Phi), `output_gate` (gated attention: Qiu et
+al. 2025, "Gated Attention for Large Language Models", arXiv:2505.06708, as Qwen3-Next:
+q_proj also emits a gate per head and each head's output is multiplied by sigmoid(gate)
+before o_proj) and `o_bias` (the output projection's bias apart from q/k/v's: Qwen2 has
+biases on q, k and v only, RecurrentGemma, Botev et al. 2024, arXiv:2404.07839, on o only).
+
+The output gate's layout is HF's `Qwen3NextAttention`'s: q_proj has heads * head_dim * 2
+output rows, head by head the head's head_dim query rows then its head_dim gate rows, so a
+Qwen3-Next q_proj (and its bias) loads unchanged.
 
 Backends: `reference` (explicit float32 matmuls and masked softmax), `sdpa` (torch's
 scaled_dot_product_attention, any device), `flex` (compiled flex_attention, CUDA only);
@@ -23,7 +31,9 @@ per-element constants:
 - RoPE: `ROPE_FLOPS` (3) per rotated element of q and k (two multiplies, one add): all of
   head_dim, or its first rotary_dim = int(head_dim * partial_rotary);
 - qk-norm: `QK_NORM_FLOPS` (4) per element of q and k (square, sum, rsqrt scale, weight);
-- bias: 1 per output element of each projection;
+- bias: 1 per output element of each projection that has one;
+- output gate: the gate's projection columns are matmul work (q_proj twice as wide), and
+  `OUTPUT_GATE_FLOPS` (5) per gated element (sigmoid 4, multiply 1);
 - soft-capping: `SOFTCAP_FLOPS` (3) per visible score per head (divide, tanh, multiply);
 - sinks: `SOFTMAX_FLOPS` per sink logit per query token per head (one more score).
 """
@@ -49,6 +59,7 @@ SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
 QK_NORM_FLOPS = 4
 SOFTCAP_FLOPS = 3
+OUTPUT_GATE_FLOPS = 5
 FP32 = 4  # bytes of a float32 (the log-sum-exp kept per head and token)
 
 
@@ -69,7 +80,21 @@ class Params(BlockParams):
     rope: bool = Field(default=True, description="rotary position embeddings on q and k")
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base frequency")
     qk_norm: bool = Field(default=False, description="RMSNorm over each head of q and k")
-    bias: bool = Field(default=False, description="biases on the projections")
+    bias: bool = Field(
+        default=False,
+        description="biases on the q, k and v projections, and on o's unless o_bias says otherwise",
+    )
+    o_bias: bool | None = Field(
+        default=None,
+        description="a bias on the output projection; None: as `bias` (RecurrentGemma: "
+        "bias false, o_bias true; Qwen2: bias true, o_bias false)",
+    )
+    output_gate: bool = Field(
+        default=False,
+        description="gated attention (Qwen3-Next): q_proj also emits a gate per head (HF's "
+        "layout: each head's query rows, then its gate rows) and each head's output is "
+        "multiplied by sigmoid(gate) before o_proj",
+    )
     attn_softcap: float | None = Field(
         default=None,
         gt=0,
@@ -112,6 +137,8 @@ class AttentionParams(Protocol):
     rope_theta: float
     qk_norm: bool
     bias: bool
+    o_bias: bool | None
+    output_gate: bool
     attn_softcap: float | None
     sinks: int
     partial_rotary: float
@@ -191,19 +218,30 @@ def visible_pairs(seq_len: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (seq_len - window) * window
 
 
+def out_bias(p: AttentionParams) -> bool:
+    """Whether o_proj has a bias: `o_bias`, or `bias` when o_bias is None."""
+    return p.bias if p.o_bias is None else p.o_bias
+
+
+def q_width(p: AttentionParams, d_model: int) -> int:
+    """q_proj's output width: heads * head_dim, twice that with the output gate."""
+    H, _, dh = head_dims(p, d_model)
+    return H * dh * (2 if p.output_gate else 1)
+
+
 def own_kv_heads(p: AttentionParams, d_model: int) -> int:
     """kv heads this block projects itself: none when it reads another block's (sharing)."""
     return 0 if p.share_cache is not None else head_dims(p, d_model)[1]
 
 
 def param_count(p: AttentionParams, d_model: int) -> int:
-    """Parameters of the q/(k/v)/o projections, their biases, the qk-norm weights and the
-    sink logits (heads x sinks); a block that shares another's cache has no k/v projections
-    and no k-norm weight."""
+    """Parameters of the q/(k/v)/o projections (q twice as wide with the output gate), their
+    biases, the qk-norm weights and the sink logits (heads x sinks); a block that shares
+    another's cache has no k/v projections and no k-norm weight."""
     H, _, dh = head_dims(p, d_model)
-    K = own_kv_heads(p, d_model)
-    weights = 2 * d_model * H * dh + 2 * d_model * K * dh
-    biases = (H * dh + 2 * K * dh + d_model) if p.bias else 0
+    K, Q = own_kv_heads(p, d_model), q_width(p, d_model)
+    weights = d_model * Q + d_model * H * dh + 2 * d_model * K * dh
+    biases = (Q + 2 * K * dh if p.bias else 0) + (d_model if out_bias(p) else 0)
     norms = dh * (2 if K else 1) if p.qk_norm else 0
     return weights + biases + norms + H * p.sinks
 
@@ -211,14 +249,17 @@ def param_count(p: AttentionParams, d_model: int) -> int:
 def cost(p: AttentionParams, d_model: int, batch: int, tokens: int, pairs: int) -> FlopCount:
     """FLOPs for `tokens` new tokens per sequence whose queries see `pairs` keys in all."""
     H, _, dh = head_dims(p, d_model)
-    K = own_kv_heads(p, d_model)
-    proj = 2 * linear_flops(tokens, d_model, H * dh) + 2 * linear_flops(tokens, d_model, K * dh)
+    K, Q = own_kv_heads(p, d_model), q_width(p, d_model)
+    proj = linear_flops(tokens, d_model, Q) + linear_flops(tokens, H * dh, d_model)
+    proj += 2 * linear_flops(tokens, d_model, K * dh)
     products = 2 * 2 * dh * pairs * H
     qk_elems = tokens * (H + K) * dh
     other = SOFTMAX_FLOPS * pairs * H
     other += ROPE_FLOPS * tokens * (H + K) * rotary_dim(p, d_model) if p.rope else 0
     other += QK_NORM_FLOPS * qk_elems if p.qk_norm else 0
-    other += tokens * (H * dh + 2 * K * dh + d_model) if p.bias else 0
+    other += tokens * (Q + 2 * K * dh) if p.bias else 0
+    other += tokens * d_model if out_bias(p) else 0
+    other += OUTPUT_GATE_FLOPS * tokens * H * dh if p.output_gate else 0
     other += SOFTCAP_FLOPS * pairs * H if p.attn_softcap is not None else 0
     other += SOFTMAX_FLOPS * tokens * H * p.sinks
     return FlopCount(batch * (proj + products), batch * other)
@@ -242,12 +283,14 @@ def cache_bytes(params: Params, d_model: int, batch: int, seq_len: int, dtype_by
 
 
 def activations(p: AttentionParams, d_model: int, seq_len: int) -> tuple[int, int]:
-    """q, k, v and the output (plus the pre-norm q and k under qk-norm) in the model dtype;
-    a float32 log-sum-exp per head and token (fused attention keeps no T x T scores)."""
+    """q, k, v and the output (plus the pre-norm q and k under qk-norm, and the gate and
+    the gated output under the output gate) in the model dtype; a float32 log-sum-exp per
+    head and token (fused attention keeps no T x T scores)."""
     H, dh = p.heads, p.head_dim or d_model // p.heads
     K = p.kv_heads or H
     qk_norm = (H + K) * dh if p.qk_norm else 0  # the pre-norm q and k
-    return seq_len * (2 * H * dh + 2 * K * dh + qk_norm), FP32 * seq_len * H
+    gate = 2 * H * dh if p.output_gate else 0  # the gate logits and the gated output
+    return seq_len * (2 * H * dh + 2 * K * dh + qk_norm + gate), FP32 * seq_len * H
 
 
 def cache_geometry(p: AttentionParams, d_model: int) -> dict:
@@ -274,7 +317,7 @@ def _layer():
 KIND = BlockKind(
     name="attention",
     summary="causal multi-head softmax attention: GQA / MQA, RoPE (or partial RoPE), optional "
-    "qk-norm, logit soft-capping and sink logits, cache sharing",
+    "qk-norm, logit soft-capping, sink logits and output gate, cache sharing",
     symbol="A",
     is_mixer=True,
     params=Params,
@@ -303,6 +346,17 @@ KIND = BlockKind(
         },
         {"kind": "attention", "heads": 4, "kv_heads": 2, "attn_softcap": 2.0, "sinks": 1},
         {"kind": "attention", "heads": 2, "sinks": 2, "partial_rotary": 0.25, "qk_norm": True},
+        {
+            "kind": "attention",
+            "heads": 4,
+            "kv_heads": 2,
+            "output_gate": True,
+            "qk_norm": True,
+            "partial_rotary": 0.5,
+        },
+        {"kind": "attention", "heads": 2, "head_dim": 6, "output_gate": True, "bias": True},
+        {"kind": "attention", "heads": 4, "kv_heads": 1, "o_bias": True, "sinks": 1},
+        {"kind": "attention", "heads": 2, "bias": True, "o_bias": False, "output_gate": True},
     ),
     gpu_examples=({"kind": "attention", "heads": 16, "head_dim": 128},),
 )

@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.blocks.attention import Params, common, head_dims, logit_mods, rotary_dim
+from archlab.blocks.attention import (
+    Params,
+    common,
+    head_dims,
+    logit_mods,
+    out_bias,
+    q_width,
+    rotary_dim,
+)
 from archlab.blocks.base import (
     BackendUnavailable,
     ModelConfig,
@@ -34,8 +42,8 @@ def flex_can_run(device: torch.device) -> str | None:
 def _sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv, block_mask=None):
     """A whole sequence through `block`: (its output [B, T, d_model], k, v)."""
     positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
-    q, k, v = block._project(x_BTD, positions, shared_kv)
-    return block._out(block._attend_sequence(q, k, v, block_mask)), k, v
+    q, k, v, gate = block._gated_project(x_BTD, positions, shared_kv)
+    return block._out(block._attend_sequence(q, k, v, block_mask), gate), k, v
 
 
 COMPILE_OPTIONS = {"dynamic": True}  # how the sdpa sequence path is compiled on CUDA
@@ -82,6 +90,13 @@ class AttentionBlock(nn.Module):
     With `attn_softcap` or `sinks` the backends are flex and reference (in `auto`'s order;
     sdpa cannot, `backend_table` says why) and the decode step runs the reference. The sink
     logits are the parameter `sinks` [heads, sinks].
+
+    With `output_gate` (gated attention, Qiu et al. 2025, arXiv:2505.06708; Qwen3-Next)
+    q_proj is twice as wide, in HF's `Qwen3NextAttention` layout: per head, head_dim query
+    rows then head_dim gate rows, so that Qwen3-Next's q_proj weights (and bias) load as
+    they are. Each head's attention output is multiplied by sigmoid(gate) (in float32)
+    before o_proj, after the attention core, so every backend and the decode step run the
+    same gate. `o_bias` sets o_proj's bias apart from q/k/v's (`bias`).
     """
 
     KIND_NAME = "attention"
@@ -99,11 +114,11 @@ class AttentionBlock(nn.Module):
         d, inner = model.d_model, self.heads * self.head_dim
         kv_inner = self.kv_heads * self.head_dim
         self.shares = params.share_cache is not None  # reads block share_cache's k/v
-        self.q_proj = nn.Linear(d, inner, bias=params.bias)
+        self.q_proj = nn.Linear(d, q_width(params, d), bias=params.bias)
         if not self.shares:
             self.k_proj = nn.Linear(d, kv_inner, bias=params.bias)
             self.v_proj = nn.Linear(d, kv_inner, bias=params.bias)
-        self.o_proj = nn.Linear(inner, d, bias=params.bias)
+        self.o_proj = nn.Linear(inner, d, bias=out_bias(params))
         if params.qk_norm:
             self.q_norm = nn.Parameter(torch.ones(self.head_dim))
             if not self.shares:
@@ -158,20 +173,25 @@ class AttentionBlock(nn.Module):
         """The softmax's soft-capping and sink logits, for the reference and flex cores."""
         return {"softcap": self.params.attn_softcap, "sinks_HN": getattr(self, "sinks", None)}
 
-    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor) -> torch.Tensor:
-        """q [B, T, H, dh] with qk-norm and RoPE applied."""
+    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
+        """q [B, T, H, dh] with qk-norm and RoPE applied, and the output gate's logits
+        [B, T, H, dh] (None without `output_gate`): q_proj's output holds, per head, the
+        head's query and then its gate (HF's Qwen3NextAttention layout)."""
         if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
             raise BackendUnavailable(
                 f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
                 "(select_backend(device) chooses one for the device)"
             )
         B, T, _ = x_BTD.shape
-        q = self.q_proj(x_BTD).view(B, T, self.heads, self.head_dim)
+        q = self.q_proj(x_BTD).view(B, T, self.heads, -1)
+        gate = None
+        if self.params.output_gate:
+            q, gate = q.split(self.head_dim, dim=-1)
         if self.params.qk_norm:
             q = common.rms_norm(q, self.q_norm, self.norm_eps)
         if self.params.rope:
             q = common.partial_rope(q, positions_T, self.params.rope_theta, self.rotary_dim)
-        return q
+        return q, gate
 
     def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
         """k and v [B, T, K, dh], k with qk-norm and RoPE applied."""
@@ -186,15 +206,19 @@ class AttentionBlock(nn.Module):
 
     def _project(self, x_BTD, positions_T, shared_kv=None):
         """q, and k, v: this block's own, or those of the block it shares (`shared_kv`)."""
-        q = self._queries(x_BTD, positions_T)
+        return self._gated_project(x_BTD, positions_T, shared_kv)[:3]
+
+    def _gated_project(self, x_BTD, positions_T, shared_kv=None):
+        """`_project`'s q, k, v and the output gate's logits (None without output_gate)."""
+        q, gate = self._queries(x_BTD, positions_T)
         if not self.shares:
-            return q, *self._keys_values(x_BTD, positions_T)
+            return q, *self._keys_values(x_BTD, positions_T), gate
         if shared_kv is None:
             raise ValueError(
                 f"this block reads the keys/values of block {self.params.share_cache}: "
                 "pass them as shared_kv (the model does)"
             )
-        return q, *shared_kv
+        return q, *shared_kv, gate
 
     def _attend_sequence(self, q_BTHD, k_BTKD, v_BTKD, block_mask=None) -> torch.Tensor:
         if self.backend == "flex":
@@ -208,7 +232,12 @@ class AttentionBlock(nn.Module):
             return common.sdpa_attention(q_BTHD, k_BTKD, v_BTKD, mask_TS=mask_TT)
         return common.reference_attention(q_BTHD, k_BTKD, v_BTKD, mask_TT, **self._mods())
 
-    def _out(self, y_BTHD: torch.Tensor) -> torch.Tensor:
+    def _out(self, y_BTHD: torch.Tensor, gate_BTHD: torch.Tensor | None = None) -> torch.Tensor:
+        """o_proj of the heads' outputs, each multiplied by sigmoid(gate) first when the
+        block has the output gate (in float32, returned to y's dtype)."""
+        if gate_BTHD is not None:
+            gated = y_BTHD.float() * torch.sigmoid(gate_BTHD.float())
+            y_BTHD = gated.to(y_BTHD.dtype)
         return self.o_proj(y_BTHD.flatten(2))
 
     def forward(self, x_BTD: torch.Tensor, shared_kv=None, return_kv: bool = False):
@@ -271,11 +300,11 @@ class AttentionBlock(nn.Module):
                 raise ValueError("a sharing block's cache needs its source's (cache.source)")
             kv = cache.source
             slots = self._check_room(kv, pos + 1)
-            q = self._queries(x_B1D, positions)
+            q, gate = self._queries(x_B1D, positions)
         else:
             kv = cache
             slots = self._check_room(cache, pos + 1)
-            q, k, v = self._project(x_B1D, positions)
+            q, k, v, gate = self._gated_project(x_B1D, positions)
             cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
             cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
@@ -285,4 +314,4 @@ class AttentionBlock(nn.Module):
         else:
             y = common.sdpa_attention(q, keys, values)
         cache.length = pos + 1
-        return self._out(y)
+        return self._out(y, gate)

@@ -2,18 +2,24 @@
 Modeling with Selective State Spaces", arXiv:2312.00752), as mamba_ssm's `Mamba` layer
 (`mamba_simple.py`, its defaults: no bias on in_proj and out_proj, a bias on the conv),
 without the pre-norm and residual archlab adds. The layer is
-`archlab.blocks.mamba.layer.MambaBlock`. (`ssm` is Mamba-2.)
+`archlab.blocks.mamba.layer.MambaBlock`. (`ssm` is Mamba-2.) `inner_norms` adds Jamba's
+RMSNorms of dt, B and C (Lieber et al. 2024, "Jamba: A Hybrid Transformer-Mamba Language
+Model", arXiv:2403.19887; HF's `JambaMambaMixer`: `dt_layernorm`, `b_layernorm`,
+`c_layernorm`, eps = the model's norm_eps), applied in PyTorch after x_proj's split and
+before dt_proj, so both backends scan the normed inputs with the kernel unchanged.
 
     x, z = in_proj(u)                          E = d_inner = expand * d_model each
     x = silu(causal depthwise conv1d(x))       width d_conv, with bias
     dt, B, C = x_proj(x)                       dt_rank, d_state, d_state
+    dt, B, C = rms(dt), rms(B), rms(C)         with inner_norms only (Jamba)
     dt = softplus(dt_proj(dt));  A = -exp(A_log)    dt [E] per token, A [E, d_state]
     y = selective scan (kernels/selective_scan): h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t,
         y_t = <h_t, C_t> per channel, + D * x
     out = out_proj(y * silu(z))
 
 Parameter names follow mamba (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`,
-`out_proj`), so weights map one to one. dt_rank "auto" is ceil(d_model / 16).
+`out_proj`; Jamba's `dt_layernorm`, `b_layernorm`, `c_layernorm`), so weights map one to
+one. dt_rank "auto" is ceil(d_model / 16).
 
 Backends, in `auto` order: `triton` (CUDA; archlab's own Triton selective scan,
 kernels/selective_scan/triton.py: the [channels, d_state] state in registers, a loop over
@@ -33,7 +39,8 @@ K = d_conv:
   update dt x B^T (2 E N) and the read-out <h, C> (2 E N).
 - other, per element: conv 2K + 1 and SiLU 4 per channel; dt bias 1 and softplus 3, dt * x
   1 per channel; the decay dt A, its exp and its product with the state (3 E N); D skip 2,
-  gate SiLU 4 + 1 per channel.
+  gate SiLU 4 + 1 per channel; with inner_norms, `INNER_NORM_FLOPS` (4: square, sum,
+  rsqrt scale, weight) per element of dt, B and C (R + 2N).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from archlab.blocks.base import (
 BACKENDS = ("triton", "reference")  # in the order `auto` tries them
 STATE_BYTES = 4  # the SSM state is float32 (layer.STATE_DTYPE)
 MAX_TRITON_D_STATE = 256  # the Triton scan's limit (kernels/selective_scan/triton.py)
+INNER_NORM_FLOPS = 4  # per element of dt, B and C under inner_norms
 
 
 class Params(BlockParams):
@@ -73,6 +81,11 @@ class Params(BlockParams):
     )
     dt_rank: Annotated[int, Field(ge=1, le=1 << 20)] | Literal["auto"] = Field(
         default="auto", description='rank of the dt projection; "auto": ceil(d_model / 16)'
+    )
+    inner_norms: bool = Field(
+        default=False,
+        description="RMSNorms on dt, B and C after x_proj, before dt_proj (Jamba: "
+        "dt_layernorm, b_layernorm, c_layernorm; eps = the model's norm_eps)",
     )
     backend: str = backend_field(BACKENDS)
 
@@ -100,12 +113,14 @@ class MambaSizes:
 
 def param_count(p: Params, d_model: int) -> int:
     """in_proj, conv (weights and bias), x_proj, dt_proj (weights and bias), A_log, D,
-    out_proj."""
+    out_proj; with inner_norms the weights of the dt, B and C norms (dt_rank + 2 d_state)."""
     s = MambaSizes(p, d_model)
     E = s.inner
     conv = E * s.kernel + E
     dt = s.dt_rank * E + E
-    return d_model * 2 * E + conv + E * s.x_proj + dt + E * s.d_state + E + E * d_model
+    norms = s.x_proj if p.inner_norms else 0
+    core = d_model * 2 * E + conv + E * s.x_proj + dt + E * s.d_state + E + E * d_model
+    return core + norms
 
 
 def _per_token(p: Params, d_model: int) -> FlopCount:
@@ -115,6 +130,7 @@ def _per_token(p: Params, d_model: int) -> FlopCount:
     matmul = linear_flops(1, d_model, 2 * E) + linear_flops(1, E, s.x_proj)
     matmul += linear_flops(1, s.dt_rank, E) + linear_flops(1, E, d_model) + 4 * E * N
     other = E * (2 * s.kernel + 1 + 4) + E * (1 + 3 + 1) + 3 * E * N + E * (2 + 4 + 1)
+    other += INNER_NORM_FLOPS * s.x_proj if p.inner_norms else 0
     return FlopCount(matmul, other)
 
 
@@ -131,11 +147,13 @@ def cache_bytes(p: Params, d_model: int, batch: int, seq_len: int, dtype_bytes: 
 def activations(p: Params, d_model: int, seq_len: int) -> tuple[int, int]:
     """What a fused selective scan (mamba_ssm's) and the layer keep for backward, per
     sequence: in_proj's output, the conv output and its SiLU, x_proj's output, y and the
-    gated y in the model dtype; dt in float32 (the states are recomputed). Beyond this
+    gated y in the model dtype (and x_proj's output before the norms under inner_norms); dt
+    in float32 (the states are recomputed). Beyond this
     estimate, the triton backend keeps its checkpoints, T / 64 * d_inner * d_state floats,
     and the reference backend every state, T * d_inner * d_state floats."""
     s, T = MambaSizes(p, d_model), seq_len
     elems = T * (2 * s.inner + 2 * s.inner + s.x_proj + 2 * s.inner)
+    elems += T * s.x_proj if p.inner_norms else 0
     return elems, 4 * T * s.inner
 
 
@@ -174,6 +192,7 @@ KIND = BlockKind(
     examples=(
         {"kind": "mamba", "d_state": 4},
         {"kind": "mamba", "d_state": 3, "d_conv": 2, "expand": 1, "dt_rank": 3},
+        {"kind": "mamba", "d_state": 4, "dt_rank": 2, "inner_norms": True},
     ),
     gpu_examples=({"kind": "mamba"},),
 )

@@ -59,6 +59,11 @@ class MambaBlock(nn.Module):
         self.A_log = nn.Parameter(torch.empty(s.inner, s.d_state))
         self.D = nn.Parameter(torch.empty(s.inner))
         self.out_proj = nn.Linear(s.inner, d, bias=False)
+        self.norm_eps = model.norm_eps
+        if params.inner_norms:  # Jamba's names
+            self.dt_layernorm = nn.RMSNorm(s.dt_rank, eps=model.norm_eps)
+            self.b_layernorm = nn.RMSNorm(s.d_state, eps=model.norm_eps)
+            self.c_layernorm = nn.RMSNorm(s.d_state, eps=model.norm_eps)
         self.reset_parameters()
         self.backend: str | None = None
         try:
@@ -72,7 +77,8 @@ class MambaBlock(nn.Module):
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
         """As mamba: dt_proj's weight U(-r^-0.5, r^-0.5), its bias softplus^-1(dt) with dt
         log-uniform in [dt_min, dt_max] (floor 1e-4); A = 1..d_state in every channel (A_log
-        its log); D = 1; in_proj, out_proj and the conv as torch's default."""
+        its log); D = 1; in_proj, out_proj and the conv as torch's default; the inner norms'
+        weights 1."""
         s = self.sizes
         nn.init.uniform_(self.dt_proj.weight, -(s.dt_rank**-0.5), s.dt_rank**-0.5)
         log_dt = torch.rand(s.inner) * math.log(dt_max / dt_min) + math.log(dt_min)
@@ -81,6 +87,9 @@ class MambaBlock(nn.Module):
         A = torch.arange(1, s.d_state + 1, dtype=torch.float32).repeat(s.inner, 1)
         self.A_log.copy_(A.log())
         self.D.fill_(1.0)
+        for name in ("dt_layernorm", "b_layernorm", "c_layernorm"):
+            if hasattr(self, name):
+                nn.init.ones_(getattr(self, name).weight)
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device`; raises BackendUnavailable if the requested one
@@ -93,10 +102,20 @@ class MambaBlock(nn.Module):
         self.backend = resolve_backend("mamba", self.params.backend, torch.device(device), table)
         return self.backend
 
+    def _inner_norm(self, x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
+        """RMSNorm over the last dim in float32 (as Jamba's), returned in x's dtype."""
+        y = F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), self.norm_eps)
+        return y.to(x.dtype)
+
     def _ssm_inputs(self, x: torch.Tensor):
-        """Post-conv x [..., E] -> dt [..., E], A [E, N], B, C [..., N] (all float32)."""
+        """Post-conv x [..., E] -> dt [..., E], A [E, N], B, C [..., N] (all float32); with
+        inner_norms dt, B and C are RMS-normalised after x_proj (Jamba), before dt_proj."""
         s = self.sizes
         dt, Bm, Cm = self.x_proj(x).split([s.dt_rank, s.d_state, s.d_state], dim=-1)
+        if self.params.inner_norms:
+            dt = self._inner_norm(dt, self.dt_layernorm)
+            Bm = self._inner_norm(Bm, self.b_layernorm)
+            Cm = self._inner_norm(Cm, self.c_layernorm)
         dt = F.softplus(self.dt_proj(dt).float())
         return dt, -torch.exp(self.A_log.float()), Bm.float(), Cm.float()
 

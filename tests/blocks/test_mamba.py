@@ -1,6 +1,7 @@
 """The `mamba` (Mamba-1) block beyond the registry contract: the layer against a by-hand
-model, FLOPs against FlopCounterMode, longer decoding, names and init, checks, scaling and
-the backends (the triton one under Triton's interpreter on the CPU)."""
+model (Jamba's inner norms of dt, B and C included), FLOPs against FlopCounterMode, longer
+decoding, names and init, checks, scaling and the backends (the triton one under Triton's
+interpreter on the CPU)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,24 @@ def make_block(params: dict, seed: int = 0) -> MambaBlock:
     return block
 
 
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Jamba's RMSNorm (JambaRMSNorm), written out."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
 def by_hand(block: MambaBlock, u: torch.Tensor) -> torch.Tensor:
     """mamba_ssm's `Mamba.forward` without its fused kernels, token by token and channel by
-    channel (sharing no code with the block)."""
+    channel (sharing no code with the block); with inner_norms, HF's JambaMambaMixer's
+    slow path: dt, B and C RMS-normalised after x_proj."""
     s = block.sizes
     x, z = (u @ block.in_proj.weight.T).chunk(2, dim=-1)
     x = block.conv1d(F.pad(x.transpose(1, 2), (s.kernel - 1, 0))).transpose(1, 2)
     x = F.silu(x)
     dt, Bm, Cm = (x @ block.x_proj.weight.T).split([s.dt_rank, s.d_state, s.d_state], -1)
+    if block.params.inner_norms:
+        eps = MODEL.norm_eps
+        dt = rms(dt, block.dt_layernorm.weight, eps)
+        Bm, Cm = rms(Bm, block.b_layernorm.weight, eps), rms(Cm, block.c_layernorm.weight, eps)
     dt = F.softplus(dt @ block.dt_proj.weight.T + block.dt_proj.bias)
     A = -block.A_log.exp()
     y = torch.zeros_like(x)
@@ -111,6 +122,37 @@ def test_parameters_follow_mamba_names_and_init():
     torch.testing.assert_close(block.A_log.exp()[3], torch.arange(1.0, 17.0))
     dt = F.softplus(block.dt_proj.bias)
     assert ((dt >= 1e-3 * 0.999) & (dt <= 0.1 * 1.001)).all() and (block.D == 1).all()
+
+
+def test_inner_norms_names_counts_and_flops():
+    """Jamba's norms: its parameter names and sizes (dt_rank + 2 d_state weights, init 1),
+    their FLOPs (4 per element of dt, B, C per token) and activations; the norms change the
+    output (they are applied, on every backend, before the scan)."""
+    plain, normed = mamba.Params(dt_rank=2), mamba.Params(dt_rank=2, inner_norms=True)
+    block = make_block(normed.model_dump(exclude={"kind"}))
+    shapes = {n: tuple(p.shape) for n, p in block.named_parameters() if "layernorm" in n}
+    assert shapes == {
+        "dt_layernorm.weight": (2,), "b_layernorm.weight": (16,), "c_layernorm.weight": (16,)
+    }  # fmt: skip
+    assert (MambaBlock(normed, MODEL).dt_layernorm.weight == 1).all()
+    assert mamba.param_count(normed, D_MODEL) == mamba.param_count(plain, D_MODEL) + 2 + 32
+    assert mamba.param_count(normed, D_MODEL) == sum(p.numel() for p in block.parameters())
+    f, f0 = mamba.flops(normed, D_MODEL, 2, 5), mamba.flops(plain, D_MODEL, 2, 5)
+    assert f.matmul == f0.matmul and f.other - f0.other == 2 * 5 * 4 * (2 + 32)
+    assert (
+        mamba.decode_flops(normed, D_MODEL, 1, 7).other
+        - mamba.decode_flops(plain, D_MODEL, 1, 7).other
+        == 4 * 34
+    )
+    a, a0 = mamba.activations(normed, D_MODEL, 9), mamba.activations(plain, D_MODEL, 9)
+    assert a[0] - a0[0] == 9 * 34 and a[1] == a0[1]
+    assert mamba.Params().inner_norms is False
+    u = torch.randn(1, 6, D_MODEL)
+    with torch.no_grad():
+        with_norms = block(u)
+        block.params = plain.model_copy(update={"inner_norms": False})
+        without = block(u)
+    assert rel_err(with_norms, without) > 1e-3
 
 
 def test_checks_scale_and_backends():
