@@ -22,7 +22,10 @@ layer as `aux_loss` by every forward (1 * coef when the load is even).
 
 Backends: `grouped` (the experts as grouped GEMMs, `torch._grouped_mm`, CUDA sm90+, bf16;
 other dtypes run the loop), `reference` (tokens sorted by expert, a loop over the experts,
-any device). The layer is `archlab.blocks.moe.layer.MoEBlock`.
+any device). Routing, the sort by expert and the capacity cut keep fixed shapes (no host
+sync): `grouped` traces into one graph and its decode step can be captured in a CUDA
+graph; the reference's loop reads the counts on the host. The layer is
+`archlab.blocks.moe.layer.MoEBlock`.
 
 Costs (2 FLOPs per multiply-add). `param_count` is the total (every expert);
 `active_param_count` is what one token uses (router, top_k experts, the shared experts and

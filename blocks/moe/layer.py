@@ -18,7 +18,13 @@ from archlab.blocks.base import (
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.mlp.layer import MLPBlock
 from archlab.blocks.moe import GATED, Params, hidden_size, shared_width
-from archlab.blocks.moe.experts import grouped_experts, grouped_fits, loop_experts
+from archlab.blocks.moe.experts import (
+    expert_counts,
+    grouped_experts,
+    grouped_fits,
+    loop_experts,
+    sort_by_expert,
+)
 
 
 def grouped_can_run(device: torch.device) -> str | None:
@@ -95,7 +101,7 @@ class MoEBlock(nn.Module):
         if p.norm_topk_prob:
             top_w = top_w / top_w.sum(-1, keepdim=True)
         probs = scores if p.router == "softmax" else scores / scores.sum(-1, keepdim=True)
-        counts = torch.bincount(top_i.flatten(), minlength=p.num_experts)
+        counts = expert_counts(top_i.flatten(), p.num_experts)
         f = counts.float() / (x_ND.shape[0] * p.top_k)
         aux = p.aux_loss_coef * p.num_experts * (f * probs.mean(0)).sum()
         return top_w, top_i, aux
@@ -111,7 +117,8 @@ class MoEBlock(nn.Module):
     def mix(self, x_BTD: torch.Tensor, capacity: bool = False):
         """(the output [B, T, d_model], the aux loss). Tokens are sorted by expert (stable:
         in token order within an expert), run through their experts and summed back
-        weighted; with `capacity`, an expert keeps its first C tokens."""
+        weighted; with `capacity`, an expert keeps its first C tokens. Free of host syncs
+        and data-dependent shapes but for the `reference` backend's loop (`experts.py`)."""
         if self.backend is None:
             raise BackendUnavailable(
                 f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
@@ -121,16 +128,12 @@ class MoEBlock(nn.Module):
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         top_w, top_i, aux = self.route(x_ND)
-        flat_e = top_i.flatten()
-        order = flat_e.argsort(stable=True)
-        sorted_e, weights = flat_e[order], top_w.flatten()[order]
-        counts = torch.bincount(flat_e, minlength=p.num_experts)
+        cap = None
         if capacity and p.capacity_factor is not None:
             cap = math.ceil(p.capacity_factor * B * T * p.top_k / p.num_experts)
-            starts = counts.cumsum(0) - counts
-            keep = torch.arange(order.shape[0], device=order.device) - starts[sorted_e] < cap
-            order, sorted_e, weights = order[keep], sorted_e[keep], weights[keep]
-            counts = counts.clamp(max=cap)
+        order, sorted_e, weights, counts = sort_by_expert(
+            top_i.flatten(), top_w.flatten(), p.num_experts, cap
+        )
         token = order // p.top_k
         ys = self._experts(x_ND[token], counts, sorted_e)
         out = torch.zeros(B * T, D, device=x_BTD.device, dtype=torch.float32)

@@ -84,15 +84,22 @@ class RGLRU(nn.Module):
         a = torch.empty_like(self.a_param).uniform_(min_rad**2 + 1e-8, max_rad**2 + 1e-8)
         self.a_param.copy_(torch.log(torch.exp(-0.5 * a.log()) - 1.0))
 
-    def inputs(self, u: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """u [..., W] (post-conv) and `first` (True where the position is 0, broadcastable
-        to u) -> (log a, the normalised input sqrt(1 - a^2) i u; i u at position 0), float32."""
+    def inputs(
+        self, u: torch.Tensor, first: torch.Tensor | bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u [..., W] (post-conv) and `first` (True where the position is 0: a tensor
+        broadcastable to u, or one Python bool for every row, as the decode step passes, so
+        that no tensor is made from host data) -> (log a, the normalised input
+        sqrt(1 - a^2) i u; i u at position 0), float32."""
         u = u.float()
         gate_x = torch.sigmoid(self.input_gate(u))
         gate_a = torch.sigmoid(self.a_gate(u))
         log_a = -C * gate_a * F.softplus(self.a_param.float())
         multiplier = SqrtBoundDerivative.apply(1 - torch.exp(2 * log_a))
-        multiplier = torch.where(first, torch.ones_like(multiplier), multiplier)
+        if isinstance(first, bool):
+            multiplier = torch.ones_like(multiplier) if first else multiplier
+        else:
+            multiplier = torch.where(first, torch.ones_like(multiplier), multiplier)
         return log_a, u * gate_x * multiplier
 
 
@@ -202,13 +209,15 @@ class RGLRUBlock(nn.Module):
         return out
 
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """Decode one token [B, 1, d_model] at position cache.length: O(1) work and memory."""
+        """Decode one token [B, 1, d_model] at position cache.length: O(1) work and memory,
+        free of host syncs (the position-0 reset is decided on the host from the Python
+        `cache.length`), so that it can be captured in a CUDA graph (a graph captured past
+        position 0 replays as past it, as `archlab profile` uses it)."""
         x = x_B1D[:, 0]
         y = F.gelu(self.linear_y(x), approximate="tanh")
         w = self.conv_1d.w.t()
         u, conv = causal_conv1d_step(self.linear_x(x), w, self.conv_1d.b, cache["conv"])
-        first = torch.tensor(cache.length == 0, device=x.device)
-        log_a, inp = self.rg_lru.inputs(u, first)
+        log_a, inp = self.rg_lru.inputs(u, cache.length == 0)  # a bool: no host-to-device copy
         if self.backend == "triton":
             h, _ = self._recurrence(log_a[:, None], inp[:, None], cache["rg_lru"], True)
             h = h[:, 0]

@@ -5,8 +5,8 @@ The same ops as `reference.py`, in the same shapes and state layout ([B, HV, K, 
 fla's default): fla's chunked kernels for training and prefill (`chunk_gated_delta_rule`,
 `chunk_gla`: chunks of 64 tokens, parallel over chunks) and its fused recurrent kernels for
 decode (`fused_recurrent_gated_delta_rule`, `fused_recurrent_gla`: one token per step;
-fla has no backward for the former). `fla` is imported on first use, so that importing
-this module never needs the package.
+fla has no backward for the former). `fla` is imported on first use (`fla_module`), so
+that importing this module never needs the package; after that the lookups trace.
 
 What is passed, as fla's own tests and layers do: q, k, v in the compute dtype (v's),
 the log decays and beta in float32, the states in float32. The L2 norm of q and k runs
@@ -27,14 +27,12 @@ delta-rule update), and its backward has its own kernels, which fla does not ref
 
 from __future__ import annotations
 
-import functools
-import importlib
 from types import ModuleType
 
 import torch
 
 from archlab.kernels.linear_attn.reference import expand_heads
-from archlab.kernels.ssd.fla_backend import INSTALL_HINT, gated_backward_refused_here
+from archlab.kernels.ssd.fla_backend import INSTALL_HINT, fla_module, gated_backward_refused_here
 
 __all__ = [
     "INSTALL_HINT",
@@ -47,18 +45,20 @@ __all__ = [
 
 KERNELS = ("chunk", "recurrent", "kda")
 OPS = {"gated_delta_rule": "fla.ops.gated_delta_rule", "gla": "fla.ops.gla", "kda": "fla.ops.kda"}
+# what else each op's wrapper may read: kda's kernel and fla's backward guard flags
+ALSO = {"gated_delta_rule": ("fla.ops.kda", "fla.ops.common.chunk_o"), "gla": ()}
 
 
-@functools.cache
 def _module(op: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(OPS[op])
-    except Exception:  # ImportError, or a broken install failing at import time
-        return None
+    return fla_module(OPS[op])
 
 
 def fla_importable(op: str) -> bool:
-    """True if fla's kernels of `op` ("gated_delta_rule" or "gla") can be imported here."""
+    """True if fla's kernels of `op` ("gated_delta_rule" or "gla") can be imported here.
+    Imports every fla module the op's wrapper may use, so that the backend check that asks
+    this leaves none to import inside a traced call."""
+    for name in ALSO.get(op, ()):
+        fla_module(name)
     return _module(op) is not None
 
 
@@ -75,12 +75,12 @@ def _kernel(kernel: str) -> str:
     return kernel
 
 
-@functools.cache  # fla's flags are fixed for the process
 def gated_delta_backward_refused() -> str | None:
     """Why fla would refuse `chunk_gated_delta_rule`'s backward on this machine (its own
     guard, read from its flags), or None when it can run. Where it is refused, a forward
-    that needs gradients runs `chunk_kda` (see the module docstring)."""
-    if not fla_importable("gated_delta_rule") or not gated_backward_refused_here():
+    that needs gradients runs `chunk_kda` (see the module docstring). No cache: a few
+    dict and attribute reads, traceable (the wrapper asks on every forward)."""
+    if _module("gated_delta_rule") is None or not gated_backward_refused_here():
         return None
     return (
         "fla refuses chunk_gated_delta_rule's backward on Hopper GPUs with Triton >= 3.4.0 "

@@ -10,35 +10,25 @@ fla's HGRN op is exactly `reference.linear_recurrence`: h_t = exp(g_t) h_{t-1} +
 - `fused_recurrent_hgrn` (one program per channel block, sequential over T; a full
   backward): decode, and the case above.
 x and g are passed in float32 (the recurrence is memory-bound and cheap; the state stays
-exact), so the outputs are float32. `fla` is imported on first use.
+exact), so the outputs are float32. `fla` is imported on first use (`fla_module`: after
+that, a lookup Dynamo traces).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-from types import ModuleType
-
 import torch
 
-from archlab.kernels.ssd.fla_backend import INSTALL_HINT
+from archlab.kernels.ssd.fla_backend import INSTALL_HINT, fla_module
 
 __all__ = ["INSTALL_HINT", "KERNELS", "fla_importable", "linear_recurrence_fla"]
 
 KERNELS = ("chunk", "recurrent")
-
-
-@functools.cache
-def _module() -> ModuleType | None:
-    try:
-        return importlib.import_module("fla.ops.hgrn")
-    except Exception:  # ImportError, or a broken install failing at import time
-        return None
+MODULE = "fla.ops.hgrn"
 
 
 def fla_importable() -> bool:
-    """True if fla's HGRN kernels can be imported here."""
-    return _module() is not None
+    """True if fla's HGRN kernels can be imported here (and, once asked, imported)."""
+    return fla_module(MODULE) is not None
 
 
 def linear_recurrence_fla(
@@ -51,7 +41,7 @@ def linear_recurrence_fla(
     """`reference.linear_recurrence` by fla -> (h [B, T, D] float32, final state [B, D]
     float32 if `output_final_state`, else None). `kernel`: "chunk", "recurrent", or None
     for chunk unless T = 1 or the case of the module docstring (then recurrent)."""
-    ops = _module()
+    ops = fla_module(MODULE)  # a dict read once imported: no graph break here
     if ops is None:
         raise ImportError(f"the rg_lru triton backend needs flash-linear-attention: {INSTALL_HINT}")
     if kernel is None:

@@ -8,7 +8,8 @@ with a scalar log decay g per head and step, state S [K, V] per head, inputs in 
 
 and state S = h^T (fla keeps [N, P] per head where mamba and archlab keep [P, N]).
 fla picks its own chunk length (64): the result does not depend on it. `fla` is imported
-on first use, so that importing this module never needs the package.
+on first use (`fla_module`, shared by the other fla wrappers), so that importing this
+module never needs the package; after that the lookups trace under torch.compile.
 
 Two fla kernels compute it:
 - `chunk_simple_gla` (scalar decay per head): the default.
@@ -23,9 +24,9 @@ Two fla kernels compute it:
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
@@ -33,30 +34,51 @@ from archlab.kernels.ssd.reference import heads_from_groups
 
 INSTALL_HINT = 'pip install "archlab[ssm]"'
 
+# fla's modules by name, once imported (None: it cannot be). A plain dict, not a
+# functools.cache and no importlib in the traced path: once a module is here (any backend
+# check puts it here), the wrappers' lookups are dict reads that Dynamo traces.
+_MODULES: dict[str, ModuleType | None] = {}
 
-@functools.cache
-def _chunk_simple_gla() -> Callable | None:
+
+@torch.compiler.disable  # importlib is not traceable; called once per module name
+def _import(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module("fla.ops.simple_gla").chunk_simple_gla
+        return importlib.import_module(name)
     except Exception:  # ImportError, or a broken install failing at import time
         return None
 
 
-@functools.cache
+def fla_module(name: str) -> ModuleType | None:
+    """fla's module `name` (e.g. "fla.ops.hgrn"), imported on first use; None where it
+    cannot be imported. After the first call a dict lookup (traceable by Dynamo: the
+    fla wrappers of archlab.kernels call fla without a graph break of their own)."""
+    if name not in _MODULES:
+        _MODULES[name] = _import(name)
+    return _MODULES[name]
+
+
+def _chunk_simple_gla() -> Callable | None:
+    return getattr(fla_module("fla.ops.simple_gla"), "chunk_simple_gla", None)
+
+
 def _chunk_gla() -> Callable:
-    return importlib.import_module("fla.ops.gla").chunk_gla
+    return fla_module("fla.ops.gla").chunk_gla
 
 
 def fla_importable() -> bool:
-    """True if `fla.ops.simple_gla.chunk_simple_gla` can be imported here."""
+    """True if `fla.ops.simple_gla.chunk_simple_gla` can be imported here. Imports every
+    fla module `ssd_fla` may use, so that the backend check that asks this leaves none to
+    import inside a traced call."""
+    for name in ("fla.ops.gla", "fla.ops.common.chunk_o"):
+        fla_module(name)
     return _chunk_simple_gla() is not None
 
 
-@functools.cache  # fla's flags are fixed for the process; ssd_fla asks on every forward
 def simple_gla_backward_refused() -> str | None:
     """Why fla would refuse `chunk_simple_gla`'s backward on this machine (mirroring fla's
     own guard, read from fla's flags), or None when it can run. Where it is refused,
-    `ssd_fla` trains through `chunk_gla` instead."""
+    `ssd_fla` trains through `chunk_gla` instead. (No cache: a few dict and attribute
+    reads per forward, traceable.)"""
     if fla_importable() and gated_backward_refused_here():
         return (
             "fla refuses chunk_simple_gla's backward on Hopper GPUs with Triton >= 3.4.0 "
@@ -67,14 +89,12 @@ def simple_gla_backward_refused() -> str | None:
     return None
 
 
-@functools.cache
 def gated_backward_refused_here() -> bool:
     """True where fla's guard refuses the backward of its gated `chunk_bwd_dqkwg` (used by
     `chunk_simple_gla` and `chunk_gated_delta_rule`): a Hopper GPU with Triton >= 3.4.0
     and < 3.7.1 (read from fla's own flags; False without fla)."""
-    try:
-        chunk_o = importlib.import_module("fla.ops.common.chunk_o")
-    except Exception:  # no fla, or a broken install
+    chunk_o = fla_module("fla.ops.common.chunk_o")
+    if chunk_o is None:  # no fla, or a broken install
         return False
     hopper = getattr(chunk_o, "IS_NVIDIA_HOPPER", False)
     return bool(

@@ -14,7 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 import archlab
 from archlab.blocks import moe
 from archlab.blocks.base import BackendUnavailable, ModelConfig
-from archlab.blocks.moe.experts import activate, grouped_experts, loop_experts
+from archlab.blocks.moe import layer as moe_layer
+from archlab.blocks.moe.experts import (
+    activate,
+    expert_counts,
+    grouped_experts,
+    loop_experts,
+    sort_by_expert,
+)
 from archlab.blocks.moe.layer import MoEBlock
 
 D_MODEL = 16
@@ -86,6 +93,42 @@ def test_grouped_gemms_match_the_loop_outputs_and_grads(activation):
         y = fn(leaves[0], *args, leaves[1], leaves[2], activation)
         (y * g).sum().backward()
         results.append([y.detach(), *(t.grad for t in leaves)])
+    for got, want in zip(results[1], results[0], strict=True):
+        assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("capacity", [None, 2, 3, 50])
+def test_sort_by_expert_fixed_shapes(capacity):
+    """The counts equal bincount's; the rows come in expert order, token order within one;
+    with a capacity C: R = min(M, E * C) rows, each expert's first C rows kept, the rest
+    of the R rows fillers of weight 0 counted in the last expert's group."""
+    torch.manual_seed(0)
+    E, M = 5, 24
+    expert, weight = torch.randint(0, E, (M,)), torch.rand(M)
+    assert torch.equal(expert_counts(expert, E), torch.bincount(expert, minlength=E))
+    order, sorted_e, w, counts = sort_by_expert(expert, weight, E, capacity)
+    R = M if capacity is None else min(M, E * capacity)
+    assert order.shape == sorted_e.shape == w.shape == (R,) and int(counts.sum()) == R
+    assert torch.equal(sorted_e, torch.repeat_interleave(torch.arange(E), counts))
+    kept = [(int(i), int(e)) for i, e, x in zip(order, sorted_e, w, strict=True) if x > 0]
+    rows = [[i for i in range(M) if expert[i] == e][:capacity] for e in range(E)]
+    assert kept == [(i, e) for e in range(E) for i in rows[e]]
+    assert torch.equal(w[w > 0], weight[order][w > 0])
+
+
+def test_grouped_block_matches_the_loop_with_capacity(monkeypatch):
+    """The block on `grouped` (torch's CPU fallback, float32) against the loop with a
+    capacity factor (fillers in the last group): output and every gradient."""
+    monkeypatch.setattr(moe_layer, "grouped_fits", lambda x, d, h: True)
+    kwargs = {"num_experts": 4, "top_k": 2, "hidden": 8, "capacity_factor": 0.5}
+    results, x, g = [], torch.randn(2, 10, D_MODEL), torch.randn(2, 10, D_MODEL)
+    for backend in ("reference", "grouped"):
+        block = build({**kwargs, "shared_experts": 1}, seed=5)
+        block.backend = backend
+        xb = x.clone().requires_grad_(True)
+        y = block(xb)
+        ((y * g).sum() + block.aux_loss).backward()
+        results.append([y.detach(), xb.grad] + [p.grad for p in block.parameters()])
     for got, want in zip(results[1], results[0], strict=True):
         assert rel_err(got, want) < 1e-5
 
