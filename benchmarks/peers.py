@@ -35,7 +35,9 @@ The first call of each side (compilation, autotuning, graph capture) is timed ap
 events (perf_counter on the CPU), median of the repetitions. An OOM is a row, not a crash.
 The JSON is rewritten after every row, so a run cut short keeps what it measured.
 
-Only archlab's public API is used (`archlab.build`, the model's `blocks[i].mixer` / `.norm`).
+archlab's side is built through its public API (`archlab.build`, the model's
+`blocks[i].mixer` / `.norm`); decode steps, archlab's and the peers' alike, are captured in
+CUDA graphs by `archlab profile`'s own `graph_of`.
 
 Budget (H200, torch 2.11, Triton 3.6; benchmarks/results/2026-11-29-peers): mlp, attention
 and rnn at every paper shape take about 135 s together (compilation included). fla
@@ -69,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import archlab
+from archlab.measure.profile import graph_of, synchronize
 
 KINDS = ("mlp", "attention", "rnn", "ssm", "rat", "local_attention")  # default run order
 MODES = ("train", "prefill", "decode")
@@ -1143,48 +1146,9 @@ def free_memory(collect: bool = False) -> None:
             pass
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _short(e: BaseException) -> str:
     line = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {line[:240]}"
-
-
-def capture_graph(fn: Callable[[], object], device) -> tuple[Callable[[], object], str]:
-    """A CUDA-graph replay of `fn` (already run once), or `fn` and why not. A step that
-    synchronises with the host is not captured."""
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fn()
-    except RuntimeError as e:
-        if is_oom(e):
-            raise
-        return fn, f"syncs with the host ({_short(e)[:120]})"
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            fn()
-    except RuntimeError as e:
-        if is_oom(e):
-            raise
-        return fn, f"capture failed ({_short(e)[:120]})"
-
-    def replay() -> None:
-        graph.replay()  # the closure keeps the graph (and its memory pool) alive
-
-    return replay, ""
 
 
 def time_reps(fn: Callable[[], object], device, budget_s: float, max_reps: int) -> list[float]:
@@ -1254,7 +1218,7 @@ def run_side(side, mode: str, x: torch.Tensor, T: int, setup: Setup) -> dict:
         r["sample"] = _sample(out, mode)
         del out
         if mode == "decode" and device.type == "cuda":
-            fn, why = capture_graph(fn, device)
+            fn, why = graph_of(fn, device)
             r["cuda_graph"] = not why
             if why:
                 r["note"] = f"no CUDA graph: {why}; timed eagerly"
@@ -1281,11 +1245,11 @@ def _first_call(side, fn, device):
     """The first call (compilation, autotuning), timed apart; a peer whose compiled
     variant fails takes its next variant (noted on the row by the caller)."""
     while True:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         try:
             out = fn()
-            _sync(device)
+            synchronize(device)
             return out, time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001
             if is_oom(e) or isinstance(e, PeerUnavailable):

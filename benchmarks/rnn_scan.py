@@ -26,10 +26,9 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
-import traceback
+from pathlib import Path
 
 import torch
 
@@ -39,6 +38,9 @@ if not torch.cuda.is_available():  # before any Triton kernel is decorated
 import triton  # noqa: E402
 
 from archlab.kernels.rnn import triton_rnn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
+from scan_timing import median_ms, time_forward_and_train  # noqa: E402
 
 D_MODEL = 2048
 SHAPES = [(64, 4096), (16, 16384), (4, 65536)]
@@ -55,21 +57,6 @@ SWEEP = [  # (BT, BD, warps); the first is triton_rnn's default
     (32, 16, 1),
 ]
 SMALL = {"d_model": 24, "shapes": [(2, 20), (1, 37)], "decode_batch": 4}
-
-
-def median_ms(fn, cuda: bool, reps: int) -> float:
-    """do_bench's median on a GPU; else the median wall-clock time of `reps` calls."""
-    if cuda:
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 # --- the variants: each maps (u, gate_bias) to y ----------------------------------------------
@@ -128,32 +115,15 @@ def step_triton(u, gate_bias, state, has_state):
 
 
 def time_core(fn, u, gate_bias, dy, cuda, reps):
-    """{forward_ms, train_ms, peak_GB (train), y} of one variant, or {error}."""
-    out = {}
-    try:
-        leaf = u.detach().requires_grad_()
-        bias = gate_bias.detach().requires_grad_()
+    """{forward_ms, train_ms, train_peak_GB (train), y} of one variant, or {error}."""
+    leaf = u.detach().requires_grad_()
+    bias = gate_bias.detach().requires_grad_()
 
-        def train():
-            leaf.grad = bias.grad = None
-            fn(leaf, bias).backward(dy)
+    def train():
+        leaf.grad = bias.grad = None
+        fn(leaf, bias).backward(dy)
 
-        with torch.no_grad():
-            y = fn(u, gate_bias)
-        out["forward_ms"] = median_ms(lambda: fn(u, gate_bias), cuda, reps)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        out["train_ms"] = median_ms(train, cuda, reps)
-        if cuda:
-            out["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
-        out["y"] = y
-    except Exception as e:  # OOM or a compile failure is a result, not a crash
-        out = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        print(traceback.format_exc()[-3000:], flush=True)
-    if cuda:
-        torch.cuda.empty_cache()
-    return out
+    return time_forward_and_train(lambda: fn(u, gate_bias), train, cuda, reps)
 
 
 def train_case(B, T, D, variants, cuda, reps, sweep, backend):

@@ -24,10 +24,9 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
-import traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,24 +42,12 @@ from archlab.kernels.selective_scan.reference import (  # noqa: E402
     selective_scan_step,
 )
 
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
+from scan_timing import time_forward_and_train  # noqa: E402
+
 D_INNER, D_STATE = 4096, 16
 SHAPES = [(16, 4096), (4, 16384)]
 SMALL = {"d_inner": 24, "d_state": 4, "shapes": [(2, 8), (1, 19)]}
-
-
-def median_ms(fn, cuda: bool, reps: int) -> float:
-    """do_bench's median on a GPU; else the median wall-clock time of `reps` calls."""
-    if cuda:
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def make_inputs(B, T, E, N, device):
@@ -94,31 +81,14 @@ def make_compiled(backend: str):
 
 def time_variant(fn, inputs, dy, cuda, reps):
     """{forward_ms, train_ms, train_peak_GB, y} of one variant, or {error}."""
-    out = {}
-    try:
-        with torch.no_grad():
-            y = fn(*inputs)[0]
-            out["forward_ms"] = median_ms(lambda: fn(*inputs), cuda, reps)
-        leaves = [t.detach().requires_grad_() for t in inputs]
+    leaves = [t.detach().requires_grad_() for t in inputs]
 
-        def train():
-            for leaf in leaves:
-                leaf.grad = None
-            fn(*leaves)[0].backward(dy)
+    def train():
+        for leaf in leaves:
+            leaf.grad = None
+        fn(*leaves)[0].backward(dy)
 
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        out["train_ms"] = median_ms(train, cuda, reps)
-        if cuda:
-            out["train_peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
-        out["y"] = y
-    except Exception as e:  # OOM or a compile failure is a result, not a crash
-        out = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        print(traceback.format_exc()[-3000:], flush=True)
-    if cuda:
-        torch.cuda.empty_cache()
-    return out
+    return time_forward_and_train(lambda: fn(*inputs)[0], train, cuda, reps)
 
 
 def run_shape(B, T, E, N, variants, cuda, reps, backend):
