@@ -191,9 +191,9 @@ def resolve_sizes(args, compare: bool = False):
     bad values. Imports torch."""
     import torch
 
+    from archlab.measure.cases import Sizes
     from archlab.measure.profile import Settings
     from archlab.measure.scale import Scale
-    from archlab.measure.cases import Sizes
 
     err = UsageError
     name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device

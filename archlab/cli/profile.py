@@ -152,10 +152,10 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
     process (or rank 0) prints and writes."""
     import torch
 
+    from archlab.measure.cases import prepare, scaling_notes
     from archlab.measure.dist_launch import launch, new_run_dir, run_here
     from archlab.measure.distributed import DistJob
     from archlab.measure.profile import _short
-    from archlab.measure.cases import prepare, scaling_notes
     from archlab.report.results import results_document, write_csv
 
     here = launched_by_torchrun()

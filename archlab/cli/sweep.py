@@ -194,8 +194,7 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
     from archlab.cli.measure_options import parse_modes, resolve_sizes, settings_dict
     from archlab.cost.analytic import param_count, spec_cost
     from archlab.measure import MODES
-    from archlab.measure.cases import compile_notes, prepare, result_from_dict
-    from archlab.measure.cases import run_cases
+    from archlab.measure.cases import compile_notes, prepare, result_from_dict, run_cases
 
     check_modes(args.mode, MODES)
     modes = parse_modes(args.mode)

@@ -1,6 +1,7 @@
 """The measured cases behind `archlab profile`, `archlab compare` and `archlab sweep
---measure` (`run_cases`): every (spec or layer) x mode x sequence length case, with progress, out-of-memory and build failures as
-results, and the plan each case runs (scaled down on the CPU, or in the run dtype)."""
+--measure` (`run_cases`): every (spec or layer) x mode x sequence length case, with
+progress, out-of-memory and build failures as results, and the plan each case runs (scaled
+down on the CPU, or in the run dtype)."""
 
 from __future__ import annotations
 

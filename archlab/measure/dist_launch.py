@@ -25,10 +25,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from archlab.measure.cases import result_from_dict
 from archlab.measure.dist_worker import TIMEOUT_EXIT, worker
 from archlab.measure.distributed import DistJob, failed_extra
 from archlab.measure.result import Result
-from archlab.measure.cases import result_from_dict
 
 GRACE_S = 60.0  # the launcher's own alarm waits this much longer than the ranks' watchdogs
 QUIET_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing", "torch.distributed")

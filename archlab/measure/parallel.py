@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from archlab.lang.plan import Plan
-from archlab.measure.result import Result
 from archlab.measure.cases import Sizes, _unbuilt_results, result_from_dict
+from archlab.measure.result import Result
 
 POLL_S = 0.2
 

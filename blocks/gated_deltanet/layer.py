@@ -19,9 +19,9 @@ from archlab.blocks.base import (
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.gated_deltanet import FLA_MAX_HEAD_DIM, STATE_BYTES, GDNSizes, Params
 from archlab.kernels.linear_attn.fla_backend import (
-    gated_delta_backward_refused,
     INSTALL_HINT,
     fla_importable,
+    gated_delta_backward_refused,
     gated_delta_rule_fla,
 )
 from archlab.kernels.linear_attn.reference import (

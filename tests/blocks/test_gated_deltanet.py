@@ -208,7 +208,8 @@ def test_training_takes_kda_where_fla_refuses_the_backward(monkeypatch):
         return op
 
     ops = types.SimpleNamespace(
-        chunk_gated_delta_rule=fake("gdn"), fused_recurrent_gated_delta_rule=fake("rec"),
+        chunk_gated_delta_rule=fake("gdn"),
+        fused_recurrent_gated_delta_rule=fake("rec"),
         chunk_kda=fake("kda"),
     )
     monkeypatch.setattr(fla_backend, "_ops", lambda op: ops)
@@ -218,7 +219,12 @@ def test_training_takes_kda_where_fla_refuses_the_backward(monkeypatch):
         fla_backend.gated_delta_rule_fla(q, k, v.requires_grad_(True), g, beta, 0.5)
         with torch.no_grad():
             fla_backend.gated_delta_rule_fla(q, k, v, g, beta, 0.5)
-    assert calls == [("gdn", (1, 5, 2)), ("gdn", (1, 5, 2)), ("kda", (1, 5, 2, 8)), ("gdn", (1, 5, 2))]
+    assert calls == [
+        ("gdn", (1, 5, 2)),
+        ("gdn", (1, 5, 2)),
+        ("kda", (1, 5, 2, 8)),
+        ("gdn", (1, 5, 2)),
+    ]
     assert make_block(EXAMPLES[0]).backend_note is None  # the reference says nothing
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import archlab.measure.probe as probe_module
 import archlab.measure.cases as measure_cases
+import archlab.measure.probe as probe_module
 from archlab.measure.result import Result, Timing
 
 ROOT = Path(__file__).resolve().parents[2]
