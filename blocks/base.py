@@ -213,6 +213,19 @@ def resolve_backend(kind: str, requested: str, device: Any, table: BackendTable)
     return requested
 
 
+def select_cpu_backend(block: Any, known: Mapping[str, Any]) -> None:
+    """At a block's construction: `block.select_backend("cpu")`, leaving `block.backend`
+    None when the requested backend is one of `known` that needs another device (a CUDA
+    backend is resolved once the block has a device: `select_backend(cuda)`); a backend the
+    kind lacks raises BackendUnavailable."""
+    block.backend = None
+    try:
+        block.select_backend("cpu")
+    except BackendUnavailable:
+        if block.params.backend not in known:  # no such backend: an error
+            raise
+
+
 def runs_anywhere(device: Any) -> None:
     """A backend check: plain PyTorch runs on every device."""
     return None

@@ -15,6 +15,7 @@ from archlab.blocks.base import (
     needs_cuda,
     resolve_backend,
     runs_anywhere,
+    select_cpu_backend,
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.gated_deltanet import FLA_MAX_HEAD_DIM, STATE_BYTES, GDNSizes, Params
@@ -86,13 +87,7 @@ class GatedDeltaNetBlock(nn.Module):
         self.o_norm.weight = nn.Parameter(torch.ones(s.head_v))
         self.o_proj = nn.Linear(s.value_dim, d, bias=False)
         self.reset_parameters()
-        self.backend: str | None = None
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # a triton block is resolved once it has a device (select_backend(cuda))
+        select_cpu_backend(self, self.BACKENDS)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -13,6 +13,7 @@ from archlab.blocks.base import (
     needs_cuda,
     resolve_backend,
     runs_anywhere,
+    select_cpu_backend,
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.gla import STATE_BYTES, GLASizes, Params
@@ -63,13 +64,7 @@ class GLABlock(nn.Module):
         self.norm_name = "g_norm_swish_gate" if params.use_output_gate else "g_norm"
         setattr(self, self.norm_name, norm)
         self.reset_parameters()
-        self.backend: str | None = None
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # a triton block is resolved once it has a device (select_backend(cuda))
+        select_cpu_backend(self, self.BACKENDS)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.blocks.base import BackendUnavailable, ModelConfig, resolve_backend, runs_anywhere
+from archlab.blocks.base import (
+    BackendUnavailable,
+    ModelConfig,
+    resolve_backend,
+    runs_anywhere,
+    select_cpu_backend,
+)
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.mamba import MAX_TRITON_D_STATE, STATE_BYTES, MambaSizes, Params
 from archlab.kernels.runtime import triton_can_run
@@ -65,13 +71,7 @@ class MambaBlock(nn.Module):
             self.b_layernorm = nn.RMSNorm(s.d_state, eps=model.norm_eps)
             self.c_layernorm = nn.RMSNorm(s.d_state, eps=model.norm_eps)
         self.reset_parameters()
-        self.backend: str | None = None
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # a triton block is resolved once it has a device (select_backend(cuda))
+        select_cpu_backend(self, self.BACKENDS)
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:

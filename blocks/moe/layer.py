@@ -14,6 +14,7 @@ from archlab.blocks.base import (
     needs_cuda,
     resolve_backend,
     runs_anywhere,
+    select_cpu_backend,
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.mlp.layer import MLPBlock
@@ -70,13 +71,7 @@ class MoEBlock(nn.Module):
         self.shared_gate = nn.Linear(d, 1, bias=False) if params.shared_gate else None
         self.aux_loss: torch.Tensor | None = None
         self.reset_parameters()
-        self.backend: str | None = None
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # grouped runs on CUDA only: select_backend(cuda) picks it
+        select_cpu_backend(self, self.BACKENDS)
 
     def reset_parameters(self) -> None:
         """Every weight ~ N(0, 0.02)."""

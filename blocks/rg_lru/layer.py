@@ -15,6 +15,7 @@ from archlab.blocks.base import (
     needs_cuda,
     resolve_backend,
     runs_anywhere,
+    select_cpu_backend,
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.rg_lru import STATE_BYTES, C, Params, RGLRUSizes
@@ -130,13 +131,7 @@ class RGLRUBlock(nn.Module):
         self.conv_1d = Conv1D(s.width, s.kernel)
         self.rg_lru = RGLRU(s.width, s.heads)
         self.reset_linears()
-        self.backend: str | None = None
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # a triton block is resolved once it has a device (select_backend(cuda))
+        select_cpu_backend(self, self.BACKENDS)
 
     @torch.no_grad()
     def reset_linears(self) -> None:

@@ -15,6 +15,7 @@ from archlab.blocks.base import (
     needs_cuda,
     resolve_backend,
     runs_anywhere,
+    select_cpu_backend,
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.ssm import SSM_STATE_BYTES, Params, SSMSizes
@@ -73,14 +74,8 @@ class SSMBlock(nn.Module):
         self.norm = GatedRMSNorm(s.inner, s.groups, model.norm_eps)
         self.out_proj = nn.Linear(s.inner, s.d_model, bias=False)
         self.reset_parameters()
-        self.backend: str | None = None
         self.backend_note: str | None = None  # a caveat of the selected fast path
-        try:
-            self.select_backend(torch.device("cpu"))
-        except BackendUnavailable:
-            if params.backend not in self.BACKENDS:  # no such backend: an error
-                raise
-            # a triton block is resolved once it has a device (select_backend(cuda))
+        select_cpu_backend(self, self.BACKENDS)
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
