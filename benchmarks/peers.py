@@ -122,6 +122,7 @@ class Setup:
         self.decode = parse_shapes(args.decode) if args.decode else decode
         if args.row_budget is not None:
             self.row_budget_s = args.row_budget
+        self.trace_dir: str | None = getattr(args, "trace", None)
         default_compile = "none" if self.small else "inductor"
         self.compile = args.compile or default_compile
         self.dtype = getattr(torch, self.dtype_name)
@@ -1180,10 +1181,36 @@ def time_reps(fn: Callable[[], object], device, budget_s: float, max_reps: int) 
     return samples
 
 
-def run_side(side, mode: str, x: torch.Tensor, T: int, setup: Setup) -> dict:
+def write_trace(fn: Callable[[], object], device, path: str, reps: int = 3) -> None:
+    """`reps` calls of `fn` under torch.profiler: the kernels by total device time, and the
+    device time summed over kernels against the wall time (what is left is the device
+    idling, waiting for the host), written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            fn()
+        synchronize(device)
+    wall_ms = (time.perf_counter() - t0) * 1e3 / reps
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events) / reps
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"per call: wall {wall_ms:.3f} ms, kernels {device_us / 1e3:.3f} ms\n")
+        f.write(events.table(sort_by=sort, row_limit=30, max_name_column_width=90))
+
+
+def run_side(side, mode: str, x: torch.Tensor, T: int, setup: Setup, label: str = "") -> dict:
     """Time one side (archlab's layer or a peer) in one mode on input x. Returns a dict
     with status, ms, first_call_s, reps, cuda_graph, note, and `sample` (a slice of the
-    output of the first call, for the check)."""
+    output of the first call, for the check). With `setup.trace_dir`, a profile of a few
+    calls is written there as `label`.txt."""
     device = setup.device
     r: dict = {"status": "ok", "ms": None, "first_call_s": None, "reps": 0, "note": ""}
     cache = fn = None
@@ -1225,6 +1252,8 @@ def run_side(side, mode: str, x: torch.Tensor, T: int, setup: Setup) -> dict:
         samples = time_reps(fn, device, setup.row_budget_s, setup.max_reps)
         r["ms"], r["reps"] = statistics.median(samples), len(samples)
         r["spread"] = (max(samples) - min(samples)) / r["ms"] if r["ms"] else None
+        if setup.trace_dir and label:
+            write_trace(fn, device, os.path.join(setup.trace_dir, f"{label}.txt"))
     except PeerUnavailable as e:
         r.update(status="n/a", note=str(e), ms=None)
         r.pop("sample", None)
@@ -1336,9 +1365,14 @@ def run_kind(kind, setup, args, deadline, save) -> list[dict]:
         x = torch.randn(shape, device=setup.device, dtype=setup.dtype)
         if kind == "rat":  # as the published benchmark's inputs; see RESIDUAL_INPUT_SCALE
             x *= RESIDUAL_INPUT_SCALE
-        a = run_side(archlab_side, mode, x, T, setup)
-        c = run_side(fast_side, mode, x, T, setup) if fast_side is not None else SKIPPED
-        p = run_side(peer, mode, x, T, setup) if peer is not None else {"status": "n/a"}
+        label = f"{kind}_{mode}_{B}x{T}"
+        a = run_side(archlab_side, mode, x, T, setup, f"{label}_archlab")
+        c = SKIPPED
+        if fast_side is not None:
+            c = run_side(fast_side, mode, x, T, setup, f"{label}_archlab_compiled")
+        p = {"status": "n/a"}
+        if peer is not None:
+            p = run_side(peer, mode, x, T, setup, f"{label}_peer")
         _fill(row, a, p, peer, peer_error, kind, x, setup, mode)
         _fill_compiled(row, a, c, p, setup)
         del x
@@ -1534,6 +1568,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--small: none, which also skips archlab's compiled side)",
     )
     parser.add_argument("--row-budget", type=float, help="seconds of timed repetitions per side")
+    parser.add_argument(
+        "--trace",
+        metavar="DIR",
+        help="also profile a few calls of each side of each row (torch.profiler) and "
+        "write their kernel tables to DIR",
+    )
     parser.add_argument(
         "--time-budget",
         type=float,

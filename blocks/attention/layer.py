@@ -77,6 +77,20 @@ def run_sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv=None):
     return _compiled_sequence(block, x_BTD, shared_kv, mask)
 
 
+def store_last(cache_BSKD: torch.Tensor, new_BTKD: torch.Tensor) -> None:
+    """Store the last min(T, S) positions of `new` in a cache of S slots, position p in slot
+    p % S (a ring buffer when T > S), as at most two slice copies: an index_put over the
+    positions is several times slower at long prompts."""
+    T, slots = new_BTKD.shape[1], cache_BSKD.shape[1]
+    kept = min(T, slots)
+    first = T - kept
+    start = first % slots
+    head = min(kept, slots - start)
+    cache_BSKD[:, start : start + head].copy_(new_BTKD[:, first : first + head])
+    if head < kept:
+        cache_BSKD[:, : kept - head].copy_(new_BTKD[:, first + head :])
+
+
 class AttentionBlock(nn.Module):
     """Causal attention over x [B, T, d_model]: the mixer alone (no norm, no residual).
 
@@ -173,17 +187,22 @@ class AttentionBlock(nn.Module):
         """The softmax's soft-capping and sink logits, for the reference and flex cores."""
         return {"softcap": self.params.attn_softcap, "sinks_HN": getattr(self, "sinks", None)}
 
-    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
-        """q [B, T, H, dh] with qk-norm and RoPE applied, and the output gate's logits
-        [B, T, H, dh] (None without `output_gate`): q_proj's output holds, per head, the
-        head's query and then its gate (HF's Qwen3NextAttention layout)."""
+    def _check_device(self, x_BTD: torch.Tensor) -> None:
         if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
             raise BackendUnavailable(
                 f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
                 "(select_backend(device) chooses one for the device)"
             )
+
+    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, projected=None):
+        """q [B, T, H, dh] with qk-norm and RoPE applied, and the output gate's logits
+        [B, T, H, dh] (None without `output_gate`): q_proj's output holds, per head, the
+        head's query and then its gate (HF's Qwen3NextAttention layout). `projected` is
+        q_proj(x) when the caller has it."""
+        self._check_device(x_BTD)
         B, T, _ = x_BTD.shape
-        q = self.q_proj(x_BTD).view(B, T, self.heads, -1)
+        q = self.q_proj(x_BTD) if projected is None else projected
+        q = q.view(B, T, self.heads, -1)
         gate = None
         if self.params.output_gate:
             q, gate = q.split(self.head_dim, dim=-1)
@@ -193,26 +212,46 @@ class AttentionBlock(nn.Module):
             q = common.partial_rope(q, positions_T, self.params.rope_theta, self.rotary_dim)
         return q, gate
 
-    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor):
-        """k and v [B, T, K, dh], k with qk-norm and RoPE applied."""
+    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, projected=None):
+        """k and v [B, T, K, dh], k with qk-norm and RoPE applied; `projected` is
+        (k_proj(x), v_proj(x)) when the caller has them."""
         B, T, _ = x_BTD.shape
-        k = self.k_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
-        v = self.v_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        k, v = (self.k_proj(x_BTD), self.v_proj(x_BTD)) if projected is None else projected
+        k = k.view(B, T, self.kv_heads, self.head_dim)
+        v = v.view(B, T, self.kv_heads, self.head_dim)
         if self.params.qk_norm:
             k = common.rms_norm(k, self.k_norm, self.norm_eps)
         if self.params.rope:
             k = common.partial_rope(k, positions_T, self.params.rope_theta, self.rotary_dim)
         return k, v
 
+    def _fused_qkv(self, x_BTD: torch.Tensor):
+        """q_proj(x), k_proj(x), v_proj(x) as one matrix product over the three weights
+        stacked (one GEMM with three times the columns, as the published layers' single
+        qkv projection; the stacking copies the weights, negligible beside a sequence)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        widths = [p.out_features for p in projections]
+        return nn.functional.linear(x_BTD, weight, bias).split(widths, dim=-1)
+
     def _project(self, x_BTD, positions_T, shared_kv=None):
         """q, and k, v: this block's own, or those of the block it shares (`shared_kv`)."""
         return self._gated_project(x_BTD, positions_T, shared_kv)[:3]
 
     def _gated_project(self, x_BTD, positions_T, shared_kv=None):
-        """`_project`'s q, k, v and the output gate's logits (None without output_gate)."""
-        q, gate = self._queries(x_BTD, positions_T)
+        """`_project`'s q, k, v and the output gate's logits (None without output_gate).
+        A sequence of more than one token projects q, k and v in one product
+        (`_fused_qkv`); a decode step keeps three (stacking the weights would read them
+        twice more)."""
         if not self.shares:
-            return q, *self._keys_values(x_BTD, positions_T), gate
+            self._check_device(x_BTD)
+            q = kv = None
+            if x_BTD.shape[1] > 1:
+                q, *kv = self._fused_qkv(x_BTD)
+            q, gate = self._queries(x_BTD, positions_T, q)
+            return q, *self._keys_values(x_BTD, positions_T, kv), gate
+        q, gate = self._queries(x_BTD, positions_T)
         if shared_kv is None:
             raise ValueError(
                 f"this block reads the keys/values of block {self.params.share_cache}: "
@@ -282,11 +321,9 @@ class AttentionBlock(nn.Module):
         T = x_BTD.shape[1]
         y, k, v = run_sequence(self, x_BTD, shared_kv)
         if not self.shares:
-            slots = self._check_room(cache, T)
-            kept = min(T, slots)
-            ring = torch.arange(T - kept, T, device=x_BTD.device) % slots
-            cache["k"][:, ring] = k[:, T - kept :].to(cache["k"].dtype)
-            cache["v"][:, ring] = v[:, T - kept :].to(cache["v"].dtype)
+            self._check_room(cache, T)
+            store_last(cache["k"], k)
+            store_last(cache["v"], v)
         cache.length = T
         return (y, (k, v)) if return_kv else y
 
