@@ -46,8 +46,9 @@ out=${OUT:-/tmp/out}
 [ -n "${ARCHLAB_READY:-}" ] || source benchmarks/device_setup.sh
 # Triton's cache (compiled kernels and, for fla's kernels, the autotuning results: minutes
 # per new shape) can travel between sessions: a carried .triton-cache.tgz in the checkout
-# is unpacked first, and TRITON_CACHE_OUT=1 leaves the cache as $OUT/triton-cache.tgz to
-# carry next time (under the device tool's 16 MiB per file, or it does not come back)
+# is unpacked first, and TRITON_CACHE_OUT=1 leaves the cache's autotuning results as
+# $OUT/triton-cache.tgz to carry next time (the whole cache passed the device tool's 16 MiB
+# per file)
 export TRITON_CACHE_DIR=/tmp/triton-cache
 [ -f .triton-cache.tgz ] && [ ! -d "$TRITON_CACHE_DIR" ] && tar -xzf .triton-cache.tgz -C /tmp
 cd /tmp || exit 1  # run outside the checkout: the source folder must not shadow the install
@@ -180,5 +181,6 @@ esac
 tar -C "$out" -czf "$out/$stage.tar.gz" "$stage" && rm -rf "${out:?}/$stage"
 done
 if [ -n "${TRITON_CACHE_OUT:-}" ] && [ -d "$TRITON_CACHE_DIR" ]; then
-  tar -C /tmp -czf "${out:-/tmp/out}/triton-cache.tgz" triton-cache
+  # the autotuning results only (small): the kernels themselves recompile in seconds
+  (cd /tmp && find triton-cache -name "*.autotune.json" | tar -czf "${out:-/tmp/out}/triton-cache.tgz" -T -)
 fi

@@ -34,15 +34,51 @@ def _rope_at(x_BTHD: torch.Tensor, positions_T: torch.Tensor, theta: float) -> t
 
 
 _compiled_rope = None
+_compiled_rope_table = None
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def rope(x_BTHD: torch.Tensor, positions_T: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
-    """`apply_rope` at integer `positions`: the same function, and on CUDA for more than
-    one token one fused kernel per direction (torch.compile of the table and the
-    rotation: eager PyTorch makes about ten float32 passes over q or k, the backward as
-    many again). Inside an enclosing torch.compile, and on the CPU, it runs as written."""
-    global _compiled_rope
-    if x_BTHD.device.type != "cuda" or x_BTHD.shape[1] < 2 or torch.compiler.is_compiling():
+def cos_sin_table(
+    length: int, head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [n, head_dim] (float32, n >= length) of positions 0..n-1: made once per
+    (head_dim, theta, device) and grown by doubling, so that a sequence's RoPE reads rows
+    of a table, as a plain layer with cached tables does, instead of computing a cosine
+    and a sine for every element of q and k. Call it outside torch.compile'd code."""
+    key = (head_dim, float(theta), str(device))
+    table = _TABLES.get(key)
+    if table is None or table[0].shape[0] < length:
+        n = max(length, 2 * table[0].shape[0] if table is not None else 0)
+        table = rope_cos_sin(torch.arange(n, device=device), head_dim, theta)
+        _TABLES[key] = table
+    return table
+
+
+def _rope_from(x_BTHD, positions_T, cos_ND, sin_ND):
+    return apply_rope(x_BTHD, cos_ND[positions_T], sin_ND[positions_T])
+
+
+def rope(
+    x_BTHD: torch.Tensor,
+    positions_T: torch.Tensor,
+    theta: float = 10000.0,
+    table: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """`apply_rope` at integer `positions`: the angles from `table` (`cos_sin_table`,
+    covering every position) when given, else computed. The same function either way; on
+    CUDA for more than one token one fused kernel per direction (torch.compile of the
+    table lookup or computation and the rotation: eager PyTorch makes about ten float32
+    passes over q or k, the backward as many again). Inside an enclosing torch.compile,
+    and on the CPU, it runs as written."""
+    global _compiled_rope, _compiled_rope_table
+    eager = x_BTHD.device.type != "cuda" or x_BTHD.shape[1] < 2 or torch.compiler.is_compiling()
+    if table is not None:
+        if eager:
+            return _rope_from(x_BTHD, positions_T, *table)
+        if _compiled_rope_table is None:
+            _compiled_rope_table = torch.compile(_rope_from, dynamic=True, fullgraph=True)
+        return _compiled_rope_table(x_BTHD, positions_T, *table)
+    if eager:
         return _rope_at(x_BTHD, positions_T, theta)
     if _compiled_rope is None:
         _compiled_rope = torch.compile(_rope_at, dynamic=True, fullgraph=True)

@@ -43,13 +43,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def partial_rope(
-    x_BTHD: torch.Tensor, positions_T: torch.Tensor, theta: float, rotary_dim: int
+    x_BTHD: torch.Tensor,
+    positions_T: torch.Tensor,
+    theta: float,
+    rotary_dim: int,
+    table: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """RoPE on the first `rotary_dim` dims of each head (their own frequencies, as HF's
-    partial_rotary_factor), the rest passed through; all of them when rotary_dim = D."""
+    partial_rotary_factor), the rest passed through; all of them when rotary_dim = D.
+    `table`: `cos_sin_table` rows of rotary_dim columns covering the positions, or None."""
     if rotary_dim == x_BTHD.shape[-1]:
-        return rope(x_BTHD, positions_T, theta)
-    rotated = rope(x_BTHD[..., :rotary_dim], positions_T, theta)
+        return rope(x_BTHD, positions_T, theta, table)
+    rotated = rope(x_BTHD[..., :rotary_dim], positions_T, theta, table)
     return torch.cat([rotated, x_BTHD[..., rotary_dim:]], dim=-1)
 
 

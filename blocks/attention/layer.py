@@ -24,6 +24,7 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.cache import LayerCache
 from archlab.kernels.flex_compiled import flex_available
+from archlab.kernels.rope import cos_sin_table
 
 
 def sdpa_cannot_modify(device: torch.device) -> str:
@@ -39,10 +40,11 @@ def flex_can_run(device: torch.device) -> str | None:
     return needs_cuda(device) or "needs torch's flex_attention and Triton"
 
 
-def _sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv, block_mask=None):
-    """A whole sequence through `block`: (its output [B, T, d_model], k, v)."""
+def _sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv, block_mask=None, table=None):
+    """A whole sequence through `block`: (its output [B, T, d_model], k, v). `table`: the
+    RoPE angles (`cos_sin_table`) or None to compute them."""
     positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
-    q, k, v, gate = block._gated_project(x_BTD, positions, shared_kv)
+    q, k, v, gate = block._gated_project(x_BTD, positions, shared_kv, table)
     return block._out(block._attend_sequence(q, k, v, block_mask), gate), k, v
 
 
@@ -65,22 +67,27 @@ def run_sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv=None):
     """`_sequence`, as one compiled graph where `fuses_on` (projections, RoPE, the layout
     changes around the attention kernel and the output projection, fused the way a
     torch.compile'd plain layer is: the eager glue cost about 20 ms of a 100 ms training
-    step at 64 x 4096 on an H200); else eagerly."""
+    step at 64 x 4096 on an H200); else eagerly. Outside torch.compile the RoPE angles
+    come from a table made once (`cos_sin_table`), as a plain layer's cached tables."""
     global _compiled_sequence
+    table = None
+    if block.params.rope and not torch.compiler.is_compiling():
+        theta, T = block.params.rope_theta, x_BTD.shape[1]
+        table = cos_sin_table(T, block.rotary_dim, theta, x_BTD.device)
     if not fuses_on(x_BTD, block.backend):
-        return _sequence(block, x_BTD, shared_kv)
+        return _sequence(block, x_BTD, shared_kv, None, table)
     if _compiled_sequence is None:
         _compiled_sequence = torch.compile(_sequence, **COMPILE_OPTIONS)
     mask = None
     if block.backend == "flex":  # made outside the graph, once per (T, window, device)
         mask = common.flex_block_mask(x_BTD.shape[1], block.window, x_BTD.device)
-    return _compiled_sequence(block, x_BTD, shared_kv, mask)
+    return _compiled_sequence(block, x_BTD, shared_kv, mask, table)
 
 
 def store_last(cache_BSKD: torch.Tensor, new_BTKD: torch.Tensor) -> None:
     """Store the last min(T, S) positions of `new` in a cache of S slots, position p in slot
-    p % S (a ring buffer when T > S), as at most two slice copies: an index_put over the
-    positions is several times slower at long prompts."""
+    p % S (a ring buffer when T > S), as at most two slice copies (no index tensor, no
+    index_put)."""
     T, slots = new_BTKD.shape[1], cache_BSKD.shape[1]
     kept = min(T, slots)
     first = T - kept
@@ -187,71 +194,48 @@ class AttentionBlock(nn.Module):
         """The softmax's soft-capping and sink logits, for the reference and flex cores."""
         return {"softcap": self.params.attn_softcap, "sinks_HN": getattr(self, "sinks", None)}
 
-    def _check_device(self, x_BTD: torch.Tensor) -> None:
+    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, table=None):
+        """q [B, T, H, dh] with qk-norm and RoPE applied, and the output gate's logits
+        [B, T, H, dh] (None without `output_gate`): q_proj's output holds, per head, the
+        head's query and then its gate (HF's Qwen3NextAttention layout). `table`: the RoPE
+        angles (`cos_sin_table`) or None to compute them."""
         if self.backend is None or (self.backend == "flex" and x_BTD.device.type != "cuda"):
             raise BackendUnavailable(
                 f"backend {self.params.backend!r} cannot run on {x_BTD.device} "
                 "(select_backend(device) chooses one for the device)"
             )
-
-    def _queries(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, projected=None):
-        """q [B, T, H, dh] with qk-norm and RoPE applied, and the output gate's logits
-        [B, T, H, dh] (None without `output_gate`): q_proj's output holds, per head, the
-        head's query and then its gate (HF's Qwen3NextAttention layout). `projected` is
-        q_proj(x) when the caller has it."""
-        self._check_device(x_BTD)
         B, T, _ = x_BTD.shape
-        q = self.q_proj(x_BTD) if projected is None else projected
-        q = q.view(B, T, self.heads, -1)
+        q = self.q_proj(x_BTD).view(B, T, self.heads, -1)
         gate = None
         if self.params.output_gate:
             q, gate = q.split(self.head_dim, dim=-1)
         if self.params.qk_norm:
             q = common.rms_norm(q, self.q_norm, self.norm_eps)
         if self.params.rope:
-            q = common.partial_rope(q, positions_T, self.params.rope_theta, self.rotary_dim)
+            q = common.partial_rope(q, positions_T, self.params.rope_theta, self.rotary_dim, table)
         return q, gate
 
-    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, projected=None):
-        """k and v [B, T, K, dh], k with qk-norm and RoPE applied; `projected` is
-        (k_proj(x), v_proj(x)) when the caller has them."""
+    def _keys_values(self, x_BTD: torch.Tensor, positions_T: torch.Tensor, table=None):
+        """k and v [B, T, K, dh], k with qk-norm and RoPE applied (`table` as in
+        `_queries`)."""
         B, T, _ = x_BTD.shape
-        k, v = (self.k_proj(x_BTD), self.v_proj(x_BTD)) if projected is None else projected
-        k = k.view(B, T, self.kv_heads, self.head_dim)
-        v = v.view(B, T, self.kv_heads, self.head_dim)
+        k = self.k_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
+        v = self.v_proj(x_BTD).view(B, T, self.kv_heads, self.head_dim)
         if self.params.qk_norm:
             k = common.rms_norm(k, self.k_norm, self.norm_eps)
         if self.params.rope:
-            k = common.partial_rope(k, positions_T, self.params.rope_theta, self.rotary_dim)
+            k = common.partial_rope(k, positions_T, self.params.rope_theta, self.rotary_dim, table)
         return k, v
-
-    def _fused_qkv(self, x_BTD: torch.Tensor):
-        """q_proj(x), k_proj(x), v_proj(x) as one matrix product over the three weights
-        stacked (one GEMM with three times the columns, as the published layers' single
-        qkv projection; the stacking copies the weights, negligible beside a sequence)."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        widths = [p.out_features for p in projections]
-        return nn.functional.linear(x_BTD, weight, bias).split(widths, dim=-1)
 
     def _project(self, x_BTD, positions_T, shared_kv=None):
         """q, and k, v: this block's own, or those of the block it shares (`shared_kv`)."""
         return self._gated_project(x_BTD, positions_T, shared_kv)[:3]
 
-    def _gated_project(self, x_BTD, positions_T, shared_kv=None):
-        """`_project`'s q, k, v and the output gate's logits (None without output_gate).
-        A sequence of more than one token projects q, k and v in one product
-        (`_fused_qkv`); a decode step keeps three (stacking the weights would read them
-        twice more)."""
+    def _gated_project(self, x_BTD, positions_T, shared_kv=None, table=None):
+        """`_project`'s q, k, v and the output gate's logits (None without output_gate)."""
+        q, gate = self._queries(x_BTD, positions_T, table)
         if not self.shares:
-            self._check_device(x_BTD)
-            q = kv = None
-            if x_BTD.shape[1] > 1:
-                q, *kv = self._fused_qkv(x_BTD)
-            q, gate = self._queries(x_BTD, positions_T, q)
-            return q, *self._keys_values(x_BTD, positions_T, kv), gate
-        q, gate = self._queries(x_BTD, positions_T)
+            return q, *self._keys_values(x_BTD, positions_T, table), gate
         if shared_kv is None:
             raise ValueError(
                 f"this block reads the keys/values of block {self.params.share_cache}: "
