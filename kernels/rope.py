@@ -54,6 +54,16 @@ def cos_sin_table(
     return table
 
 
+def existing_table(
+    length: int, head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`cos_sin_table`'s table if one covering `length` positions was made already, else
+    None; never makes one, so it may run inside torch.compile'd code (the table becomes an
+    input of the graph instead of a cosine and a sine computed per element)."""
+    table = _TABLES.get((head_dim, float(theta), str(device)))
+    return table if table is not None and table[0].shape[0] >= length else None
+
+
 def _rope_from(x_BTHD, positions_T, cos_ND, sin_ND):
     return apply_rope(x_BTHD, cos_ND[positions_T], sin_ND[positions_T])
 

@@ -24,7 +24,7 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.cache import LayerCache
 from archlab.kernels.flex_compiled import flex_available
-from archlab.kernels.rope import cos_sin_table
+from archlab.kernels.rope import cos_sin_table, existing_table
 
 
 def sdpa_cannot_modify(device: torch.device) -> str:
@@ -40,12 +40,22 @@ def flex_can_run(device: torch.device) -> str | None:
     return needs_cuda(device) or "needs torch's flex_attention and Triton"
 
 
-def _sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv, block_mask=None, table=None):
-    """A whole sequence through `block`: (its output [B, T, d_model], k, v). `table`: the
+def _sequence(
+    block: AttentionBlock,
+    x_BTD: torch.Tensor,
+    shared_kv,
+    block_mask=None,
+    table=None,
+    with_kv: bool = True,
+):
+    """A whole sequence through `block`: (its output [B, T, d_model], k, v), k and v None
+    unless `with_kv` (a compiled graph that returns k and v adds their zero gradients in
+    its backward: about 1.5 ms of a 64 x 4096 training step on an H200). `table`: the
     RoPE angles (`cos_sin_table`) or None to compute them."""
     positions = torch.arange(x_BTD.shape[1], device=x_BTD.device)
     q, k, v, gate = block._gated_project(x_BTD, positions, shared_kv, table)
-    return block._out(block._attend_sequence(q, k, v, block_mask), gate), k, v
+    y = block._out(block._attend_sequence(q, k, v, block_mask), gate)
+    return (y, k, v) if with_kv else (y, None, None)
 
 
 COMPILE_OPTIONS = {"dynamic": True}  # how the sdpa sequence path is compiled on CUDA
@@ -63,25 +73,27 @@ def fuses_on(x_BTD: torch.Tensor, backend: str | None) -> bool:
     )
 
 
-def run_sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv=None):
+def run_sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv=None, with_kv: bool = True):
     """`_sequence`, as one compiled graph where `fuses_on` (projections, RoPE, the layout
     changes around the attention kernel and the output projection, fused the way a
     torch.compile'd plain layer is: the eager glue cost about 20 ms of a 100 ms training
-    step at 64 x 4096 on an H200); else eagerly. Outside torch.compile the RoPE angles
-    come from a table made once (`cos_sin_table`), as a plain layer's cached tables."""
+    step at 64 x 4096 on an H200); else eagerly. The RoPE angles come from a table made
+    once (`cos_sin_table`), as a plain layer's cached tables (computing them per element
+    of q and k cost about 12 ms of that step); inside an enclosing torch.compile, from the
+    table if one was made (`select_backend` makes it on CUDA), else computed."""
     global _compiled_sequence
     table = None
-    if block.params.rope and not torch.compiler.is_compiling():
-        theta, T = block.params.rope_theta, x_BTD.shape[1]
-        table = cos_sin_table(T, block.rotary_dim, theta, x_BTD.device)
+    if block.params.rope:
+        args = (x_BTD.shape[1], block.rotary_dim, block.params.rope_theta, x_BTD.device)
+        table = existing_table(*args) if torch.compiler.is_compiling() else cos_sin_table(*args)
     if not fuses_on(x_BTD, block.backend):
-        return _sequence(block, x_BTD, shared_kv, None, table)
+        return _sequence(block, x_BTD, shared_kv, None, table, with_kv)
     if _compiled_sequence is None:
         _compiled_sequence = torch.compile(_sequence, **COMPILE_OPTIONS)
     mask = None
     if block.backend == "flex":  # made outside the graph, once per (T, window, device)
         mask = common.flex_block_mask(x_BTD.shape[1], block.window, x_BTD.device)
-    return _compiled_sequence(block, x_BTD, shared_kv, mask, table)
+    return _compiled_sequence(block, x_BTD, shared_kv, mask, table, with_kv)
 
 
 def store_last(cache_BSKD: torch.Tensor, new_BTKD: torch.Tensor) -> None:
@@ -132,6 +144,7 @@ class AttentionBlock(nn.Module):
         self.rotary_dim = rotary_dim(params, model.d_model)
         self.logit_mods = logit_mods(params)  # soft-capping or sinks: no sdpa
         self.norm_eps = model.norm_eps
+        self.max_seq_len = model.max_seq_len
         d, inner = model.d_model, self.heads * self.head_dim
         kv_inner = self.kv_heads * self.head_dim
         self.shares = params.share_cache is not None  # reads block share_cache's k/v
@@ -185,9 +198,12 @@ class AttentionBlock(nn.Module):
 
     def select_backend(self, device: torch.device | str) -> str:
         """Choose the backend for `device` (raises BackendUnavailable if it cannot run)."""
+        device = torch.device(device)
         self.backend = resolve_backend(
-            self.KIND_NAME, self.params.backend, torch.device(device), self.backend_table()
+            self.KIND_NAME, self.params.backend, device, self.backend_table()
         )
+        if device.type == "cuda" and self.params.rope:  # read inside torch.compile'd models
+            cos_sin_table(self.max_seq_len, self.rotary_dim, self.params.rope_theta, device)
         return self.backend
 
     def _mods(self) -> dict:
@@ -267,7 +283,7 @@ class AttentionBlock(nn.Module):
         """[B, T, d_model] -> [B, T, d_model], causal over T. `return_kv` also returns the
         (k, v) that a later block sharing this one's cache reads; a sharing block takes
         them as `shared_kv`."""
-        y, k, v = run_sequence(self, x_BTD, shared_kv)
+        y, k, v = run_sequence(self, x_BTD, shared_kv, with_kv=return_kv)
         return (y, (k, v)) if return_kv else y
 
     def allocate_cache(

@@ -59,3 +59,28 @@ def test_compiled_prefill_fills_the_cache(forced):
         out = [block.prefill(x[:, :6], cache)]
         out += [block.step(x[:, t : t + 1], cache) for t in range(6, 9)]
     assert rel_err(torch.cat(out, 1), full) < 1e-5
+
+
+def test_whole_compiled_block_reads_the_rope_table():
+    """Inside an enclosing torch.compile the RoPE angles come from the table made before
+    (one graph, no break), and the block computes what it does eagerly; without a table
+    the angles are computed in the graph, the same function."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from archlab.kernels import rope as rope_module
+
+    torch.manual_seed(2)
+    block = attention_layer.AttentionBlock(Params(heads=4, rope_theta=777.0), MODEL)
+    x = torch.randn(2, 11, 32)
+    eager = run(block, x)  # makes the table for (head_dim 8, theta 777) on the CPU
+    assert rope_module.existing_table(11, 8, 777.0, x.device) is not None
+    block.zero_grad()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = run(torch.compile(block, backend=counter, fullgraph=True), x)
+    assert counter.frame_count == 1
+    placeholders = [n.target for n in counter.graphs[0].graph.nodes if n.op == "placeholder"]
+    graph_ops = {str(n.target) for n in counter.graphs[0].graph.nodes}
+    assert not any("cos" in op for op in graph_ops), graph_ops  # read, not computed
+    assert len(placeholders) >= 3  # x, the weights and the table
+    for a, b in zip(compiled, eager, strict=True):
+        assert rel_err(a, b) < 1e-5
