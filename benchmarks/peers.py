@@ -115,7 +115,7 @@ class Setup:
             self.window, self.chunk = 1025, 16
             self.ssm = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1}
             shapes, decode = PAPER_SHAPES, PAPER_DECODE
-            self.row_budget_s, self.max_reps = 1.0, 100
+            self.row_budget_s, self.max_reps = 1.0, 1000
         self.ssm["conv_kernel"] = 4
         self.norm_eps, self.rope_theta, self.qk_groups = 1e-6, 10000.0, 2
         self.shapes = parse_shapes(args.shapes) if args.shapes else shapes
@@ -1388,6 +1388,7 @@ def _fill(row, a, p, peer, peer_error, kind, x, setup, mode) -> None:
     row["archlab_ms"], row["archlab_status"] = a["ms"], a["status"]
     row["archlab_first_call_s"] = a["first_call_s"]
     row["archlab_reps"], row["archlab_cuda_graph"] = a["reps"], a.get("cuda_graph")
+    row["archlab_spread"], row["peer_spread"] = a.get("spread"), p.get("spread")
     if a.get("error"):
         row["archlab_error"] = a["error"]
     if peer is None:
@@ -1433,7 +1434,7 @@ def _fill_compiled(row, a, c, p, setup) -> None:
     (the compile), status, and its output against archlab's eager output."""
     row["archlab_compiled_ms"], row["archlab_compiled_status"] = c["ms"], c["status"]
     row["archlab_compiled_first_call_s"] = c["first_call_s"]
-    row["archlab_compiled_reps"] = c["reps"]
+    row["archlab_compiled_reps"], row["archlab_compiled_spread"] = c["reps"], c.get("spread")
     row["archlab_compiled_cuda_graph"] = c.get("cuda_graph")
     if c.get("error"):
         row["archlab_compiled_error"] = c["error"]

@@ -117,6 +117,16 @@ def test_small_run_writes_rows(peers, tmp_path, capsys):
     assert "archlab/peer" in capsys.readouterr().out
 
 
+def test_trace_writes_each_sides_kernel_table(peers, tmp_path):
+    traces = tmp_path / "traces"
+    argv = ["--small", "--cpu", "--kinds", "mlp", "--modes", "prefill", "--trace", str(traces)]
+    assert peers.main(argv) == 0
+    written = sorted(p.name for p in traces.iterdir())
+    assert written == ["mlp_prefill_2x32_archlab.txt", "mlp_prefill_2x32_peer.txt"]
+    text = (traces / written[0]).read_text()
+    assert text.startswith("per call: wall") and "aten::" in text  # the profiler's table
+
+
 SSM_UNDER_INTERPRETER = r"""
 import ast, sys
 import torch
