@@ -49,8 +49,16 @@ out=${OUT:-/tmp/out}
 # is unpacked first, and TRITON_CACHE_OUT=1 leaves the cache's autotuning results as
 # $OUT/triton-cache.tgz to carry next time (the whole cache passed the device tool's 16 MiB
 # per file)
+# (benchmarks/device_cache/ keeps such results in the repository, per GPU and versions;
+# they are unpacked too, once per machine: their keys hold Triton's and the kernels' own
+# hashes, so results from other versions are never used)
 export TRITON_CACHE_DIR=/tmp/triton-cache
-[ -f .triton-cache.tgz ] && [ ! -d "$TRITON_CACHE_DIR" ] && tar -xzf .triton-cache.tgz -C /tmp
+if [ ! -d "$TRITON_CACHE_DIR" ]; then
+  mkdir -p "$TRITON_CACHE_DIR"
+  for tgz in benchmarks/device_cache/*.tgz .triton-cache.tgz; do
+    [ -f "$tgz" ] && tar -xzkf "$tgz" -C /tmp 2>/dev/null
+  done
+fi
 cd /tmp || exit 1  # run outside the checkout: the source folder must not shadow the install
 repo=$OLDPWD
 for arg in "$@"; do
