@@ -38,6 +38,14 @@ _compiled_rope_table = None
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def _key(head_dim: int, theta: float, device: torch.device | str) -> tuple:
+    """The table's key; "cuda" and "cuda:<current>" are the same device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return head_dim, float(theta), str(device)
+
+
 def cos_sin_table(
     length: int, head_dim: int, theta: float, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +53,7 @@ def cos_sin_table(
     (head_dim, theta, device) and grown by doubling, so that a sequence's RoPE reads rows
     of a table, as a plain layer with cached tables does, instead of computing a cosine
     and a sine for every element of q and k. Call it outside torch.compile'd code."""
-    key = (head_dim, float(theta), str(device))
+    key = _key(head_dim, theta, device)
     table = _TABLES.get(key)
     if table is None or table[0].shape[0] < length:
         n = max(length, 2 * table[0].shape[0] if table is not None else 0)
@@ -60,7 +68,7 @@ def existing_table(
     """`cos_sin_table`'s table if one covering `length` positions was made already, else
     None; never makes one, so it may run inside torch.compile'd code (the table becomes an
     input of the graph instead of a cosine and a sine computed per element)."""
-    table = _TABLES.get((head_dim, float(theta), str(device)))
+    table = _TABLES.get(_key(head_dim, theta, device))
     return table if table is not None and table[0].shape[0] >= length else None
 
 
