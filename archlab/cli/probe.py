@@ -29,6 +29,8 @@ PROBE_OPTIONS = {
     "blocks": (int, "the copy keeps the fewest whole units of the stack with at least this "
                "many blocks, and every patched unit (4; 0: every block)"),
     "dtype": (str, "float32, or bfloat16 (autocast, CUDA only)"),
+    "init": (str, "blocks: each block's own initialisation (default); torch: every Linear "
+             "weight re-drawn with PyTorch's default rule, the same for every kind"),
 }  # fmt: skip
 
 
@@ -66,6 +68,7 @@ def probe_settings(args, device):
         blocks=pick("blocks", base.blocks),
         eval_sequences=pick("eval", base.eval_sequences),
         dtype=pick("dtype", base.dtype),
+        init=pick("init", base.init),
     )
     problems = settings.problems()
     if problems:

@@ -35,6 +35,9 @@ from archlab.model import build_model
 SCHEMA = "archlab.probe/1"
 
 
+INITS = ("blocks", "torch")
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     """The task, the copy's width and depth (`blocks`: Scale.min_blocks) and training."""
@@ -51,6 +54,7 @@ class ProbeSettings:
     eval_every: int = 0  # held-out accuracy every N steps (0: 10 times in the run)
     seed: int = 0
     dtype: str = "float32"  # "bfloat16": autocast on CUDA, float32 weights
+    init: str = "blocks"  # "blocks": as built; "torch": every Linear weight re-drawn alike
 
     def problems(self) -> list[str]:
         """Why these settings cannot run (empty when they can)."""
@@ -64,6 +68,8 @@ class ProbeSettings:
             out.append("lr must be > 0, weight_decay >= 0 and 0 <= warmup < 1")
         if self.dtype not in ("float32", "bfloat16"):
             out.append(f"dtype is float32 or bfloat16 (got {self.dtype!r})")
+        if self.init not in INITS:
+            out.append(f"init is one of {', '.join(INITS)} (got {self.init!r})")
         return out
 
     def to_dict(self) -> dict:
@@ -91,6 +97,28 @@ def probe_plan(plan: Plan, settings: ProbeSettings) -> tuple[Plan, str]:
     model = scaled.model.model_copy(update={"vocab_size": task.vocab, "max_seq_len": task.seq})
     text = re.sub(r"vocab [0-9]+", f"vocab {task.vocab}", text)
     return dataclasses.replace(scaled, model=model), text
+
+
+def reinit_linear_weights(model: torch.nn.Module) -> int:
+    """Re-draw the weight of every nn.Linear in `model` with PyTorch's default rule
+    (Kaiming-uniform, a = sqrt(5): std 1 / sqrt(3 fan_in)), the same for every block kind;
+    biases, gate biases, decays, convolutions, norms and embeddings stay as built (the
+    probe's `init: torch`). The blocks' own initialisations differ (attention, mlp, mla,
+    gla, gated_deltanet: N(0, 0.02), the scale of a model thousands wide; rat, rnn:
+    PyTorch's default), and at the probe's width the fixed 0.02 makes attention's logits
+    at the start 6-14x smaller than PyTorch's default would. Measured on the CPU (one
+    seed each), it cuts both ways: at d_model 64, 16 pairs in 128 tokens, vocabulary 512,
+    attention's copy reached 5.3% after 2000 steps as built and 89.2% after 1500 steps
+    with this rule, RAT at chunk 1 99.6% after 2000 steps as built and 6.7% after 1500
+    with it; at the CPU defaults (4 pairs in 32 tokens, vocabulary 64, 600 steps) the tiny
+    attention spec reached 97% as built and 27% with it. Returns how many weights were
+    re-drawn."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            count += 1
+    return count
 
 
 def _rate(step: int, settings: ProbeSettings) -> float:
@@ -140,6 +168,8 @@ def run_probe(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
         model = build_model(small, device=device, dtype="float32")
+        if settings.init == "torch":
+            reinit_linear_weights(model)
     use_amp = settings.dtype == "bfloat16" and device.type == "cuda"
 
     def autocast():
@@ -171,7 +201,9 @@ def run_probe(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         schedule.step()
-        losses.append(loss.detach())
+        # a copy: keeping `loss.detach()` grew the process by about 13 MB a step on the CPU
+        # (torch 2.13, d_model 64, 64 x 128 tokens, vocabulary 512), the copy does not
+        losses.append(loss.detach().clone())
         shown = None
         if (step + 1) % every == 0 or step + 1 == settings.steps:
             accuracy, held_loss = evaluate(model, held_x, held_y, settings.batch, device, autocast)

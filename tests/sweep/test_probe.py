@@ -12,7 +12,14 @@ import torch
 
 import archlab
 from archlab.measure.mqar import MQAR
-from archlab.measure.probe import CPU_PROBE, ProbeSettings, probe_plan, run_probe
+from archlab.measure.probe import (
+    CPU_PROBE,
+    ProbeSettings,
+    probe_plan,
+    reinit_linear_weights,
+    run_probe,
+)
+from archlab.model import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +59,40 @@ def test_probe_plan_takes_the_probe_width_and_vocabulary():
         text == "d_model 64, heads 1x64, vocab 100, 4 of 48 blocks (2 of 24 units of R-), float32"
     )
     assert {b.params.chunk_size for b in small.order() if b.kind == "rat"} == {16}
+
+
+def test_every_linear_weight_is_redrawn_alike_and_nothing_else():
+    """The probe's `torch` init: each nn.Linear weight of every kind gets PyTorch's default
+    (std 1 / sqrt(3 fan_in)); biases, embeddings, norms and RAT's gate bias stay as built."""
+    plan = archlab.compile(ROOT / "specs" / "paper" / "rat.yaml")
+    small, _ = probe_plan(plan, ProbeSettings(MQAR(256, 4, 32), d_model=128))
+    torch.manual_seed(0)
+    model = build_model(small, dtype="float32")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert reinit_linear_weights(model) == len(linears) > 4
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if owner in linears and leaf == "weight":
+            assert not torch.equal(p, before[name]), name
+            expected = (3 * p.shape[1]) ** -0.5
+            assert 0.8 * expected < p.std().item() < 1.2 * expected, (name, p.std().item())
+        else:
+            assert torch.equal(p, before[name]), name
+
+
+def test_the_torch_init_is_taken_on_request(one_thread, monkeypatch):
+    import archlab.measure.probe as probe_module
+
+    drawn = []
+    monkeypatch.setattr(probe_module, "reinit_linear_weights", lambda m: drawn.append(m) or 0)
+    plan = archlab.compile(ROOT / "specs" / "tiny" / "attention.yaml")
+    settings = ProbeSettings(MQAR(64, 4, 32), steps=1, eval_sequences=8)
+    assert settings.init == "blocks" and run_probe(plan, settings) and not drawn
+    settings = ProbeSettings(MQAR(64, 4, 32), steps=1, eval_sequences=8, init="torch")
+    assert run_probe(plan, settings)["settings"]["init"] == "torch" and len(drawn) == 1
+    problems = ProbeSettings(init="xavier").problems()
+    assert problems == ["init is one of blocks, torch (got 'xavier')"]
 
 
 def test_settings_are_checked():
