@@ -40,7 +40,7 @@ import triton  # noqa: E402
 from archlab.kernels.rnn import triton_rnn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
-from scan_timing import median_ms, time_forward_and_train  # noqa: E402
+from scan_timing import median_ms, print_variant_rows, time_forward_and_train  # noqa: E402
 
 D_MODEL = 2048
 SHAPES = [(64, 4096), (16, 16384), (4, 65536)]
@@ -230,19 +230,7 @@ def fmt(x):
 
 def print_table(report, variants):
     print("\ncore (ms, median; ratio = variant / triton)")
-    print(f"{'B x T':>12} {'mode':>8} " + " ".join(f"{v:>10} {'ratio':>6}" for v in variants))
-    for row in report["train"]:
-        for mode in ("train", "forward"):
-            base = row["variants"].get("triton", {}).get(f"{mode}_ms")
-            cells = []
-            for v in variants:
-                ms = row["variants"].get(v, {}).get(f"{mode}_ms")
-                ratio = f"{ms / base:6.2f}" if ms is not None and base else f"{'-':>6}"
-                cells.append(f"{fmt(ms) if ms is not None else 'error':>10} {ratio}")
-            print(f"{row['B']:>5}x{row['T']:<6} {mode:>8} " + " ".join(cells))
-        for v, res in row["variants"].items():
-            if "error" in res:
-                print(f"{'':>12} {v} failed: {res['error'][:300]}")
+    print_variant_rows(report["train"], variants, ("train", "forward"))
     d = report.get("decode") or {}
     for suffix, what in (("_ms", "eager launches"), ("_graph_ms", "CUDA graph replay")):
         tri, tor = d.get("triton" + suffix), d.get("torch" + suffix)

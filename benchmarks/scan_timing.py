@@ -1,6 +1,7 @@
 """Timing shared by the scan benchmarks (`rnn_scan.py`, `selective_scan.py`): a median in
 milliseconds (triton's `do_bench` on a GPU, wall-clock calls elsewhere) and one variant's
-forward and forward + backward times, a failure (an OOM, a compile error) being its result."""
+forward and forward + backward times, a failure (an OOM, a compile error) being its result;
+and the table of those times, each variant's ratio to the Triton kernel."""
 
 from __future__ import annotations
 
@@ -50,3 +51,21 @@ def time_forward_and_train(
     if cuda:
         torch.cuda.empty_cache()
     return out
+
+
+def print_variant_rows(rows: list[dict], variants: list[str], modes: tuple[str, ...]) -> None:
+    """One line per row and mode: each variant's median ms and its ratio to `triton`'s,
+    then the variants that failed. A row is {B, T, variants: {name: {<mode>_ms | error}}}."""
+    print(f"{'B x T':>12} {'mode':>8} " + " ".join(f"{v:>10} {'ratio':>6}" for v in variants))
+    for row in rows:
+        for mode in modes:
+            base = row["variants"].get("triton", {}).get(f"{mode}_ms")
+            cells = []
+            for v in variants:
+                ms = row["variants"].get(v, {}).get(f"{mode}_ms")
+                ratio = f"{ms / base:6.2f}" if ms is not None and base else f"{'-':>6}"
+                cells.append(f"{f'{ms:10.3f}' if ms is not None else 'error':>10} {ratio}")
+            print(f"{row['B']:>5}x{row['T']:<6} {mode:>8} " + " ".join(cells))
+        for v, res in row["variants"].items():
+            if "error" in res:
+                print(f"{'':>12} {v} failed: {res['error'][:300]}")

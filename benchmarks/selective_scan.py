@@ -43,7 +43,7 @@ from archlab.kernels.selective_scan.reference import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
-from scan_timing import time_forward_and_train  # noqa: E402
+from scan_timing import print_variant_rows, time_forward_and_train  # noqa: E402
 
 D_INNER, D_STATE = 4096, 16
 SHAPES = [(16, 4096), (4, 16384)]
@@ -116,19 +116,7 @@ def run_shape(B, T, E, N, variants, cuda, reps, backend):
 
 def print_table(report, variants):
     print("\nselective scan (ms, median; ratio = variant / triton)")
-    print(f"{'B x T':>12} {'mode':>8} " + " ".join(f"{v:>10} {'ratio':>6}" for v in variants))
-    for row in report["results"]:
-        for mode in ("forward", "train"):
-            base = row["variants"].get("triton", {}).get(f"{mode}_ms")
-            cells = []
-            for v in variants:
-                ms = row["variants"].get(v, {}).get(f"{mode}_ms")
-                ratio = f"{ms / base:6.2f}" if ms is not None and base else f"{'-':>6}"
-                cells.append(f"{f'{ms:10.3f}' if ms is not None else 'error':>10} {ratio}")
-            print(f"{row['B']:>5}x{row['T']:<6} {mode:>8} " + " ".join(cells))
-        for v, res in row["variants"].items():
-            if "error" in res:
-                print(f"{'':>12} {v} failed: {res['error'][:300]}")
+    print_variant_rows(report["results"], variants, ("forward", "train"))
 
 
 def main(argv: list[str] | None = None) -> int:
