@@ -45,7 +45,7 @@ from scan_timing import median_ms, print_variant_rows, time_forward_and_train  #
 D_MODEL = 2048
 SHAPES = [(64, 4096), (16, 16384), (4, 65536)]
 DECODE_BATCH = 512
-SWEEP = [  # (BT, BD, warps); the first is triton_rnn's default
+SWEEP = [  # (BT, BD, warps); the first was triton_rnn's default before the sweep chose by batch
     (32, 32, 4),
     (64, 32, 4),
     (64, 32, 8),
@@ -168,18 +168,18 @@ def train_case(B, T, D, variants, cuda, reps, sweep, backend):
 
 
 def sweep_tiles(u, gate_bias, dy, cuda, reps):
-    """The Triton core at each (BT, BD, warps) of SWEEP (the module's defaults restored)."""
-    saved = triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU
+    """The Triton core at each (BT, BD, warps) of SWEEP (the module's choice restored)."""
+    saved = triton_rnn.GPU_TILES
     out = []
     try:
         for BT, BD, warps in SWEEP:
-            triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU = BT, BD, warps
+            triton_rnn.GPU_TILES = ((0, (BT, BD, warps)),)
             res = time_core(core_triton, u, gate_bias, dy, cuda, reps)
             res.pop("y", None)
             out.append({"BT": BT, "BD": BD, "warps": warps, **res})
             print(f"  sweep BT={BT} BD={BD} warps={warps}: {res}", flush=True)
     finally:
-        triton_rnn.BT_GPU, triton_rnn.BD_GPU, triton_rnn.WARPS_GPU = saved
+        triton_rnn.GPU_TILES = saved
     return out
 
 
@@ -278,11 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             "decode_batch": decode_batch,
             "compile_backend": backend,
             "small": small,
-            "triton_gpu_tiles": {
-                "BT": triton_rnn.BT_GPU,
-                "BD": triton_rnn.BD_GPU,
-                "warps": triton_rnn.WARPS_GPU,
-            },
+            "triton_gpu_tiles": [
+                {"min_batch": least, "BT": BT, "BD": BD, "warps": warps}
+                for least, (BT, BD, warps) in triton_rnn.GPU_TILES
+            ],
         },
         "train": [],
     }

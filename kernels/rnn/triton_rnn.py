@@ -48,18 +48,24 @@ from archlab.kernels.runtime import triton_interpreted as _interpret
 
 Tensor = torch.Tensor
 
-# GPU tiles (tokens per tile, channels per program, warps); module globals, read at each
-# launch, so that a benchmark can sweep them. BT is also the checkpoint interval.
-BT_GPU, BD_GPU, WARPS_GPU = 32, 32, 4
+# GPU tiles (tokens per tile, channels per program, warps) by batch: the first entry whose
+# minimum batch the batch reaches. A module global, read at each launch, so that a
+# benchmark can sweep it (`benchmarks/rnn_scan.py --sweep`). BT is also the checkpoint
+# interval. Chosen from that sweep on an H200 (2026-11-30, D = 2048, bf16, forward +
+# backward of the core): with 16 or more rows one warp per program of 16 channels trained
+# fastest (9.9 ms at 64 x 4096 and 10.5 ms at 16 x 16384, against 17.5 and 18.4 ms with
+# the former (32, 32, 4)); with 4 rows so few warps leave the GPU idle and (64, 16, 2) was
+# fastest (17.1 ms at 4 x 65536, against 24.0).
+GPU_TILES = ((16, (32, 16, 1)), (0, (64, 16, 2)))
 BD_STEP_GPU, WARPS_STEP_GPU = 256, 2
 # the interpreter: small tiles, so that the CPU tests cover several tiles and channel blocks
 BT_CPU, BD_CPU = 16, 16
 
 
-def tiles(device: torch.device) -> tuple[int, int, int]:
-    """(BT, BD, num_warps) of the scan kernels on `device`."""
+def tiles(device: torch.device, batch: int) -> tuple[int, int, int]:
+    """(BT, BD, num_warps) of the scan kernels on `device` for `batch` rows."""
     if device.type == "cuda" and not _interpret():
-        return BT_GPU, BD_GPU, WARPS_GPU
+        return next(tile for least, tile in GPU_TILES if batch >= least)
     return BT_CPU, BD_CPU, 1
 
 
@@ -206,7 +212,7 @@ def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor],  # noqa:
     _check_device(u)
     B, T, D3 = u.shape
     D = D3 // 3
-    _, BD, warps = tiles(u.device)
+    _, BD, warps = tiles(u.device, B)
     n_tiles = triton.cdiv(T, BT)
     y = torch.empty(B, T, D, device=u.device, dtype=u.dtype)
     last = torch.empty(B, D, device=u.device, dtype=torch.float32)
@@ -234,7 +240,7 @@ def rnn_core_bwd(dy: Optional[Tensor], dlast: Optional[Tensor],  # noqa: UP045
     _check_device(u)
     B, T, D3 = u.shape
     D = D3 // 3
-    _, BD, warps = tiles(u.device)
+    _, BD, warps = tiles(u.device, B)
     dy = dy.contiguous() if dy is not None else None
     dlast = dlast.contiguous() if dlast is not None else None
     du = torch.empty_like(u)
@@ -316,7 +322,7 @@ def rnn_core_triton(u_BT3D: Tensor, gate_bias_D: Tensor, state_BD: Tensor | None
         return u_BT3D.new_empty(B, 0, D), last
     state = state_BD.contiguous() if state_BD is not None else None
     y, last, _ = torch.ops.archlab.rnn_core_fwd(u_BT3D.contiguous(), gate_bias_D.contiguous(),
-                                               state, tiles(u_BT3D.device)[0])
+                                               state, tiles(u_BT3D.device, B)[0])
     return y, last
 
 
