@@ -1,8 +1,10 @@
 """`archlab probe mqar SPEC...`: how well each spec's architecture recalls. A small copy
 of each spec (the probe's d_model and vocabulary) is trained on multi-query associative
 recall (Zoology's MQAR) for a fixed number of AdamW steps and its accuracy measured on
-held-out sequences (archlab/measure/probe.py). Also the progress bar with ETA and the
-probe options that `archlab sweep --probe mqar` shares."""
+held-out sequences (archlab/measure/probe.py), at every learning rate of `--lr` with every
+seed of `--seed`, `--jobs` runs at once (archlab/measure/probe_runs.py: recall is the
+best learning rate's mean over the seeds). Also the progress bar with ETA and the probe
+options that `archlab sweep --probe mqar` shares."""
 
 from __future__ import annotations
 
@@ -23,19 +25,27 @@ PROBE_OPTIONS = {
     "seq": (int, "tokens per sequence, even, >= 4 x pairs (CPU 32, CUDA 256)"),
     "steps": (int, "AdamW steps (CPU 600, CUDA 4000)"),
     "batch": (int, "sequences per step (CPU 64, CUDA 128)"),
-    "lr": (float, "peak learning rate after a linear warm-up over 10%% of the steps (1e-3)"),
+    "lr": (str, "peak learning rate after a linear warm-up over 10%% of the steps (1e-3); "
+           "a comma list (1e-3,3e-3) trains at each and reports the best"),
     "eval": (int, "held-out sequences (CPU 512, CUDA 2048)"),
-    "seed": (int, "seed of the initialisation and of both data streams (0)"),
+    "seed": (str, "seed of the initialisation and of both data streams (0); a comma list or "
+             "a range (0,1,2 or 0-2) trains each: recall is the best lr's mean over them"),
     "blocks": (int, "the copy keeps the fewest whole units of the stack with at least this "
                "many blocks, and every patched unit (4; 0: every block)"),
     "dtype": (str, "float32, or bfloat16 (autocast, CUDA only)"),
     "init": (str, "blocks: each block's own initialisation (default); torch: every Linear "
              "weight re-drawn with PyTorch's default rule, the same for every kind"),
+    "jobs": (int, "trainings at once, in worker processes (1); on CUDA they share the GPU, "
+             "on the CPU each gets its share of --threads"),
 }  # fmt: skip
+# the data generators take 2 seed and 2 seed + 1, which must fit in 64 bits
+MAX_SEED = 2**62
+MAX_RANGE = 1000  # seeds in one range
 
 
 def add_probe_options(p, prefix: str = "") -> None:
     """The probe's options, `--d-model` ... (with `prefix`: `--probe-d-model` ...)."""
+    p.set_defaults(probe_prefix=prefix)  # for the options' names in messages
     g = p.add_argument_group("recall probe (MQAR)")
     for name, (kind, text) in PROBE_OPTIONS.items():
         dest = "probe_" + name.replace("-", "_")
@@ -45,18 +55,24 @@ def add_probe_options(p, prefix: str = "") -> None:
         )  # fmt: skip
 
 
-def probe_settings(args, device):
-    """The probe's settings: the device's defaults, with the options given."""
+def probe_grid(args, device):
+    """The probe's runs (archlab.measure.probe_runs.ProbeGrid): the device's default
+    settings with the options given, every learning rate of `--lr` with every seed of
+    `--seed`."""
     import dataclasses
 
     from archlab.measure.probe import CPU_PROBE, CUDA_PROBE
+    from archlab.measure.probe_runs import ProbeGrid
 
     base = CUDA_PROBE if str(device).startswith("cuda") else CPU_PROBE
+    prefix = getattr(args, "probe_prefix", "")
 
     def pick(name: str, default):
         value = getattr(args, "probe_" + name, None)
         return default if value is None else value
 
+    lrs = parse_lrs(pick("lr", None), f"--{prefix}lr") or (base.lr,)
+    seeds = parse_seeds(pick("seed", None), f"--{prefix}seed") or (base.seed,)
     task = dataclasses.replace(
         base.task, vocab=pick("vocab", base.task.vocab), pairs=pick("pairs", base.task.pairs),
         seq=pick("seq", base.task.seq),
@@ -64,16 +80,82 @@ def probe_settings(args, device):
     settings = dataclasses.replace(
         base,
         task=task,
-        **{f: pick(f, getattr(base, f)) for f in ("d_model", "steps", "batch", "lr", "seed")},
+        **{f: pick(f, getattr(base, f)) for f in ("d_model", "steps", "batch")},
+        lr=lrs[0],
+        seed=seeds[0],
         blocks=pick("blocks", base.blocks),
         eval_sequences=pick("eval", base.eval_sequences),
         dtype=pick("dtype", base.dtype),
         init=pick("init", base.init),
     )
-    problems = settings.problems()
+    grid = ProbeGrid(settings, lrs, seeds)
+    problems = grid.problems()
     if problems:
         raise UsageError("probe: " + "; ".join(problems))
-    return settings
+    return grid
+
+
+def probe_jobs(args) -> int:
+    """`--jobs` (`--probe-jobs`): how many trainings run at once (1 when not given)."""
+    jobs = getattr(args, "probe_jobs", None)
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--{getattr(args, 'probe_prefix', '')}jobs must be >= 1 (got {jobs})")
+    return jobs or 1
+
+
+def parse_list(text: str | None, option: str, read, example: str) -> tuple:
+    """The values of a comma list option (`read`: one item -> its values, or ValueError
+    with the reason); () when the option was not given. UsageError names the item."""
+    if text is None:
+        return ()
+    values: list = []
+    for item in text.split(","):
+        try:
+            values += read(item.strip())
+        except ValueError as e:
+            raise UsageError(f"{option} {text}: {e} (use e.g. {example})") from None
+    return tuple(values)  # a value given twice: ProbeGrid.problems says so
+
+
+def read_lr(item: str) -> list[float]:
+    """'3e-3' -> [0.003]; a learning rate is a finite number > 0."""
+    import math
+
+    try:
+        lr = float(item)
+    except ValueError:
+        raise ValueError(f"{item!r} is not a number") from None
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"a learning rate is a finite number > 0 (got {item!r})")
+    return [lr]
+
+
+def read_seeds(item: str) -> list[int]:
+    """'3' -> [3]; '0-4' -> [0, 1, 2, 3, 4] (a range, both ends in)."""
+    import re
+
+    match = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", item, re.ASCII)
+    if not match:
+        raise ValueError(f"{item!r} is not a seed (a whole number >= 0) or a range A-B")
+    low = int(match[1])
+    high = int(match[2]) if match[2] else low
+    if high < low:
+        raise ValueError(f"{item!r} is a range downwards")
+    if high >= MAX_SEED:
+        raise ValueError(f"{item!r}: seeds must be below 2**62")
+    if high - low >= MAX_RANGE:
+        raise ValueError(f"{item!r}: a range may hold at most {MAX_RANGE} seeds")
+    return list(range(low, high + 1))
+
+
+def parse_lrs(text: str | None, option: str = "--lr") -> tuple[float, ...]:
+    """'1e-3,3e-3' -> (0.001, 0.003); () for None."""
+    return parse_list(text, option, read_lr, "1e-3 or 1e-3,3e-3")
+
+
+def parse_seeds(text: str | None, option: str = "--seed") -> tuple[int, ...]:
+    """'0,1,2' or '0-2' -> (0, 1, 2); () for None."""
+    return parse_list(text, option, read_seeds, "0, 0,1,2 or 0-4")
 
 
 def pick_device(name: str, threads: int | None = None):
@@ -158,32 +240,39 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    """`archlab probe mqar`: train each spec's copy, print its held-out recall."""
+    """`archlab probe mqar`: train each spec's copy (at every lr and seed given), print
+    its held-out recall."""
     from archlab.cli.measure_options import unique_plans
-    from archlab.measure.probe import run_probe
+    from archlab.measure.probe_runs import check_plan, probe_many
+    from archlab.report.pareto import grid_text, recall_text, runs_text
     from archlab.report.tables import table
 
     plans = unique_plans(args.specs)
     device = pick_device(args.device, args.threads)
-    settings = probe_settings(args, device)
-    bar = Bar(len(plans) * settings.steps, every_s=10.0)
-    results = []
-    for k, plan in enumerate(plans):
-
-        def step(done, total, loss, k=k, name=plan.name):
-            seen = f", loss {loss:.3g}" if loss is not None else ""
-            bar.update(k * total + done, f"{name}: step {done}/{total}{seen}")
-
+    grid, jobs = probe_grid(args, device), probe_jobs(args)
+    for plan in plans:
         try:
-            results.append((plan.name, run_probe(plan, settings, device, on_step=step)))
+            check_plan(plan, grid)
         except ValueError as e:  # a spec that cannot be scaled to the probe's width
             raise UsageError(f"probe of {plan.name}: {e} (try another --d-model)") from None
+    bar = Bar(len(plans) * grid.steps(), every_s=10.0)
+    start = time.perf_counter()
+    got = probe_many(
+        plans, grid, device, jobs=jobs, on_progress=lambda done, _, text: bar.update(done, text)
+    )
+    seconds = time.perf_counter() - start
     bar.close()
+    for r in got:
+        if isinstance(r, Exception):  # every run of a spec failed
+            raise r
+    results = [(plan.name, r) for plan, r in zip(plans, got, strict=True)]
     doc = {
         "schema": "archlab.probe/1",
         "task": args.task,
         "device": str(device),
-        "settings": settings.to_dict(),
+        "settings": grid.to_dict(),
+        "jobs": jobs,
+        "seconds": seconds,
         "results": [{"spec": name, **r} for name, r in results],
     }
     files = []
@@ -198,19 +287,30 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
         return 0
-    t, s = settings.task, settings
+    t, s, several = grid.base.task, grid.base, len(grid.runs()) > 1
     print(
         f"MQAR: vocabulary {t.vocab}, {t.pairs} pairs in {t.seq} tokens; {s.steps} AdamW steps "
-        f"(lr {s.lr:g}, batch {s.batch}, seed {s.seed}) on {device}; accuracy on "
-        f"{s.eval_sequences} held-out sequences; chance (1 / pairs) {100 * t.chance:.0f}%"
+        f"({grid_text(doc['settings'])}) on {device}; accuracy on {s.eval_sequences} "
+        f"held-out sequences; chance (1 / pairs) {100 * t.chance:.0f}%"
     )
+    head = ["spec", "trained copy", "params", "recall", "loss", "time", "backend"]
     rows = [
-        [name, r["model"], f"{r['params']:,}", f"{100 * r['accuracy']:.1f}%",
-         f"{r['held_out_loss']:.3g}", f"{r['seconds']:.1f} s",
-         ",".join(f"{k}:{v}" for k, v in r["backends"].items() if k != "mlp")]
+        [name, r["model"], f"{r['params']:,}", recall_text(r), f"{r['held_out_loss']:.3g}",
+         f"{r['seconds']:.1f} s", ",".join(f"{k}:{v}" for k, v in r["backends"].items()
+                                           if k != "mlp")]
         for name, r in results
     ]  # fmt: skip
-    print(table(["spec", "trained copy", "params", "recall", "loss", "time", "backend"], rows))
+    if several:
+        head[4:4] = ["best lr", "runs"]
+        for row, (_, r) in zip(rows, results, strict=True):
+            row[4:4] = [f"{r['best_lr']:g}", runs_text(r)]
+    print(table(head, rows))
+    if several:
+        print(
+            f"recall: the best learning rate's mean over the seeds (lowest-highest); loss: "
+            f"its best seed's; time: the runs' training added up ({len(grid.runs())} runs a "
+            f"spec, {jobs} at once: {seconds:.1f} s in all)"
+        )
     if files:
         print(f"wrote {', '.join(str(Path(args.out) / f) for f in files)}")
         if len(files) == 1:

@@ -249,34 +249,44 @@ def measure_points(doc: dict, plans, args, old: dict, save) -> None:
 
 
 def probe_points(doc: dict, plans, args, old: dict, save) -> None:
-    """Train every point's copy on MQAR (archlab.measure.probe); a point that fails is
-    recorded with its error and the sweep goes on."""
-    from archlab.cli.probe import pick_device, probe_settings
-    from archlab.measure.probe import run_probe
+    """Train every point's copies on MQAR (archlab.measure.probe_runs: every lr and seed
+    given, `--probe-jobs` at once); a point whose every run fails is recorded with its
+    error and the sweep goes on."""
+    from archlab.cli.probe import pick_device, probe_grid, probe_jobs
+    from archlab.measure.probe_runs import error_text, probe_many
 
     device = pick_device(args.device, args.threads)
-    settings = probe_settings(args, device)
-    doc["settings"]["probe"] = {"name": args.probe, "device": str(device), **settings.to_dict()}
-    steps, reused = settings.steps, 0
+    grid, jobs = probe_grid(args, device), probe_jobs(args)
+    doc["settings"]["probe"] = {"name": args.probe, "device": str(device), **grid.to_dict()}
+    steps, todo = grid.steps(), []
     bar = Bar(len(plans) * steps)
-    for n, (point, plan) in enumerate(zip(doc["points"], plans, strict=True)):
+    for point, plan in zip(doc["points"], plans, strict=True):
         key = digest(["probe", point["spec_digest"], point["label"], doc["settings"]["probe"]])
         if key in old:
-            point["probe"], reused = old[key], reused + 1
+            point["probe"] = old[key]
             bar.skip(steps)
-            continue
+        else:
+            todo.append((point, plan, key))
 
-        def step(done, total, loss, n=n, label=point["label"]):
-            bar.update(n * steps + done, f"probe #{n} {label}: step {done}/{total}")
-
-        try:
-            point["probe"] = {"key": key, "status": "ok", **run_probe(plan, settings, device, step)}
-        except Exception as e:  # noqa: BLE001 - one point's failure is its result
-            error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    def finished(k: int, result) -> None:
+        point, _, key = todo[k]
+        if isinstance(result, Exception):  # one point's failure is its result
+            error = error_text(result)
             point["probe"] = {"key": key, "status": "error", "error": error, "accuracy": None}
+        else:
+            point["probe"] = {"key": key, "status": "ok", **result}
         if save:
             save()
+
+    def progress(done: int, total: int, text: str) -> None:
+        bar.update(bar.skipped + done, text)
+
+    probe_many(
+        [plan for _, plan, _ in todo], grid, device, jobs=jobs, on_progress=progress,
+        on_result=finished,
+    )  # fmt: skip
     bar.close()
+    reused = len(plans) - len(todo)
     if reused:
         doc["notes"].append(f"{reused} points' probes reused from the earlier run in --out")
 
@@ -332,8 +342,20 @@ def write_files(doc: dict, out: Path) -> list[str]:
 def text_report(doc: dict) -> str:
     """The points as a table (the first cost T's figures, measured and recall columns
     where there are any), then every front as the points on it."""
-    from archlab.report.pareto import metric_name, point_metrics, seq_text, short_name, value_text
+    from archlab.report.pareto import (
+        metric_name,
+        point_metrics,
+        recall_text,
+        seq_text,
+        short_name,
+        value_text,
+    )
     from archlab.report.tables import table
+
+    def cell(point: dict, figures: dict, metric: str) -> str:
+        if metric == "mqar_accuracy":  # of several seeds: the mean and their range
+            return recall_text(point.get("probe") or {})
+        return value_text(metric, figures.get(metric)).replace(" tok/s", "")
 
     points, s = doc["points"], doc["sweep"]
     figures = [point_metrics(p) for p in points]
@@ -344,7 +366,7 @@ def text_report(doc: dict) -> str:
     cols += [k for k in found if k.startswith(("measured_", "mqar")) and k not in cols]
     head = ["#", "point", *(short_name(k) for k in cols)]
     rows = [
-        [p["point"], p["label"], *(value_text(k, f.get(k)).replace(" tok/s", "") for k in cols)]
+        [p["point"], p["label"], *(cell(p, f, k) for k in cols)]
         for p, f in zip(points, figures, strict=True)
     ]
     lines = [

@@ -63,7 +63,7 @@ def doc(points, probe=False, measure=None):
         },
         "settings": {
             "bandwidth_GBps": 1000.0, "measure": measure,
-            "probe": {"steps": 10, "lr": 1e-3, "batch": 4, "seed": 0, "eval_sequences": 8,
+            "probe": {"steps": 10, "lrs": [1e-3], "batch": 4, "seeds": [0], "eval_sequences": 8,
                       "task": {"vocab": 64, "pairs": 4, "seq": 32}} if probe else None,
         },
         "notes": [],
