@@ -230,8 +230,9 @@ def test_torch_compile_traces_the_op():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("with_state", [False, True])
-def test_core_bf16_real_size(with_state):
-    errs = compare(4, 4096, 2048, torch.bfloat16, with_state, seed=17, method="scan")
+@pytest.mark.parametrize("B, T", [(4, 4096), (16, 1024)])  # each of triton_rnn.GPU_TILES
+def test_core_bf16_real_size(with_state, B, T):
+    errs = compare(B, T, 2048, torch.bfloat16, with_state, seed=17, method="scan")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
 
 
