@@ -23,8 +23,9 @@ the token's index in its sequence: `forward` and a prefill into a fresh cache st
 (from the zero state), a later prefill or step continues at the cache's length.
 
 Backends: `reference` (float32 PyTorch: the gates, then a log-depth scan over T,
-kernels/lru), `triton` (fla's HGRN kernels for the recurrence: `chunk_hgrn` to train and
-prefill, `fused_recurrent_hgrn` to decode; CUDA, needs `archlab[ssm]`), `auto` (triton on
+kernels/lru), `triton` (fla's `fused_recurrent_hgrn` for the recurrence, to train, prefill
+and decode: fla's `chunk_hgrn` returned wrong states on this block's inputs on an H200,
+kernels/lru/fla_backend.py; CUDA, needs `archlab[ssm]`), `auto` (triton on
 CUDA when fla imports, else reference). The cache: the conv state (the last
 conv1d_width - 1 inputs of the W conv channels, in the cache dtype) and the RG-LRU state
 [B, W] in float32 (as recurrentgemma).

@@ -7,9 +7,9 @@ the float32 reference on outputs and every gradient, under Triton's interpreter 
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -229,14 +229,9 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _check_block() -> None:
-    """Every example, triton (fla's fused recurrent kernel in every call: the interpreter
-    cannot run chunk_hgrn) against reference: output, input gradient, every parameter
-    gradient, and prefill + steps against the forward."""
-    from archlab.kernels.lru import fla_backend
-
-    rg_layer.linear_recurrence_fla = functools.partial(
-        fla_backend.linear_recurrence_fla, kernel="recurrent"
-    )
+    """Every example, triton (fla's fused recurrent kernel, the one the block runs) against
+    reference: output, input gradient, every parameter gradient, and prefill + steps
+    against the forward."""
     for i, params in enumerate(EXAMPLES):
         block = make_block(params, seed=i)
         assert_triton_matches_reference(block, 40, D_MODEL, f"example {i}")
@@ -257,6 +252,31 @@ def interpreter_main(check: str) -> None:
         print(f"skip: Triton's interpreter cannot run fla's {check} kernel: {e}")
         return
     print("ok")
+
+
+def test_block_runs_only_the_recurrent_kernel(monkeypatch):
+    """fla's chunk_hgrn returned wrong states on the block's own inputs on an H200
+    (kernels/lru/fla_backend.py): every call, with or without gradients, a state or T = 1,
+    runs fused_recurrent_hgrn (fla faked by the reference here)."""
+    from archlab.kernels.lru import fla_backend
+
+    calls = []
+
+    def fake(name):
+        def run(x, g, initial_state=None, output_final_state=False):
+            calls.append(name)
+            return linear_recurrence(g, x, initial_state)
+
+        return run
+
+    fakes = SimpleNamespace(chunk_hgrn=fake("chunk"), fused_recurrent_hgrn=fake("recurrent"))
+    monkeypatch.setattr(fla_backend, "fla_module", lambda name: fakes)
+    cases = ((300, False, False), (300, True, False), (300, True, True), (1, False, True))
+    for T, grad, state in cases:
+        log_a, x, h0 = scan_inputs(T=T, seed=T)
+        log_a.requires_grad_(grad)
+        fla_backend.linear_recurrence_fla(log_a, x, h0 if state else None, output_final_state=state)
+    assert calls == ["recurrent"] * 4
 
 
 @pytest.mark.gpu
