@@ -171,6 +171,8 @@ def run(args) -> int:
         partial = {**doc, "notes": doc["notes"] + ["partial: the sweep has not ended"]}
         (out / "sweep.json").write_text(json.dumps(partial, indent=2, default=str))
 
+    if out:  # the cost at once: a run cut short in measuring or probing keeps it
+        save()
     if args.measure:
         measure_points(doc, plans, args, old, save if out else None)
     if args.probe:
