@@ -244,7 +244,7 @@ def run(args) -> int:
     its held-out recall."""
     from archlab.cli.measure_options import unique_plans
     from archlab.measure.probe_runs import check_plan, probe_many
-    from archlab.report.pareto import grid_text, recall_text, runs_text
+    from archlab.report.probe_report import grid_text, recall_text, runs_text
     from archlab.report.tables import table
 
     plans = unique_plans(args.specs)
@@ -277,7 +277,7 @@ def run(args) -> int:
     }
     files = []
     if args.out:
-        from archlab.report.pareto import probe_plot
+        from archlab.report.probe_report import probe_plot
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -319,7 +319,8 @@ def write_csv(doc: dict, path) -> None:
 
 def write_files(doc: dict, out: Path) -> list[str]:
     """sweep.json, sweep.csv, sweep.md and the plots in `out`; their names."""
-    from archlab.report.pareto import front_plots, markdown, probe_plot
+    from archlab.report.pareto import front_plots, markdown
+    from archlab.report.probe_report import probe_plot
 
     out.mkdir(parents=True, exist_ok=True)
     images = front_plots(doc, out)
@@ -347,11 +348,11 @@ def text_report(doc: dict) -> str:
     from archlab.report.pareto import (
         metric_name,
         point_metrics,
-        recall_text,
         seq_text,
         short_name,
         value_text,
     )
+    from archlab.report.probe_report import recall_text
     from archlab.report.tables import table
 
     def cell(point: dict, figures: dict, metric: str) -> str:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from archlab.report import pareto
+from archlab.report import pareto, probe_report
 from archlab.report.pareto import front, fronts, markdown, point_metrics
 
 
@@ -116,8 +116,9 @@ def test_plots_skip_without_matplotlib(monkeypatch, tmp_path):
     d = doc([point(0, 1, 2, 3, 4), point(1, 2, 1, 3, 5)])
     d["fronts"] = fronts(d)
     monkeypatch.setattr(pareto, "_pyplot", lambda: None)
+    monkeypatch.setattr(probe_report, "_pyplot", lambda: None)
     assert pareto.front_plots(d, tmp_path) == {}
-    assert pareto.probe_plot([("a", {})], tmp_path) is None
+    assert probe_report.probe_plot([("a", {})], tmp_path) is None
     assert list(tmp_path.iterdir()) == []
 
 
