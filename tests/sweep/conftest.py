@@ -5,6 +5,7 @@ dir."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import archlab.cli as cli
 from archlab.cli import probe, sweep
@@ -22,3 +23,12 @@ def archlab_main(monkeypatch):
     extra = tuple(m for m in (sweep, probe) if m.__name__ not in names)
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, *extra))
     return cli.main
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: steady on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

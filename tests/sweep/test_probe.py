@@ -24,15 +24,6 @@ from archlab.model import build_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: steady on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_attention_learns_mqar_on_the_cpu(one_thread):
     """2 attention + 2 MLP blocks at d_model 64, vocabulary 64, 4 pairs in 32 tokens, 600

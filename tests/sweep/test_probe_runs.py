@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import archlab
 import archlab.measure.probe as probe_module
@@ -32,14 +31,6 @@ SWEEP = (
     f"base: {ROOT / 'specs' / 'tiny' / 'rat.yaml'}\n"
     "axes:\n  defaults.rat.chunk_size: [8, 16]\nseq: [64]\n"
 )
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def record(lr: float, seed: int, accuracy: float | None) -> dict:
