@@ -155,7 +155,7 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
     from archlab.measure.cases import prepare, scaling_notes
     from archlab.measure.dist_launch import launch, new_run_dir, run_here
     from archlab.measure.distributed import DistJob
-    from archlab.measure.profile import _short
+    from archlab.measure.profile import short_error
     from archlab.report.results import results_document, write_csv
 
     here = launched_by_torchrun()
@@ -203,7 +203,7 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
         except Exception as e:  # torchrun stops the other ranks and reports the exit status
             rank = os.environ.get("RANK")
             print(
-                f"archlab: rank {rank}: {_short(e)} (every rank's status: {job.run_dir})",
+                f"archlab: rank {rank}: {short_error(e)} (every rank's status: {job.run_dir})",
                 file=sys.stderr,
             )
             return 1

@@ -26,6 +26,7 @@ from archlab.measure.profile import (
     is_oom,
     measure,
     reporting,
+    short_error,
 )
 from archlab.measure.scale import Scale, scale_plan, with_dtype
 from archlab.measure.throughput import device_peaks, measure_throughput
@@ -143,7 +144,7 @@ def seconds_text(t: float) -> str:
 def _unbuilt_results(plan: Plan, label: str, modes: list[str], sizes: Sizes, e: Exception):
     """One failed Result per case of a target that could not be built (OOM or error)."""
     status = "oom" if is_oom(e) else "error"
-    error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    error = short_error(e)
     cases = [
         (m, sizes.prompt if m == "throughput" else T)
         for m in modes

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from archlab.lang.plan import Plan
 from archlab.measure.distributed import DistJob, case_result, failed_extra, run_case
-from archlab.measure.profile import _short, free_memory, is_oom
+from archlab.measure.profile import free_memory, is_oom, short_error
 from archlab.measure.result import Result
 
 TIMEOUT_EXIT = 124  # a rank's exit status when the watchdog ends it
@@ -114,7 +114,7 @@ def worker(job: DistJob) -> dict | None:
         status({"status": "done"})
         out = {"results": [r.to_dict() for r in results], "peaks": peaks} if rank == 0 else None
     except BaseException as e:
-        status({"status": "oom" if is_oom(e) else "error", "error": _short(e)})
+        status({"status": "oom" if is_oom(e) else "error", "error": short_error(e)})
         raise  # the launcher stops every rank; no collective is waited for any more
     finally:
         watchdog.timer.cancel()
@@ -140,7 +140,7 @@ def baseline(plan: Plan, scaled, batch: int, seq_len: int, mesh, device, job, pe
             plan.model.dtype,
             job.device_type,
             status="oom" if is_oom(e) else "error",
-            error=_short(e),
+            error=short_error(e),
             scaled=scaled,
         )
         r.extra = failed_extra(plan, batch, seq_len, 1, job)

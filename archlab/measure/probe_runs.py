@@ -29,6 +29,7 @@ import torch
 from archlab.lang.plan import Plan
 from archlab.measure import probe
 from archlab.measure.probe import ProbeSettings, probe_plan
+from archlab.measure.profile import short_error
 
 # on_progress(steps done, steps in all, what the latest report was about)
 OnProgress = Callable[[int, int, str], None]
@@ -97,7 +98,7 @@ def error_text(e: BaseException) -> str:
     """A one-line account of an error: 'RuntimeError: the first line of its message'."""
     if isinstance(e, ProbeFailed):
         return str(e)
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    return short_error(e)
 
 
 def check_plan(plan: Plan, grid: ProbeGrid) -> None:

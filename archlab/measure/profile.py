@@ -310,7 +310,7 @@ def measure(
     try:
         _run_mode(target, r, settings, peaks)
     except Exception as e:  # noqa: BLE001 - every failure is a result, the sweep goes on
-        r.status, r.error = ("oom" if is_oom(e) else "error"), _short(e)
+        r.status, r.error = ("oom" if is_oom(e) else "error"), short_error(e)
         r.timing = None
     judge_timing(r, settings)
     if r.status != "ok":
@@ -322,7 +322,9 @@ def measure(
     return r
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
+    """An error in one line: 'RuntimeError: the first line of its message' (200 characters
+    of it at most)."""
     line = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {line[:200]}"
 

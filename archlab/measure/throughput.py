@@ -31,6 +31,7 @@ from archlab.measure.profile import (
     free_memory,
     is_oom,
     set_length,
+    short_error,
     synchronize,
     time_fn,
     weights_bytes,
@@ -256,7 +257,7 @@ def measure_throughput(
         r.notes.append("eager decode, greedy sampling; prompt not run (cache marked filled)")
     except Exception as e:  # noqa: BLE001 - a result, never a crash
         r.status = "oom" if is_oom(e) else "error"
-        r.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        r.error = short_error(e)
         r.timing = None
     finally:
         free_memory(device)
