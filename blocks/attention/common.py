@@ -111,7 +111,7 @@ def sdpa_attention(
 
 
 @functools.lru_cache(maxsize=32)
-def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
+def cached_block_mask(seq_len: int, window: int | None, device: torch.device):
     """The causal (or sliding-window) BlockMask for one length, built once per (T, device)."""
 
     def causal(b, h, q_idx, kv_idx):
@@ -122,6 +122,15 @@ def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
 
     mask_mod = causal if window is None else sliding
     return compiled_create_block_mask()(mask_mod, None, None, seq_len, seq_len, device=device)
+
+
+@torch.compiler.disable
+def flex_block_mask(seq_len: int, window: int | None, device: torch.device):
+    """`cached_block_mask`, always run eagerly: inside an enclosing torch.compile (a model
+    or layer compiled whole) Dynamo would trace through the cache and build the mask in
+    the graph, at every call; here the graph breaks and the cached mask enters the next
+    graph as an input."""
+    return cached_block_mask(seq_len, window, device)
 
 
 @functools.lru_cache(maxsize=32)

@@ -87,13 +87,13 @@ def run_sequence(block: AttentionBlock, x_BTD: torch.Tensor, shared_kv=None, wit
     if block.params.rope:
         args = (x_BTD.shape[1], block.rotary_dim, block.params.rope_theta, x_BTD.device)
         table = existing_table(*args) if torch.compiler.is_compiling() else cos_sin_table(*args)
+    mask = None
+    if block.backend == "flex":  # made outside any graph, once per (T, window, device)
+        mask = common.flex_block_mask(x_BTD.shape[1], block.window, x_BTD.device)
     if not fuses_on(x_BTD, block.backend):
-        return _sequence(block, x_BTD, shared_kv, None, table, with_kv)
+        return _sequence(block, x_BTD, shared_kv, mask, table, with_kv)
     if _compiled_sequence is None:
         _compiled_sequence = torch.compile(_sequence, **COMPILE_OPTIONS)
-    mask = None
-    if block.backend == "flex":  # made outside the graph, once per (T, window, device)
-        mask = common.flex_block_mask(x_BTD.shape[1], block.window, x_BTD.device)
     return _compiled_sequence(block, x_BTD, shared_kv, mask, table, with_kv)
 
 

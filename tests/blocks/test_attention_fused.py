@@ -84,3 +84,33 @@ def test_whole_compiled_block_reads_the_rope_table():
     assert len(placeholders) >= 3  # x, the weights and the table
     for a, b in zip(compiled, eager, strict=True):
         assert rel_err(a, b) < 1e-5
+
+
+def test_flex_block_mask_is_made_outside_an_enclosing_compile(monkeypatch):
+    """Inside a torch.compile'd model the flex BlockMask comes from the cache, made eagerly
+    once per length (Dynamo would trace through the cache and build it in the graph)."""
+    from archlab.blocks.attention import common
+
+    class Mask:
+        pass
+
+    made = []
+
+    def fake_create(mask_mod, b, h, q_len, kv_len, device):
+        made.append(q_len)
+        return Mask()
+
+    monkeypatch.setattr(common, "compiled_create_block_mask", lambda: fake_create)
+    common.cached_block_mask.cache_clear()
+    try:
+
+        def layer(x):
+            return x * 2, common.flex_block_mask(x.shape[1], 4, x.device)
+
+        compiled = torch.compile(layer, backend="eager")
+        x = torch.randn(2, 11)
+        masks = [compiled(x)[1] for _ in range(3)]
+        assert made == [11]
+        assert all(m is common.cached_block_mask(11, 4, x.device) for m in masks)
+    finally:
+        common.cached_block_mask.cache_clear()
