@@ -156,7 +156,9 @@ class ArchModel(nn.Module):
         """Block index -> the backend it runs (None for blocks without backends)."""
         return {i: getattr(b.mixer, "backend", None) for i, b in enumerate(self.blocks)}
 
-    def _head(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def head(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        """Logits from the last block's output states: the final norm, the LM head, the
+        logit soft-cap when the model has one. Works on any leading shape ([..., d_model])."""
         logits = self.lm_head(self.final_norm(x_BTD))
         cap = self.plan.model.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
@@ -170,11 +172,16 @@ class ArchModel(nn.Module):
         ]
         return torch.stack(losses).sum() if losses else self.lm_head.weight.new_zeros(())
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> the last block's output states [B, T, d_model] (before `head`): a
+        loss that reads a few positions takes their logits from these alone."""
         x, shared = self.embedding(input_ids), {}
         for block in self.blocks:
             x = block(x, shared)
-        return self._head(x)
+        return x
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(input_ids))
 
     def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> ModelCache:
         """Caches for decoding up to `max_len` tokens (prompt + generated)."""
@@ -196,14 +203,14 @@ class ArchModel(nn.Module):
         x, shared = self.embedding(input_ids), {}
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x = block.prefill(x, layer_cache, shared)
-        return self._head(x)
+        return self.head(x)
 
     def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         """One decode step: ids [B, 1] -> logits [B, 1, vocab]."""
         x = self.embedding(input_ids)
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x = block.step(x, layer_cache)
-        return self._head(x)
+        return self.head(x)
 
 
 def free_memory(device: torch.device) -> int | None:

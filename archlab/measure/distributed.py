@@ -105,7 +105,7 @@ def _forward_sharing(self: ArchModel, input_ids: torch.Tensor) -> torch.Tensor:
     x, shared = self.embedding(input_ids), SharedKV()
     for block in self.blocks:
         x = block(x, shared)
-    return self._head(x)
+    return self.head(x)
 
 
 def shard_model(model: ArchModel, mesh, mp_policy, checkpoint: bool) -> ArchModel:

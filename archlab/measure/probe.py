@@ -127,8 +127,20 @@ def _rate(step: int, settings: ProbeSettings) -> float:
     return min(1.0, (step + 1) / warm) if warm else 1.0
 
 
+def query_logits(model, x_BT, labels_BT, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 logits [B, pairs, V], labels [B, pairs]) at the query positions only: each
+    sequence has `pairs` of them (the labels that are not IGNORE). The LM head and the
+    loss then cost pairs / T of what they cost over every position, the same loss."""
+    where_BP = (labels_BT != IGNORE).float().topk(pairs, dim=1).indices
+    hidden_BTD = model.hidden(x_BT)
+    picked_BPD = hidden_BTD.gather(1, where_BP[..., None].expand(-1, -1, hidden_BTD.shape[-1]))
+    return model.head(picked_BPD).float(), labels_BT.gather(1, where_BP)
+
+
 @torch.no_grad()
-def evaluate(model, inputs, labels, batch: int, device, autocast) -> tuple[float, float]:
+def evaluate(
+    model, inputs, labels, pairs: int, batch: int, device, autocast
+) -> tuple[float, float]:
     """(recall accuracy, mean loss) on the query positions of held-out sequences."""
     was = model.training
     model.eval()
@@ -138,11 +150,10 @@ def evaluate(model, inputs, labels, batch: int, device, autocast) -> tuple[float
         x = inputs[i : i + batch].to(device)
         y = labels[i : i + batch].to(device)
         with autocast():
-            logits = model(x).float()
-        keep = y != IGNORE
-        right += (logits.argmax(-1)[keep] == y[keep]).sum().item()
-        total += keep.sum().item()
-        loss_sum += F.cross_entropy(logits[keep], y[keep], reduction="sum").item()
+            logits, y = query_logits(model, x, y, pairs)
+        right += (logits.argmax(-1) == y).sum().item()
+        total += y.numel()
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
     model.train(was)
     return right / max(1, total), loss_sum / max(1, total)
 
@@ -192,10 +203,8 @@ def run_probe(
         x, y = make_batch(task, settings.batch, train_gen)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            logits = model(x)
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
-        )
+            logits, y = query_logits(model, x, y, task.pairs)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -206,7 +215,9 @@ def run_probe(
         losses.append(loss.detach().clone())
         shown = None
         if (step + 1) % every == 0 or step + 1 == settings.steps:
-            accuracy, held_loss = evaluate(model, held_x, held_y, settings.batch, device, autocast)
+            accuracy, held_loss = evaluate(
+                model, held_x, held_y, task.pairs, settings.batch, device, autocast
+            )
             shown = losses[-1].item()
             history.append({"step": step + 1, "accuracy": accuracy, "loss": held_loss})
         if on_step is not None:

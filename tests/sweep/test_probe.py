@@ -114,3 +114,30 @@ def test_probe_command_refuses_bad_settings(archlab_main, capsys):
     spec = str(ROOT / "specs" / "tiny" / "rat.yaml")
     assert archlab_main(["probe", "mqar", spec, "--pairs", "9", "--seq", "32"]) == 2
     assert "pairs need a sequence of at least 36 tokens" in capsys.readouterr().err
+
+
+def test_query_logits_give_the_loss_over_every_position():
+    """The probe's loss from the query positions' logits alone equals cross-entropy over
+    the whole sequence's logits with the other positions ignored, value and gradients."""
+    import torch.nn.functional as F
+
+    from archlab.measure.mqar import IGNORE, generator, make_batch
+    from archlab.measure.probe import query_logits
+
+    torch.manual_seed(3)
+    plan = archlab.compile(ROOT / "specs" / "tiny" / "attention.yaml")
+    small, _ = probe_plan(plan, CPU_PROBE)
+    model = build_model(small, dtype="float32")
+    task = MQAR(vocab=64, pairs=4, seq=32)
+    x, y = make_batch(task, 8, generator(5))
+    full = model(x)
+    want = F.cross_entropy(full.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    logits, labels = query_logits(model, x, y, task.pairs)
+    assert logits.shape == (8, 4, 64) and labels.shape == (8, 4)
+    assert (labels != IGNORE).all()
+    got = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
