@@ -1,23 +1,37 @@
 """Time the `rnn` block's core (fused gates + gated linear recurrence) on a GPU; writes JSON.
 
     python benchmarks/rnn_scan.py --out results/rnn_scan.json [--sweep]   # on an H200
-    python benchmarks/rnn_scan.py --small                                 # a CPU smoke run
+    python benchmarks/rnn_scan.py --small [--sweep]                       # a CPU smoke run
 
-Setup: d_model D = 2048, bf16, 262,144 tokens per batch (64x4096, 16x16384, 4x65536). The
-core maps the in_proj output u = [z | v | gpre] [B, T, 3D] and gate_bias [D] to y [B, T, D]
-(kernels/rnn/reference.py). Variants:
+Setup: d_model D = 2048, bf16, 262,144 tokens per batch (64x4096, 16x16384, 4x65536,
+2x131072). The core maps the in_proj output u = [z | v | gpre] [B, T, 3D] and gate_bias
+[D] to y [B, T, D] (kernels/rnn/reference.py). Variants:
 - `triton`: `archlab.kernels.rnn.triton_rnn.rnn_core_triton`;
 - `reference`: today's path of blocks/rnn (gates in PyTorch, then
   `archlab.kernels.rat.scan.chunk_scan_parallel`, a float32 log-depth scan);
 - `assoc_scan`: the same gates and `torch._higher_order_ops.associative_scan` on (g, (1-g) v)
   pairs, under `torch.compile` (a failure is reported as the variant's result).
 `train` = forward + backward of the core (gradients of u and gate_bias), `forward` = the
-forward alone, both medians of `triton.testing.do_bench`. `decode` = one step at batch 512:
-`rnn_step_triton` against the PyTorch step of blocks/rnn. `--sweep` also times the Triton
-core's tile choices (BT tokens, BD channels, warps) at each shape. GB/s counts the bytes
+forward alone under no_grad (for `triton`: its forward-only tile, what prefill runs), both
+medians of `triton.testing.do_bench`. `decode` = one step at batch 512: `rnn_step_triton`
+against the PyTorch step of blocks/rnn. `--sweep` also times the Triton core at each tile
+choice of SWEEP (BT tokens, BD channels, warps) and shape, both ways: `forward_ms` with
+that tile as the forward-only tile (`triton_rnn.GPU_FORWARD_TILES`) and `train_ms` with it
+as the training tile (`triton_rnn.GPU_TILES`, forward and backward). GB/s counts the bytes
 every pass must move: forward reads u and writes y (8 bytes per token-channel in bf16),
 backward reads u and dy and writes du (14). With --small (or without a GPU) the sizes are
-tiny, the Triton kernels run under TRITON_INTERPRET=1 and times are wall-clock medians.
+tiny, the Triton kernels run under TRITON_INTERPRET=1 and times are wall-clock medians
+(there --sweep sets the interpreter's tiles instead: a smoke run of the code, not a timing).
+
+JSON: {command, date, device, torch, triton, setup: {d_model, dtype, decode_batch,
+compile_backend, small, triton_gpu_tiles and triton_gpu_forward_tiles: [{min_batch, BT, BD,
+warps}]}, train: [one row per shape], decode: {B, D, triton_ms, torch_ms, triton_graph_ms,
+torch_graph_ms, *_GBps, or *_error}}. A train row: {B, T, D, variants: {name: {forward_ms,
+train_ms, train_peak_GB (GPU), wall_s, y_rel_err_vs_triton; triton also forward_GBps,
+train_GBps} or {error, wall_s}}}, with --sweep also sweep: [{BT, BD, warps, forward_ms,
+train_ms, train_peak_GB} or {BT, BD, warps, error}] and sweep_best: {forward: {BT, BD, warps,
+ms}, train: {BT, BD, warps, ms}} (the fastest tile each way; a way is absent where every
+tile failed).
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
 from scan_timing import median_ms, print_variant_rows, time_forward_and_train  # noqa: E402
 
 D_MODEL = 2048
-SHAPES = [(64, 4096), (16, 16384), (4, 65536)]
+SHAPES = [(64, 4096), (16, 16384), (4, 65536), (2, 131072)]
 DECODE_BATCH = 512
 SWEEP = [  # (BT, BD, warps); the first was triton_rnn's default before the sweep chose by batch
     (32, 32, 4),
@@ -55,6 +69,8 @@ SWEEP = [  # (BT, BD, warps); the first was triton_rnn's default before the swee
     (64, 16, 2),
     (128, 32, 8),
     (32, 16, 1),
+    (64, 64, 8),
+    (32, 32, 8),
 ]
 SMALL = {"d_model": 24, "shapes": [(2, 20), (1, 37)], "decode_batch": 4}
 
@@ -164,23 +180,53 @@ def train_case(B, T, D, variants, cuda, reps, sweep, backend):
         tri["train_GBps"] = 22 * tok / (tri["train_ms"] * 1e-3) / 1e9
     if sweep:
         row["sweep"] = sweep_tiles(u, gate_bias, dy, cuda, reps)
+        row["sweep_best"] = best_tiles(row["sweep"])
     return row
 
 
+TILE_GLOBALS = ("GPU_TILES", "GPU_FORWARD_TILES", "BT_CPU", "BD_CPU", "CPU_FORWARD_TILES")
+
+
+def use_tile(BT, BD, warps):
+    """Make (BT, BD, warps) triton_rnn's training and forward-only tile at every batch (on
+    the GPU tables and the interpreter's)."""
+    tile = (BT, BD, warps)
+    triton_rnn.GPU_TILES = triton_rnn.GPU_FORWARD_TILES = ((0, tile),)
+    triton_rnn.BT_CPU, triton_rnn.BD_CPU, triton_rnn.CPU_FORWARD_TILES = BT, BD, tile
+
+
 def sweep_tiles(u, gate_bias, dy, cuda, reps):
-    """The Triton core at each (BT, BD, warps) of SWEEP (the module's choice restored)."""
-    saved = triton_rnn.GPU_TILES
+    """The Triton core at each (BT, BD, warps) of SWEEP: forward_ms (the forward alone,
+    under no_grad: the forward-only tile) and train_ms (the training tile); the module's
+    tiles restored."""
+    saved = {name: getattr(triton_rnn, name) for name in TILE_GLOBALS}
     out = []
     try:
         for BT, BD, warps in SWEEP:
-            triton_rnn.GPU_TILES = ((0, (BT, BD, warps)),)
+            use_tile(BT, BD, warps)
             res = time_core(core_triton, u, gate_bias, dy, cuda, reps)
             res.pop("y", None)
             out.append({"BT": BT, "BD": BD, "warps": warps, **res})
-            print(f"  sweep BT={BT} BD={BD} warps={warps}: {res}", flush=True)
+            cells = ", ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={str(v)[:200]}"
+                for k, v in res.items()
+            )
+            print(f"  sweep BT={BT} BD={BD} warps={warps}: {cells}", flush=True)
     finally:
-        triton_rnn.GPU_TILES = saved
+        for name, value in saved.items():
+            setattr(triton_rnn, name, value)
     return out
+
+
+def best_tiles(sweep):
+    """{forward, train: {BT, BD, warps, ms}}: the fastest tile of the sweep each way."""
+    best = {}
+    for mode in ("forward", "train"):
+        timed = [r for r in sweep if f"{mode}_ms" in r]
+        if timed:
+            r = min(timed, key=lambda r: r[f"{mode}_ms"])
+            best[mode] = {"BT": r["BT"], "BD": r["BD"], "warps": r["warps"], "ms": r[f"{mode}_ms"]}
+    return best
 
 
 def graphed(fn):
@@ -225,12 +271,25 @@ def decode_case(batch, D, cuda, reps):
 
 
 def fmt(x):
-    return f"{x:9.3f}" if isinstance(x, float) else f"{x:>9}"
+    return f"{x:9.3f}" if isinstance(x, float) else f"{str(x):>9}"  # also None
+
+
+def print_sweep(row):
+    """The sweep of one shape: forward and train ms per tile, then the fastest each way."""
+    print(f"\nsweep {row['B']}x{row['T']} (ms):   BT   BD warps   forward     train")
+    for r in row["sweep"]:
+        times = " ".join(fmt(r.get(k, "error")) for k in ("forward_ms", "train_ms"))
+        print(f"{'':>18}{r['BT']:>5}{r['BD']:>5}{r['warps']:>6} {times}")
+    for mode, r in row["sweep_best"].items():
+        print(f"  fastest {mode}: BT={r['BT']} BD={r['BD']} warps={r['warps']} {r['ms']:.3f} ms")
 
 
 def print_table(report, variants):
     print("\ncore (ms, median; ratio = variant / triton)")
     print_variant_rows(report["train"], variants, ("train", "forward"))
+    for row in report["train"]:
+        if "sweep" in row:
+            print_sweep(row)
     d = report.get("decode") or {}
     for suffix, what in (("_ms", "eager launches"), ("_graph_ms", "CUDA graph replay")):
         tri, tor = d.get("triton" + suffix), d.get("torch" + suffix)
@@ -250,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the JSON here")
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--variants", default="triton,reference,assoc_scan")
-    parser.add_argument("--sweep", action="store_true", help="also time the Triton tile choices")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time the Triton tile choices, both ways"
+    )
     parser.add_argument(
         "--compile-backend",
         default=None,
@@ -278,18 +339,19 @@ def main(argv: list[str] | None = None) -> int:
             "decode_batch": decode_batch,
             "compile_backend": backend,
             "small": small,
-            "triton_gpu_tiles": [
-                {"min_batch": least, "BT": BT, "BD": BD, "warps": warps}
-                for least, (BT, BD, warps) in triton_rnn.GPU_TILES
-            ],
+            **{
+                f"triton_{key}": [
+                    {"min_batch": least, "BT": BT, "BD": BD, "warps": warps}
+                    for least, (BT, BD, warps) in getattr(triton_rnn, key.upper())
+                ]
+                for key in ("gpu_tiles", "gpu_forward_tiles")
+            },
         },
         "train": [],
     }
     for B, T in shapes:
         print(f"[{B}x{T}]", flush=True)
-        report["train"].append(
-            train_case(B, T, D, variants, cuda, args.reps, args.sweep and cuda, backend)
-        )
+        report["train"].append(train_case(B, T, D, variants, cuda, args.reps, args.sweep, backend))
     report["decode"] = decode_case(decode_batch, D, cuda, args.reps)
     print_table(report, variants)
     if args.out:

@@ -23,6 +23,12 @@ scan over the tile in reversed token order (`tl.flip`), as in kernels/rat/triton
 (`associative_scan(reverse=True)` has been reported wrong for non-commutative combines,
 triton-lang/triton#4362).
 
+Tiles: a forward that a backward will follow (grad enabled and an input requiring grad)
+uses the training tile (`GPU_TILES`), whose BT the backward's checkpoints need; a forward
+alone (inference, prefill) picks its own BT, BD and warps (`GPU_FORWARD_TILES`). The
+tile is chosen in `rnn_core_triton` and passed to the forward op as ints, so that
+`torch.compile` traces it as a constant (dynamo guards on the grad mode and requires_grad).
+
 Entry points (torch custom ops in the `archlab` namespace, with fake implementations; the
 core's backward is attached with `register_autograd`, so `torch.compile` traces forward and
 backward without a graph break):
@@ -57,16 +63,31 @@ Tensor = torch.Tensor
 # the former (32, 32, 4)); with 4 rows so few warps leave the GPU idle and (64, 16, 2) was
 # fastest (17.1 ms at 4 x 65536, against 24.0).
 GPU_TILES = ((16, (32, 16, 1)), (0, (64, 16, 2)))
+# The forward alone (no backward follows, so no checkpoint interval to keep), by batch as
+# above. With 4 rows (4 x 65536, D = 2048, bf16, H200) the forward alone took 3.9 ms at
+# (64, 32, 8) against 4.3 ms at (64, 16, 2). With 16 or more rows no forward-only
+# measurement yet: the training tile. `rnn_scan.py --sweep` times each choice both ways.
+GPU_FORWARD_TILES = ((16, (32, 16, 1)), (0, (64, 32, 8)))
 BD_STEP_GPU, WARPS_STEP_GPU = 256, 2
-# the interpreter: small tiles, so that the CPU tests cover several tiles and channel blocks
+# the interpreter: small tiles, so that the CPU tests cover several tiles and channel
+# blocks; the forward-only tile differs, so that they cover both paths
 BT_CPU, BD_CPU = 16, 16
+CPU_FORWARD_TILES = (32, 8, 1)
 
 
-def tiles(device: torch.device, batch: int) -> tuple[int, int, int]:
-    """(BT, BD, num_warps) of the scan kernels on `device` for `batch` rows."""
+def tiles(device: torch.device, batch: int, forward_only: bool = False
+          ) -> tuple[int, int, int]:
+    """(BT, BD, num_warps) of the scan kernels on `device` for `batch` rows: the training
+    tile, or with `forward_only` (no backward will follow) the forward's own."""
     if device.type == "cuda" and not _interpret():
-        return next(tile for least, tile in GPU_TILES if batch >= least)
-    return BT_CPU, BD_CPU, 1
+        table = GPU_FORWARD_TILES if forward_only else GPU_TILES
+        return next(tile for least, tile in table if batch >= least)
+    return CPU_FORWARD_TILES if forward_only else (BT_CPU, BD_CPU, 1)
+
+
+def needs_backward(*inputs: Tensor | None) -> bool:
+    """Whether autograd will record the core: grad enabled and an input requiring grad."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
 
 
 @triton.jit
@@ -206,13 +227,13 @@ def _check_device(u: Tensor) -> None:
 
 @torch.library.custom_op("archlab::rnn_core_fwd", mutates_args=())
 def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor],  # noqa: UP045
-                 BT: int) -> tuple[Tensor, Tensor, Tensor]:
+                 BT: int, BD: int, warps: int) -> tuple[Tensor, Tensor, Tensor]:
     """u [B,T,3D] contiguous -> y [B,T,D] (u's dtype), last state [B,D] and the
-    checkpoints [B,cdiv(T,BT),D] (float32), in tiles of BT tokens (a power of two)."""
+    checkpoints [B,cdiv(T,BT),D] (float32), in tiles of BT tokens and BD channels (powers
+    of two) with `warps` warps per program."""
     _check_device(u)
     B, T, D3 = u.shape
     D = D3 // 3
-    _, BD, warps = tiles(u.device, B)
     n_tiles = triton.cdiv(T, BT)
     y = torch.empty(B, T, D, device=u.device, dtype=u.dtype)
     last = torch.empty(B, D, device=u.device, dtype=torch.float32)
@@ -224,7 +245,7 @@ def rnn_core_fwd(u: Tensor, gate_bias: Tensor, state: Optional[Tensor],  # noqa:
 
 
 @rnn_core_fwd.register_fake
-def _(u, gate_bias, state, BT):
+def _(u, gate_bias, state, BT, BD, warps):
     B, T, D3 = u.shape
     D = D3 // 3
     return (u.new_empty(B, T, D), u.new_empty(B, D, dtype=torch.float32),
@@ -262,7 +283,7 @@ def _(dy, dlast, u, gate_bias, ckpt, has_state, BT):
 
 
 def _setup_context(ctx, inputs, output):
-    u, gate_bias, state, BT = inputs
+    u, gate_bias, state, BT, _, _ = inputs
     ctx.save_for_backward(u, gate_bias, output[2])
     ctx.BT = BT
     ctx.state_dtype = state.dtype if state is not None else None
@@ -275,7 +296,7 @@ def _backward(ctx, dy, dlast, _dckpt):
     has_state = ctx.state_dtype is not None
     du, dbias, ds0 = torch.ops.archlab.rnn_core_bwd(dy, dlast, u, gate_bias, ckpt, has_state,
                                                     ctx.BT)
-    return du, dbias, ds0.to(ctx.state_dtype) if has_state else None, None
+    return du, dbias, ds0.to(ctx.state_dtype) if has_state else None, None, None, None
 
 
 rnn_core_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -321,8 +342,10 @@ def rnn_core_triton(u_BT3D: Tensor, gate_bias_D: Tensor, state_BD: Tensor | None
                 else u_BT3D.new_zeros(B, D, dtype=torch.float32))
         return u_BT3D.new_empty(B, 0, D), last
     state = state_BD.contiguous() if state_BD is not None else None
+    forward_only = not needs_backward(u_BT3D, gate_bias_D, state_BD)
+    BT, BD, warps = tiles(u_BT3D.device, B, forward_only)
     y, last, _ = torch.ops.archlab.rnn_core_fwd(u_BT3D.contiguous(), gate_bias_D.contiguous(),
-                                               state, tiles(u_BT3D.device, B)[0])
+                                               state, BT, BD, warps)
     return y, last
 
 

@@ -4,9 +4,10 @@ gradient (u, gate_bias, initial state), the decode step, torch.compile.
 Without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set by
 conftest.py before any kernel module is imported) with small tiles (16 tokens, 16 channels),
 so T in {1, 5, 64, 70} and D in {8, 24} cover one and several tiles, a ragged last tile and
-masked channels. float32 inputs: relative error <= 1e-5. 16-bit inputs: relative error
-<= 2e-2 against the float32 reference fed the same rounded inputs. The `gpu` tests run the
-real size (B=4, T=4096, D=2048, bf16) under the 16-bit rule.
+masked channels; a forward alone (no_grad) runs its own tile (32 tokens, 8 channels), and
+is checked at other tiles too. float32 inputs: relative error <= 1e-5. 16-bit inputs:
+relative error <= 2e-2 against the float32 reference fed the same rounded inputs. The `gpu`
+tests run the real size (B=4, T=4096, D=2048, bf16) under the 16-bit rule.
 """
 
 from __future__ import annotations
@@ -222,6 +223,108 @@ def test_torch_compile_traces_the_op():
     y1 = torch.compile(step, backend=backend, fullgraph=True)(u[:, 0], gate_bias, s1)
     y2 = step(u[:, 0], gate_bias, s2)
     assert torch.equal(y1, y2) and torch.equal(s1, s2)
+
+
+# --- the forward-only tile ------------------------------------------------------------------
+
+
+class LaunchSpy:
+    """Stands for `triton_rnn.rnn_fwd_kernel`: records each launch's (BT, BD, num_warps)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((kwargs["BT"], kwargs["BD"], kwargs["num_warps"]))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.fixture
+def fwd_launches(monkeypatch):
+    spy = LaunchSpy(triton_rnn.rnn_fwd_kernel)
+    monkeypatch.setattr(triton_rnn, "rnn_fwd_kernel", spy)
+    return spy.launches
+
+
+def test_tiles_tables_by_batch_and_mode(monkeypatch):
+    """On a GPU: the training table without `forward_only`, the forward-only one with it,
+    each by batch (the first entry whose minimum the batch reaches)."""
+    monkeypatch.setattr(triton_rnn, "_interpret", lambda: False)
+    monkeypatch.setattr(triton_rnn, "GPU_TILES", ((16, (32, 16, 1)), (0, (64, 16, 2))))
+    monkeypatch.setattr(triton_rnn, "GPU_FORWARD_TILES", ((16, (16, 8, 4)), (0, (128, 32, 8))))
+    cuda = torch.device("cuda")
+    assert [triton_rnn.tiles(cuda, b) for b in (1, 15, 16, 64)] == [(64, 16, 2)] * 2 + [
+        (32, 16, 1)
+    ] * 2
+    got = [triton_rnn.tiles(cuda, b, forward_only=True) for b in (1, 15, 16, 64)]
+    assert got == [(128, 32, 8)] * 2 + [(16, 8, 4)] * 2
+
+
+def test_shipped_tiles_are_powers_of_two():
+    for table in (triton_rnn.GPU_TILES, triton_rnn.GPU_FORWARD_TILES):
+        assert table[-1][0] == 0  # every batch finds an entry
+        for _, tile in table:
+            assert all(x > 0 and x & (x - 1) == 0 for x in tile), tile
+
+
+def test_forward_only_tile_when_no_backward_follows(fwd_launches):
+    """no_grad, inference_mode, or no input requiring grad: the forward-only tile; an input
+    requiring grad (u, gate_bias or the state) with grad enabled: the training tile."""
+    B, T, D = 2, 40, 24
+    u, gate_bias, state, _, _ = make_inputs(B, T, D, torch.float32, True, seed=21)
+    train = triton_rnn.tiles(u.device, B)
+    fwd = triton_rnn.tiles(u.device, B, forward_only=True)
+    assert train != fwd  # else this test would not tell them apart
+    leaf = u.clone().requires_grad_()
+    with torch.no_grad():
+        rnn_core_triton(leaf, gate_bias, state)
+    with torch.inference_mode():
+        rnn_core_triton(u, gate_bias, state)
+    rnn_core_triton(u, gate_bias, state)
+    y, _ = rnn_core_triton(leaf, gate_bias, state)
+    rnn_core_triton(u, gate_bias.clone().requires_grad_(), state)
+    rnn_core_triton(u, gate_bias, state.clone().requires_grad_())
+    assert fwd_launches == [fwd] * 3 + [train] * 3
+    y.sum().backward()  # the training forward's checkpoints fit the backward's tile
+    assert leaf.grad is not None
+
+
+@pytest.mark.parametrize("tile", [None, (64, 32, 8), (16, 8, 1), (128, 64, 4)])
+@pytest.mark.parametrize("T, D, with_state", [(5, 40, True), (70, 20, False), (150, 40, True)])
+def test_forward_only_matches_reference(monkeypatch, fwd_launches, tile, T, D, with_state):
+    """Under no_grad, at the shipped forward-only tile (None) and others (several tiles,
+    ragged last tile, masked channels): y and the last state against float32."""
+    if tile is not None:
+        monkeypatch.setattr(triton_rnn, "CPU_FORWARD_TILES", tile)
+        monkeypatch.setattr(triton_rnn, "GPU_FORWARD_TILES", ((0, tile),))
+    u, gate_bias, state, _, _ = make_inputs(2, T, D, torch.float32, with_state, seed=T + D)
+    with torch.no_grad():
+        y, last = rnn_core_triton(u, gate_bias, state)
+    y_ref, last_ref = rnn_core_reference(u, gate_bias, state)
+    assert fwd_launches == [tile or triton_rnn.tiles(u.device, 2, forward_only=True)]
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(last, last_ref) <= 1e-5
+
+
+def test_torch_compile_picks_the_tile_by_grad(fwd_launches):
+    """Compiled (fullgraph): under no_grad the forward-only tile, with an input requiring
+    grad the training tile (a recompile), same values as eager."""
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+
+    def core(u, gate_bias):
+        return rnn_core_triton(u * 2, gate_bias)[0]
+
+    compiled = torch.compile(core, backend=backend, fullgraph=True)
+    u, gate_bias, _, _, _ = make_inputs(2, 20, 8, torch.float32, False, seed=22)
+    with torch.no_grad():
+        y = compiled(u, gate_bias)
+    leaf = u.clone().requires_grad_()
+    compiled(leaf, gate_bias).sum().backward()
+    fwd, train = (triton_rnn.tiles(u.device, 2, forward_only=f) for f in (True, False))
+    assert fwd_launches == [fwd, train]
+    assert rel_err(y, core(u, gate_bias)) <= 1e-6 and leaf.grad is not None
 
 
 # --- real sizes on a GPU --------------------------------------------------------------------
