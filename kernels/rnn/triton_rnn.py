@@ -64,10 +64,11 @@ Tensor = torch.Tensor
 # fastest (17.1 ms at 4 x 65536, against 24.0).
 GPU_TILES = ((16, (32, 16, 1)), (0, (64, 16, 2)))
 # The forward alone (no backward follows, so no checkpoint interval to keep), by batch as
-# above. With 4 rows (4 x 65536, D = 2048, bf16, H200) the forward alone took 3.9 ms at
-# (64, 32, 8) against 4.3 ms at (64, 16, 2). With 16 or more rows no forward-only
-# measurement yet: the training tile. `rnn_scan.py --sweep` times each choice both ways.
-GPU_FORWARD_TILES = ((16, (32, 16, 1)), (0, (64, 32, 8)))
+# above, from the same sweep timing the forward alone (2026-11-30, eleven tiles): with 16
+# or more rows the training tile was fastest too (2.04 ms at 64 x 4096, 2.45 at
+# 16 x 16384); with 4 rows (64, 32, 8) (3.94 ms at 4 x 65536, against 4.28 with the
+# training tile); with 2 rows (128, 32, 8) (5.05 ms at 2 x 131072, against 7.63).
+GPU_FORWARD_TILES = ((16, (32, 16, 1)), (4, (64, 32, 8)), (0, (128, 32, 8)))
 BD_STEP_GPU, WARPS_STEP_GPU = 256, 2
 # the interpreter: small tiles, so that the CPU tests cover several tiles and channel
 # blocks; the forward-only tile differs, so that they cover both paths
