@@ -46,13 +46,17 @@ def runs_text(r: dict) -> str:
 
 def grid_text(settings: dict) -> str:
     """The probe's learning rates, batch and seeds from its settings (`lrs`, `seeds`):
-    'lr 0.001, batch 64, seed 0' or 'lrs 0.001, 0.003, batch 64, seeds 0, 1, 2'."""
+    'lr 0.001, batch 64, seed 0' or 'lrs 0.001, 0.003, batch 64, seeds 0, 1, 2'; with
+    `init` torch, also 'Linear weights drawn by PyTorch's default rule'."""
     lrs, seeds = settings["lrs"], settings["seeds"]
-    return (
+    text = (
         f"lr{'s' if len(lrs) > 1 else ''} {', '.join(f'{v:g}' for v in lrs)}, batch "
         f"{settings['batch']}, seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(str(v) for v in seeds)}"
     )
+    if settings.get("init") == "torch":
+        text += ", Linear weights drawn by PyTorch's default rule (init torch)"
+    return text
 
 
 def probe_plot(curves: list[tuple[str, dict]], out: Path, stem: str = "probe") -> str | None:

@@ -129,3 +129,14 @@ def test_plots_with_matplotlib(tmp_path):
     images = pareto.front_plots(d, tmp_path)
     assert images == {"decode_4k": "pareto_decode_4k.png", "train_4k": "pareto_train_4k.png"}
     assert (tmp_path / "pareto_decode_4k.png").stat().st_size > 1000
+
+
+def test_grid_text_names_the_learning_rates_seeds_and_a_torch_init():
+    from archlab.report.probe_report import grid_text
+
+    base = {"lrs": [1e-3, 3e-3], "seeds": [0, 1], "batch": 64}
+    assert grid_text(base) == "lrs 0.001, 0.003, batch 64, seeds 0, 1"
+    assert "init torch" not in grid_text({**base, "init": "blocks"})
+    assert grid_text({**base, "lrs": [1e-3], "seeds": [2], "init": "torch"}) == (
+        "lr 0.001, batch 64, seed 2, Linear weights drawn by PyTorch's default rule (init torch)"
+    )
