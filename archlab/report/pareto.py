@@ -148,6 +148,12 @@ def pairs(doc: dict) -> list[dict]:
         out.append(("measured_train", T, "measured_params", "measured_train_s", "measured"))
     for T in seqs if settings.get("probe") else []:
         out.append(("recall", T, "decode_bytes_per_token", "mqar_accuracy", "probe"))
+    measure = settings.get("measure") or {}
+    decoded = settings.get("probe") and "decode" in (measure.get("modes") or [])
+    for T in measure.get("seqs") or [] if decoded else []:
+        out.append(
+            ("measured_recall", T, "measured_decode_tok_s", "mqar_accuracy", "measured_probe")
+        )
 
     def at(metric: str, T: int) -> str:  # params and recall are one figure, not one per T
         return (
@@ -188,6 +194,8 @@ BASIS = {
     "measured": "measured on this machine, each point's measured model (see Measured models)",
     "probe": "recall of the probe's small copy of each point (MQAR); decode bytes from the "
     "cost model, as written",
+    "measured_probe": "recall of the probe's small copy of each point (MQAR); decode tokens/s "
+    "measured on this machine (see Measured models)",
 }
 COLUMNS = """\
 **params** exact parameter count; **train FLOPs** matmul FLOPs of one forward and backward

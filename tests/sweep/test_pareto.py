@@ -140,3 +140,24 @@ def test_grid_text_names_the_learning_rates_seeds_and_a_torch_init():
     assert grid_text({**base, "lrs": [1e-3], "seeds": [2], "init": "torch"}) == (
         "lr 0.001, batch 64, seed 2, Linear weights drawn by PyTorch's default rule (init torch)"
     )
+
+
+def test_recall_against_measured_decode_when_both_were_taken():
+    def decoded(tok_s):
+        r = {"status": "ok", "mode": "decode", "seq_len": 256, "tokens_per_s": tok_s}
+        return {"params": 5, "cache_bytes": {"256": 64}, "results": [r], "measured_as": "x"}
+
+    points = [
+        point(0, 400, 2000, 10, 100, recall=0.99, measured=decoded(10.0)),
+        point(1, 200, 1500, 10, 90, recall=0.5, measured=decoded(30.0)),
+        point(2, 100, 1600, 11, 80, recall=0.4, measured=decoded(20.0)),
+    ]
+    measure = {"seqs": [256], "modes": ["decode"], "device": "cuda"}
+    got = {f["pair"]: f for f in fronts(doc(points, probe=True, measure=measure))}
+    pair = got["measured_recall_256"]
+    assert (pair["x"], pair["y"]) == ("measured_decode_tok_s@256", "mqar_accuracy")
+    assert pair["front"] == [0, 1] and pair["dominated"] == [2]  # faster, or recalls more
+    train_only = {**measure, "modes": ["train"]}
+    assert "measured_recall_256" not in {
+        f["pair"] for f in fronts(doc(points, probe=True, measure=train_only))
+    }
