@@ -155,8 +155,11 @@ case $stage in
     esac
     ;;
   recall)  # decode of the 1.3B models at full size and MQAR recall, per RAT chunk size
+    # (PyTorch's initialisation for every kind: as built, attention's copy stalled at 89.5%;
+    # docs/sweep.md; two trainings at once)
     timeout "$limit" python3 -m archlab.cli sweep "$repo/sweeps/rat_chunk_recall.yaml" --measure \
-      --mode decode --probe mqar --no-compile --out "$out/$stage/sweep" >"$out/$stage/sweep.log" 2>&1
+      --mode decode --probe mqar --probe-init torch --probe-jobs 2 --no-compile \
+      --out "$out/$stage/sweep" >"$out/$stage/sweep.log" 2>&1
     tail -30 "$out/$stage/sweep.log"
     ;;
   mixers)  # the field's mixers alone, at the paper's width and token count
