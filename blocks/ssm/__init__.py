@@ -15,10 +15,13 @@ Parameter names follow mamba (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `nor
 `out_proj`), so weights map one to one.
 
 Backends: `reference` (kernels/ssd/reference.py, the chunked SSD in float32 with
-`chunk_size`), `triton` (fla's chunked kernels, CUDA only, needs `archlab[ssm]`), `auto`
-(triton when fla is there and the device is CUDA, else reference). Where fla refuses
-`chunk_simple_gla`'s backward (Hopper with Triton 3.4-3.7.0) training runs fla's
-`chunk_gla` instead, and `backend_note` says so (kernels/ssd/fla_backend.py). The decode
+`chunk_size`), `triton` (fla's chunked kernels, CUDA only, needs `archlab[ssm]`; its
+sequence pass also takes fla's `causal_conv1d` for conv + bias + SiLU and fla's gated
+`rmsnorm_fn` for the norm, on y + D x rounded once to the compute dtype as mamba's fused
+path does; float32 inside both), `auto` (triton when fla is there and the device is CUDA,
+else reference). Where fla refuses `chunk_simple_gla`'s backward (Hopper with Triton
+3.4-3.7.0) training runs fla's `chunk_gla` instead, and `backend_note` says so
+(kernels/ssd/fla_backend.py). The decode
 `step` is the plain recurrence for both. The cache holds the conv state (the last conv_kernel - 1
 inputs of the conv channels, in the cache dtype) and the SSM state [B, heads, head_dim,
 d_state], always float32 (it accumulates over the whole context), so it counts 4 bytes

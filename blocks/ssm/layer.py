@@ -22,7 +22,10 @@ from archlab.blocks.ssm import SSM_STATE_BYTES, Params, SSMSizes
 from archlab.kernels.runtime import triton_interpreted
 from archlab.kernels.ssd.fla_backend import (
     INSTALL_HINT,
+    conv_silu_fla,
+    fla_glue_importable,
     fla_importable,
+    gated_rmsnorm_fla,
     simple_gla_backward_refused,
     ssd_fla,
 )
@@ -106,8 +109,7 @@ class SSMBlock(nn.Module):
         """SSD by the selected backend: (y [B, T, H, P], final state [B, H, P, N] float32,
         None from triton unless `keep_state`)."""
         if self.backend == "triton":
-            if not x.is_cuda and not triton_interpreted():
-                raise BackendUnavailable(f"ssm backend 'triton' cannot run on {x.device}")
+            self._triton_device(x)
             return ssd_fla(x, dt, A, Bm, Cm, state_BHPN, output_final_state=keep_state)
         if self.backend != "reference":
             raise BackendUnavailable("no ssm backend selected: call select_backend(device)")
@@ -127,23 +129,53 @@ class SSMBlock(nn.Module):
         x = x.unflatten(-1, (s.heads, s.head_dim))
         return x, dt, A, Bm.unflatten(-1, (s.groups, -1)), Cm.unflatten(-1, (s.groups, -1))
 
-    def _output(self, y_HP: torch.Tensor, x_HP: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _triton_device(t: torch.Tensor) -> None:
+        if not t.is_cuda and not triton_interpreted():
+            raise BackendUnavailable(f"ssm backend 'triton' cannot run on {t.device}")
+
+    def _fla_glue(self, x_BTD: torch.Tensor) -> bool:
+        """Whether the sequence pass runs its conv and norm through fla's kernels: on the
+        triton backend, where this fla has them (kernels/ssd/fla_backend.py)."""
+        if self.backend != "triton":
+            return False
+        self._triton_device(x_BTD)
+        return fla_glue_importable()
+
+    def _output(self, y_HP, x_HP, z, fla_glue: bool = False) -> torch.Tensor:
+        """out_proj(gated rmsnorm(y + D x, z)). By fla (`fla_glue`): y + D x in one pass
+        (float32 inside, one rounding to the dtype of y, x and D), then fla's gated norm,
+        as mamba's fused path; else all in float32 (GatedRMSNorm)."""
+        if fla_glue:
+            y = torch.addcmul(y_HP, x_HP, self.D[:, None]).flatten(-2)
+            h = gated_rmsnorm_fla(y, z, self.norm.weight, self.norm.groups, self.norm.eps)
+            return self.out_proj(h.to(z.dtype))
         y = y_HP.float() + self.D.float()[:, None] * x_HP.float()
         return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def _conv(self, xBC_BTC, conv_state_BCK, keep_state: bool, fla_glue: bool):
+        """silu(causal depthwise conv(xBC)) [B, T, conv_dim] and the new conv state (the
+        last K - 1 inputs; None from fla unless `keep_state`)."""
+        if fla_glue:
+            w_CK = self.conv1d.weight[:, 0]
+            return conv_silu_fla(xBC_BTC, w_CK, self.conv1d.bias, conv_state_BCK, keep_state)
+        K = self.sizes.kernel
+        xBC_BCT = xBC_BTC.transpose(1, 2)
+        if conv_state_BCK is None:
+            padded = F.pad(xBC_BCT, (K - 1, 0))
+        else:
+            padded = torch.cat([conv_state_BCK.to(xBC_BTC.dtype), xBC_BCT], dim=-1)
+        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.sizes.conv_dim)
+        return F.silu(conv).transpose(1, 2), padded[:, :, padded.shape[-1] - (K - 1) :]
 
     def _sequence(self, x_BTD, conv_state_BCK=None, ssm_state_BHPN=None, keep_state=False):
         """The parallel pass; returns (out, new conv state, final SSM state)."""
         z, xBC, dt_raw = self._split(self.in_proj(x_BTD))
-        K = self.sizes.kernel
-        xBC_BCT = xBC.transpose(1, 2)
-        if conv_state_BCK is None:
-            padded = F.pad(xBC_BCT, (K - 1, 0))
-        else:
-            padded = torch.cat([conv_state_BCK.to(xBC.dtype), xBC_BCT], dim=-1)
-        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.sizes.conv_dim)
-        x, dt, A, Bm, Cm = self._ssm_inputs(F.silu(conv).transpose(1, 2), dt_raw)
+        fla_glue = self._fla_glue(x_BTD)
+        xBC, conv_state = self._conv(xBC, conv_state_BCK, keep_state, fla_glue)
+        x, dt, A, Bm, Cm = self._ssm_inputs(xBC, dt_raw)
         y, final = self._scan(x, dt, A, Bm, Cm, ssm_state_BHPN, keep_state)
-        return self._output(y, x, z), padded[:, :, padded.shape[-1] - (K - 1) :], final
+        return self._output(y, x, z, fla_glue), conv_state, final
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         """[B, T, d_model] -> [B, T, d_model], causal over T."""

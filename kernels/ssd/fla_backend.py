@@ -20,6 +20,13 @@ Two fla kernels compute it:
   kernels, which fla does not refuse, so there a forward that needs gradients runs
   `chunk_gla` (`simple_gla_backward_refused` says when). It costs an [B, T, H, N] float32
   decay tensor and the vector-gate kernels' extra work.
+
+The glue around the scan has fla kernels too, which the `ssm` block's triton backend uses
+when this fla has them (`fla_glue_importable`): `conv_silu_fla` (fla's `causal_conv1d`:
+the depthwise causal conv, bias and SiLU in one pass over the [B, T, C] layout, float32
+inside) and `gated_rmsnorm_fla` (fla's gated `rmsnorm_fn`: rmsnorm(y * silu(z)) * weight
+per group in one pass, float32 inside). Both run outside torch.compile's graphs (as fla's
+chunk ops do).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 
 from archlab.kernels.ssd.reference import heads_from_groups
 
@@ -65,13 +73,88 @@ def _chunk_gla() -> Callable:
     return fla_module("fla.ops.gla").chunk_gla
 
 
+# where fla keeps its causal conv and gated RMSNorm: recent fla-core (0.6.0), then older
+CONV_MODULES = ("fla.modules.causal_conv1d", "fla.modules.convolution")
+NORM_MODULES = ("fla.modules.norm.layernorm_gated", "fla.modules.layernorm_gated")
+
+
+def _first(names: tuple[str, ...], attr: str) -> Callable | None:
+    for name in names:
+        fn = getattr(fla_module(name), attr, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _causal_conv1d() -> Callable | None:
+    return _first(CONV_MODULES, "causal_conv1d")
+
+
+def _rmsnorm_fn() -> Callable | None:
+    return _first(NORM_MODULES, "rmsnorm_fn")
+
+
 def fla_importable() -> bool:
     """True if `fla.ops.simple_gla.chunk_simple_gla` can be imported here. Imports every
-    fla module `ssd_fla` may use, so that the backend check that asks this leaves none to
-    import inside a traced call."""
-    for name in ("fla.ops.gla", "fla.ops.common.chunk_o"):
+    fla module `ssd_fla` and the glue kernels may use, so that the backend check that asks
+    this leaves none to import inside a traced call."""
+    for name in ("fla.ops.gla", "fla.ops.common.chunk_o", *CONV_MODULES, *NORM_MODULES):
         fla_module(name)
     return _chunk_simple_gla() is not None
+
+
+def fla_glue_importable() -> bool:
+    """True if fla's `causal_conv1d` and gated `rmsnorm_fn` are there (after
+    `fla_importable`, a few dict reads): the `ssm` block's triton backend then runs its
+    conv and norm through them, else through its PyTorch glue."""
+    return _causal_conv1d() is not None and _rmsnorm_fn() is not None
+
+
+@torch.compiler.disable  # fla's kernels run eagerly, as its chunk ops do under compile
+def conv_silu_fla(
+    x_BTC: torch.Tensor,
+    weight_CK: torch.Tensor,
+    bias_C: torch.Tensor | None,
+    state_BCK: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """silu(causal depthwise conv(x) + bias) by fla's `causal_conv1d`, on x [B, T, C] as it
+    is (a strided slice is read in place). `state_BCK`: the last K - 1 inputs before x,
+    oldest first (archlab's conv cache; None: zeros). Returns y [B, T, C] (contiguous, x's
+    dtype) and, if `output_final_state`, the last K - 1 inputs [B, C, K - 1] in x's dtype
+    (reaching into the state when T < K - 1), else None. fla's conv state holds the last K
+    inputs, of which the oldest is never read: archlab's state is its last K - 1."""
+    h0_BCK = None
+    if state_BCK is not None:
+        h0_BCK = F.pad(state_BCK.to(x_BTC.dtype), (1, 0))
+    y_BTC, hT_BCK = _causal_conv1d()(
+        x=x_BTC,
+        weight=weight_CK,
+        bias=bias_C,
+        initial_state=h0_BCK,
+        output_final_state=output_final_state,
+        activation="silu",
+    )
+    final = hT_BCK[..., 1:] if output_final_state else None
+    return y_BTC, final
+
+
+@torch.compiler.disable  # fla's kernels run eagerly, as its chunk ops do under compile
+def gated_rmsnorm_fla(
+    y_BTE: torch.Tensor, z_BTE: torch.Tensor, weight_E: torch.Tensor, groups: int, eps: float
+) -> torch.Tensor:
+    """rmsnorm(y * silu(z)) * weight over each of `groups` groups of channels, by fla's
+    gated `rmsnorm_fn` (one pass, float32 inside; its backward one more). y, z [..., E];
+    returns [..., E] in y's dtype."""
+    return _rmsnorm_fn()(
+        y_BTE,
+        weight_E,
+        None,
+        z=z_BTE,
+        eps=eps,
+        group_size=y_BTE.shape[-1] // groups,
+        norm_before_gate=False,
+    )
 
 
 def simple_gla_backward_refused() -> str | None:
@@ -138,7 +221,7 @@ def ssd_fla(
     H, dtype = x_BTHP.shape[2], x_BTHP.dtype
     q_BTHN = heads_from_groups(C_BTGN, H).to(dtype)
     k_BTHN = heads_from_groups(B_BTGN, H).to(dtype)
-    v_BTHP = (x_BTHP.float() * dt_BTH.float()[..., None]).to(dtype)
+    v_BTHP = (x_BTHP * dt_BTH.float()[..., None]).to(dtype)  # float32 product, one pass
     g_BTH = dt_BTH.float() * A_H.float()
     h0_BHNP = None
     if initial_state_BHPN is not None:

@@ -4,6 +4,8 @@ backend against the float32 reference on CUDA."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +16,9 @@ from archlab.blocks import ssm
 from archlab.blocks.base import BackendUnavailable, ModelConfig, linear_flops
 from archlab.blocks.ssm import layer as ssm_layer
 from archlab.blocks.ssm.layer import SSMBlock
+from archlab.kernels.ssd import fla_backend
 from archlab.kernels.ssd.fla_backend import simple_gla_backward_refused
-from archlab.kernels.ssd.reference import ssd_naive
+from archlab.kernels.ssd.reference import ssd_chunked, ssd_naive
 
 D_MODEL = 16
 MODEL = ModelConfig(d_model=D_MODEL, vocab_size=64, dtype="float32", norm_eps=1e-5)
@@ -152,6 +155,139 @@ def test_backend_selection(monkeypatch):
     assert block.select_backend("cuda") == "triton" and block.backend_note == refused
     assert block.select_backend("cpu") == "reference" and block.backend_note is None
     assert ssm.check(ssm.Params(**{**small, "backend": "flex"}), D_MODEL)[0][0] == "backend"
+
+
+# ---- the triton backend's glue with fla faked (fla's kernels need CUDA) ------------------
+
+
+def fake_causal_conv1d(calls):
+    """fla's causal_conv1d contract in torch: the state [B, C, W] holds the last W inputs
+    (its oldest never read), y = act(conv + bias) in x's dtype, final state [B, C, W]."""
+
+    def run(x, weight, bias=None, initial_state=None, output_final_state=False, activation=None):
+        calls.append(("conv", x, weight.shape, initial_state, output_final_state, activation))
+        B, T, C = x.shape
+        h0 = x.new_zeros(B, C, weight.shape[1]) if initial_state is None else initial_state
+        seq = torch.cat([h0.to(x.dtype), x.transpose(1, 2)], dim=-1)
+        y = F.conv1d(seq[..., 1:], weight[:, None], bias, groups=C).transpose(1, 2)
+        y = F.silu(y) if activation == "silu" else y
+        return y, (seq[..., -weight.shape[1] :] if output_final_state else None)
+
+    return run
+
+
+def fake_rmsnorm_fn(calls):
+    def run(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+        calls.append(("norm", x, z, group_size, norm_before_gate, eps))
+        h = (x.float() * F.silu(z.float())).unflatten(-1, (-1, group_size))
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + eps)
+        return (h.flatten(-2) * weight.float()).to(x.dtype)
+
+    return run
+
+
+def fake_ssd_fla(x, dt, A, Bm, Cm, state=None, output_final_state=False):
+    y, final = ssd_chunked(x, dt, A, Bm, Cm, 4, state)
+    return y.to(x.dtype), (final if output_final_state else None)
+
+
+@pytest.fixture
+def faked_fla(monkeypatch):
+    """fla's conv and gated norm faked (in fla's module table), the scan by the reference,
+    and the triton backend let onto the CPU; yields the list of glue calls."""
+    calls = []
+    conv = types.SimpleNamespace(causal_conv1d=fake_causal_conv1d(calls))
+    norm = types.SimpleNamespace(rmsnorm_fn=fake_rmsnorm_fn(calls))
+    monkeypatch.setitem(fla_backend._MODULES, "fla.modules.causal_conv1d", conv)
+    monkeypatch.setitem(fla_backend._MODULES, "fla.modules.norm.layernorm_gated", norm)
+    monkeypatch.setattr(ssm_layer, "ssd_fla", fake_ssd_fla)
+    monkeypatch.setattr(ssm_layer, "triton_interpreted", lambda: True)
+    return calls
+
+
+def run_both(block, u, dy):
+    """Output and gradients (input and parameters) of the block on triton, then reference."""
+    results = []
+    for backend in ("triton", "reference"):
+        block.backend = backend
+        block.zero_grad()
+        x = u.clone().requires_grad_(True)
+        out = block(x)
+        (out.float() * dy).sum().backward()
+        grads = [x.grad] + [p.grad.clone() for p in block.parameters()]
+        results.append([out.detach()] + grads)
+    return results
+
+
+@pytest.mark.parametrize("i", range(len(ssm.KIND.examples)))
+def test_triton_glue_runs_fla_conv_and_norm(faked_fla, i):
+    """On triton the conv (+ bias + SiLU) and the gated norm are fla's (faked here): called
+    on the in_proj output's slice as it is, with mamba's grouping and order (norm after the
+    gate); outputs, gradients and the prefill/step/prefill chain equal the reference's."""
+    params = ssm.KIND.examples[i]
+    block = make_block(params, seed=i)
+    s = block.sizes
+    u, dy = torch.randn(2, 19, D_MODEL), torch.randn(2, 19, D_MODEL)
+    got, want = run_both(block, u, dy)
+    for g, w in zip(got, want, strict=True):
+        assert rel_err(g, w) < 1e-4  # the scan's chunking differs: float32 rounding
+    conv, norm = faked_fla[0], faked_fla[1]
+    assert conv[0] == "conv" and conv[1].shape == (2, 19, s.conv_dim)
+    assert conv[1].stride() == (19 * s.in_proj, s.in_proj, 1)  # no copy of the slice
+    assert conv[2:] == ((s.conv_dim, s.kernel), None, False, "silu")
+    assert norm[0] == "norm" and norm[1].shape == norm[2].shape == (2, 19, s.inner)
+    assert norm[3:] == (s.inner // s.groups, False, MODEL.norm_eps)
+    assert len(faked_fla) == 2  # the reference pass calls neither
+    block.backend = "triton"
+    with torch.no_grad():
+        full = block(u)
+        cache = block.allocate_cache(2, 19)
+        outs = [block.prefill(u[:, :9], cache)]
+        outs += [block.step(u[:, t : t + 1], cache) for t in range(9, 11)]
+        outs += [block.prefill(u[:, 11:13], cache), block.prefill(u[:, 13:], cache)]
+    assert rel_err(torch.cat(outs, dim=1), full) < 1e-5
+    prefills = [c for c in faked_fla[3:] if c[0] == "conv"][1:]
+    assert prefills[0][3] is not None and prefills[0][3].shape == (2, s.conv_dim, s.kernel)
+    assert all(c[4] for c in prefills)
+
+
+def test_triton_glue_in_bf16_rounds_the_norm_input_once(faked_fla):
+    """In bf16 the norm gets y + D x rounded once from float32 (as mamba's fused path) and
+    the block keeps the weights' dtype."""
+    block = make_block(ssm.KIND.examples[0]).bfloat16()
+    block.backend = "triton"
+    u = torch.randn(2, 11, D_MODEL, dtype=torch.bfloat16)
+    captured = {}
+    real_output = block._output
+
+    def spy(y, x, z, fla_glue=False):
+        captured.update(y=y, x=x)
+        return real_output(y, x, z, fla_glue)
+
+    block._output = spy
+    with torch.no_grad():
+        out = block(u)
+    assert out.dtype == torch.bfloat16
+    _, y_in, z_in = faked_fla[1][:3]
+    assert y_in.dtype == z_in.dtype == torch.bfloat16
+    want = captured["y"].float() + block.D.float()[:, None] * captured["x"].float()
+    assert torch.equal(y_in, want.flatten(-2).bfloat16())
+
+
+def test_triton_glue_falls_back_without_fla_glue(faked_fla, monkeypatch):
+    """An fla without causal_conv1d or the gated norm: triton keeps its PyTorch glue. On the
+    CPU (no interpreter) triton says so before any kernel runs."""
+    for name in fla_backend.CONV_MODULES:
+        monkeypatch.setitem(fla_backend._MODULES, name, None)
+    block = make_block(ssm.KIND.examples[1])
+    u, dy = torch.randn(2, 7, D_MODEL), torch.randn(2, 7, D_MODEL)
+    for g, w in zip(*run_both(block, u, dy), strict=True):
+        assert rel_err(g, w) < 1e-4
+    assert faked_fla == []
+    monkeypatch.setattr(ssm_layer, "triton_interpreted", lambda: False)
+    block.backend = "triton"
+    with pytest.raises(BackendUnavailable, match="cannot run on cpu"):
+        block(u)
 
 
 def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:

@@ -124,7 +124,7 @@ def fla_present() -> bool:
 
 @pytest.mark.skipif(not fla_present(), reason='needs fla: pip install "archlab[ssm]"')
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here: the CUDA tests run fla")
-@pytest.mark.parametrize("check", ["kernel", "block"])
+@pytest.mark.parametrize("check", ["kernel", "block", "cache"])
 def test_fla_under_triton_interpreter(check):
     """fla's kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before
     triton and fla are imported: hence a fresh interpreter."""
@@ -215,10 +215,36 @@ def _check_block() -> None:
         assert err < 1e-4, f"{name}: rel err {err:.2e}"
 
 
+def _check_cache() -> None:
+    """The triton block's prefill (fla's conv from and to the cache's state, T < K - 1
+    included) / step chain against the reference block's forward, for conv widths 4, 3, 1."""
+    from archlab.blocks import ssm
+    from archlab.blocks.base import ModelConfig
+    from archlab.blocks.ssm.layer import SSMBlock
+
+    model = ModelConfig(d_model=16, vocab_size=8, dtype="float32")
+    for K in (4, 3, 1):
+        params = ssm.Params(d_state=16, head_dim=8, n_groups=2, chunk_size=8, conv_kernel=K)
+        torch.manual_seed(K)
+        block = SSMBlock(params, model)
+        with torch.no_grad():
+            for p in block.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+            u = torch.randn(2, 80, 16)
+            full = block(u)  # reference
+            block.backend = "triton"
+            cache = block.allocate_cache(2, 80)
+            outs = [block.prefill(u[:, :70], cache)]
+            outs += [block.step(u[:, t : t + 1], cache) for t in range(70, 72)]
+            outs += [block.prefill(u[:, 72:74], cache), block.prefill(u[:, 74:], cache)]
+        err = rel_err(torch.cat(outs, dim=1), full)
+        assert err < 1e-4, f"K={K}: rel err {err:.2e}"
+
+
 def interpreter_main(check: str) -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     _interpreter_shims()
-    {"kernel": _check_kernel, "block": _check_block}[check]()
+    {"kernel": _check_kernel, "block": _check_block, "cache": _check_cache}[check]()
     print("ok")
 
 
