@@ -11,6 +11,7 @@
 #   (LAYER_VARIANTS="label,label" keeps some of rat_layer.py's variants;
 #    TESTS_K="pytest -k expression" selects some of the GPU tests)
 #   table1    the RAT paper's Table 1 through `archlab profile --mode throughput`
+#             (TABLE1_SAMPLE=0 times all 1024 generated positions, TABLE1_SPECS picks specs)
 #   figure    the paper's efficiency figure through `archlab profile --layer`
 #   compare   the README's main command at real sizes: `archlab compare --measure` of
 #             the paper's attention, RAT and RAT-SWA specs
@@ -89,10 +90,17 @@ case $stage in
     tail -30 "$out/$stage/rat_layer.log"
     ;;
   table1)  # the RAT paper's Table 1: throughput at 1.3B (prompt 3072, generate 1024)
+    # (TABLE1_SAMPLE=0 times all 1024 positions instead of 16, to check the estimate;
+    #  TABLE1_SPECS="attention rat" picks specs)
     specs=$repo/specs/paper
-    timeout "$limit" python3 -m archlab.cli profile "$specs/attention.yaml" "$specs/rat.yaml" \
-      "$specs/attention_swa.yaml" "$specs/rat_swa.yaml" --mode throughput --prompt 3072 \
-      --generate 1024 --gen-sample 16 --out "$out/$stage" >"$out/$stage/profile.log" 2>&1
+    files=""
+    for name in ${TABLE1_SPECS:-attention rat attention_swa rat_swa}; do
+      files="$files $specs/$name.yaml"
+    done
+    # shellcheck disable=SC2086
+    timeout "$limit" python3 -m archlab.cli profile $files --mode throughput --prompt 3072 \
+      --generate 1024 --gen-sample "${TABLE1_SAMPLE:-16}" --out "$out/$stage" \
+      >"$out/$stage/profile.log" 2>&1
     tail -20 "$out/$stage/profile.log"
     ;;
   figure)  # the RAT paper's efficiency figure: single layers, 4K to 128K tokens
