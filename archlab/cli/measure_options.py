@@ -53,8 +53,9 @@ GPU_DEFAULTS = {
 }
 
 
-def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
-    """Options shared by profile and compare (defaults depend on the device)."""
+def add_size_options(p: argparse.ArgumentParser, what: str, trace: bool = False) -> None:
+    """Options shared by profile and compare (defaults depend on the device); `trace`
+    adds `--trace DIR` (profile's)."""
     g = p.add_argument_group("sizes (defaults: small on the CPU, real on CUDA)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
     g.add_argument(
@@ -134,6 +135,15 @@ def add_size_options(p: argparse.ArgumentParser, what: str) -> None:
     o.add_argument("--json", action="store_true", help="JSON on stdout")
     o.add_argument("--csv", metavar="FILE", default=None, help="CSV to FILE ('-': stdout)")
     o.add_argument("--out", metavar="DIR", default=None, help="write results (and plots) here")
+    if trace:
+        o.add_argument(
+            "--trace",
+            metavar="DIR",
+            default=None,
+            help="after each case's timing (never inside it), run the timed call 3 more times "
+            "under torch.profiler and write its kernel table (by CUDA time on CUDA, CPU time "
+            "on the CPU) to DIR/<case>.txt; each result's extra.trace holds the path",
+        )
 
 
 def parse_modes(text: str) -> list[str]:
@@ -249,6 +259,7 @@ def resolve_sizes(args, compare: bool = False):
         cuda_graphs=not args.no_graphs,
         optimizer=args.optimizer,
         compile=compile_default(getattr(args, "compile", None), device.type),
+        trace_dir=getattr(args, "trace", None),
     )
     return Sizes(
         device,

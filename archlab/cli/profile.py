@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         metavar="KIND[:k=v,...]",
         help="time one block of that kind alone (repeatable), e.g. rat:chunk_size=64",
     )
-    add_size_options(p, "CPU 256; CUDA each spec's max_seq_len")
+    add_size_options(p, "CPU 256; CUDA each spec's max_seq_len", trace=True)
     add_sharded_options(p)
     add_extends_root(p)
     p.set_defaults(func=run)
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """`archlab profile`: measure the cases, print a table (or JSON / CSV)."""
     from archlab.measure.cases import run_cases
+    from archlab.measure.trace import trace_note
     from archlab.report.results import results_document, results_table, write_csv
 
     sharded = args.nproc is not None or launched_by_torchrun()
@@ -68,6 +69,11 @@ def run(args) -> int:
     sizes = resolve_sizes(args)
     default_seqs(sizes, plans)
     out = Path(args.out) if args.out else None
+    if args.trace:
+        try:
+            os.makedirs(args.trace, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--trace {args.trace}: cannot make the directory ({e})") from None
 
     def save(results, peaks, notes) -> None:
         doc = results_document(results, peaks, notes, settings_dict(sizes))
@@ -81,6 +87,7 @@ def run(args) -> int:
     results, peaks, notes = run_cases(
         plans, modes, sizes, layers, on_result=save_partial if out else None
     )
+    notes += trace_note(results, args.trace)
     doc = results_document(results, peaks, notes, settings_dict(sizes))
     if out:
         save(results, peaks, notes)
@@ -170,6 +177,8 @@ def run_sharded(args, modes: list[str], layers: list) -> int:
         raise UsageError("--nproc trains whole models; it does not take --layer")
     if args.compile:
         raise UsageError("--nproc: sharded training runs eagerly; it does not take --compile")
+    if args.trace:
+        raise UsageError("--nproc: sharded training is not traced; it does not take --trace")
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0 (got {args.timeout:g})")
     plans = unique_plans(args.specs)

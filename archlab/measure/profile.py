@@ -15,7 +15,8 @@ events, on the CPU with `perf_counter`. Decode on CUDA replays a CUDA graph of t
 when the step can be captured, and says so (`cuda_graph`). Achieved TFLOP/s use the cost
 model's matmul FLOPs, achieved GB/s its decode bytes (weights + cache read); fractions are
 of the peaks that `archlab.measure.throughput.device_peaks` measured once on this device.
-See docs/profile.md.
+With `Settings.trace_dir`, the timed callable is profiled after the timing into a kernel
+table (archlab.measure.trace). See docs/profile.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from archlab.measure.targets import (  # noqa: F401 (re-exported)
     _adamw,
     set_length,
 )
+from archlab.measure.trace import trace_case
 
 OOM_TYPES: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
@@ -225,7 +227,8 @@ def _prepared(
     return fn
 
 
-def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None) -> None:
+def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None) -> Callable:
+    """Time the case into `r`; returns the callable timed (for `trace.trace_case`)."""
     B, T, device = r.batch, r.seq_len, target.device
     r.notes += target.backend_notes()
     if r.mode == "train":
@@ -237,7 +240,7 @@ def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None)
         _figures(r, target.analytic(B, T)["train_flops"], None, B * T, peaks)
         if settings.optimizer:
             r.notes.append("includes an AdamW step")
-        return
+        return fn
     target.module.eval()
     with torch.no_grad():
         if r.mode == "prefill":
@@ -252,7 +255,8 @@ def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None)
 
                 return fn
 
-            r.timing = time_fn(_prepared(target, r, settings, make), device, settings)
+            fn = _prepared(target, r, settings, make)
+            r.timing = time_fn(fn, device, settings)
             _figures(r, target.analytic(B, T)["fwd_flops"], None, B * T, peaks)
         else:  # decode: one token at position T, the cache holding T tokens
             x, cache = target.inputs(B, 1), target.allocate_cache(B, T + 1)
@@ -279,6 +283,7 @@ def _run_mode(target: Target, r: Result, settings: Settings, peaks: dict | None)
             _figures(r, a["decode_flops"], a["decode_bytes"], B, peaks)
         r.cache_bytes_measured = cache.nbytes()
         r.cache_bytes_analytic = target.analytic(B, T + (r.mode == "decode"))["cache_bytes"]
+    return fn
 
 
 def measure(
@@ -307,8 +312,9 @@ def measure(
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    fn = None
     try:
-        _run_mode(target, r, settings, peaks)
+        fn = _run_mode(target, r, settings, peaks)
     except Exception as e:  # noqa: BLE001 - every failure is a result, the sweep goes on
         r.status, r.error = ("oom" if is_oom(e) else "error"), short_error(e)
         r.timing = None
@@ -316,6 +322,10 @@ def measure(
     if r.status != "ok":
         target.module.zero_grad(set_to_none=True)  # a backward cut short leaves gradients
     r.peak_memory_bytes = _cuda_peak(device) if r.status == "ok" else None
+    if r.status == "ok" and fn is not None:  # after the timing and the peak memory
+        trace_case(fn, r, device, settings.trace_dir, grad=mode == "train")
+        target.module.zero_grad(set_to_none=True)  # a trace cut short leaves gradients
+    del fn  # its inputs and cache
     if settings.compile:
         fresh()  # the case's graphs hold its inputs and cache: let them go
     free_memory(device)

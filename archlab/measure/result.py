@@ -13,7 +13,8 @@ SCHEMA = "archlab.profile/1"
 @dataclass
 class Settings:
     """How to time: runs, time budget per case, CUDA graphs for decode, AdamW in train,
-    torch.compile of train, prefill and decode (`compile`; its time is apart). A case
+    torch.compile of train, prefill and decode (`compile`; its time is apart), kernel
+    tables of the cases in `trace_dir` (archlab.measure.trace, after the timing). A case
     runs `repeats` runs, more (up to `max_runs`) while the spread of its runs is above
     `stable_spread`, and starts no new run once `max_time_s` of timed runs have passed
     and at least 3 (or, when one run alone outlasts the budget, 1) are in."""
@@ -25,6 +26,7 @@ class Settings:
     optimizer: bool = False
     compile: bool = False  # train, prefill and decode under torch.compile (compiled.py)
     stable_spread: float = 0.2  # (p90 - p10) / median at which a case counts as stable
+    trace_dir: str | None = None  # after each timing, a kernel table there (trace.py)
 
     @property
     def max_runs(self) -> int:

@@ -8,6 +8,8 @@ sampling: tokens/s = batch x G / time. The prompt itself is not run: the cache i
 as holding P tokens (the work of a decode step does not depend on the values in the
 cache); `profile --mode prefill` times prompts. With `sample` > 0 the G steps are not all
 run: `sample` positions spread over P .. P + G - 1 are timed and the total estimated.
+With `Settings.trace_dir`, one decode step (at the first sampled position, else at P) is
+profiled after the timing (archlab.measure.trace).
 
 `device_peaks`: matmul TFLOP/s and copy GB/s of the device, measured once and cached.
 """
@@ -36,6 +38,7 @@ from archlab.measure.profile import (
     time_fn,
     weights_bytes,
 )
+from archlab.measure.trace import trace_case
 
 
 @dataclass
@@ -173,6 +176,15 @@ def _time_generation(
                 set_length(target, cache, prompt)
                 target.step(first, cache)
             r.timing = time_fn(run, device, Settings(0, max(1, gen_repeats), 0.0))
+        if settings.trace_dir:  # one decode step, after the timing: not all G of them
+            p = _positions(prompt, generate, sample)[0] if sample else prompt
+
+            def traced() -> None:
+                set_length(target, cache, p)
+                target.step(first, cache).argmax(-1)
+
+            what = f"of one decode step at position {p} (of the generation timed)"
+            trace_case(traced, r, device, settings.trace_dir, what=what)
     r.cache_bytes_measured = cache.nbytes()
 
 
