@@ -20,6 +20,7 @@ from archlab.blocks.base import (
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.ssm import SSM_STATE_BYTES, Params, SSMSizes
 from archlab.kernels.runtime import triton_interpreted
+from archlab.kernels.short_conv import causal_conv1d
 from archlab.kernels.ssd.fla_backend import (
     INSTALL_HINT,
     conv_silu_fla,
@@ -156,17 +157,11 @@ class SSMBlock(nn.Module):
     def _conv(self, xBC_BTC, conv_state_BCK, keep_state: bool, fla_glue: bool):
         """silu(causal depthwise conv(xBC)) [B, T, conv_dim] and the new conv state (the
         last K - 1 inputs; None from fla unless `keep_state`)."""
+        w_CK = self.conv1d.weight[:, 0]
         if fla_glue:
-            w_CK = self.conv1d.weight[:, 0]
             return conv_silu_fla(xBC_BTC, w_CK, self.conv1d.bias, conv_state_BCK, keep_state)
-        K = self.sizes.kernel
-        xBC_BCT = xBC_BTC.transpose(1, 2)
-        if conv_state_BCK is None:
-            padded = F.pad(xBC_BCT, (K - 1, 0))
-        else:
-            padded = torch.cat([conv_state_BCK.to(xBC_BTC.dtype), xBC_BCT], dim=-1)
-        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.sizes.conv_dim)
-        return F.silu(conv).transpose(1, 2), padded[:, :, padded.shape[-1] - (K - 1) :]
+        conv, state = causal_conv1d(xBC_BTC, w_CK, self.conv1d.bias, conv_state_BCK)
+        return F.silu(conv), state
 
     def _sequence(self, x_BTD, conv_state_BCK=None, ssm_state_BHPN=None, keep_state=False):
         """The parallel pass; returns (out, new conv state, final SSM state)."""
