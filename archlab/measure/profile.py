@@ -322,7 +322,7 @@ def measure(
     if r.status != "ok":
         target.module.zero_grad(set_to_none=True)  # a backward cut short leaves gradients
     r.peak_memory_bytes = _cuda_peak(device) if r.status == "ok" else None
-    if r.status == "ok" and fn is not None:  # after the timing and the peak memory
+    if settings.trace_dir and r.status == "ok" and fn is not None:  # after timing, peak
         trace_case(fn, r, device, settings.trace_dir, grad=mode == "train")
         target.module.zero_grad(set_to_none=True)  # a trace cut short leaves gradients
     del fn  # its inputs and cache
