@@ -77,3 +77,13 @@ def test_selective_scan_small_run(tmp_path):
     assert {"command", "date", "device", "torch", "triton"} <= set(doc)
     variants = doc["results"][0]["variants"]
     assert all("train_ms" in variants[v] for v in ("triton", "reference")), variants
+
+
+def test_decode_attention_small_run(tmp_path):
+    out = tmp_path / "decode_attention.json"
+    assert load("decode_attention").main(["--small", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {"command", "date", "device", "torch", "triton"} <= set(doc)
+    for row in doc["rows"]:  # the kernel and sdpa ran and agree with float32 attention
+        for name in ("triton", "sdpa"):
+            assert row["variants"][name]["rel_err"] < 1e-5, row

@@ -7,7 +7,8 @@ CPU), then generating G tokens after a P-token context is timed, eagerly, with g
 sampling: tokens/s = batch x G / time. The prompt itself is not run: the cache is marked
 as holding P tokens (the work of a decode step does not depend on the values in the
 cache); `profile --mode prefill` times prompts. With `sample` > 0 the G steps are not all
-run: `sample` positions spread over P .. P + G - 1 are timed and the total estimated.
+run: `sample` positions drawn one from each of `sample` equal parts of P .. P + G - 1
+(fixed seed) are timed and the total estimated.
 With `Settings.trace_dir`, one decode step (at the first sampled position, else at P) is
 profiled after the timing (archlab.measure.trace).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,8 +134,12 @@ def _unless_oom(fn: Callable[[int], bool], batch: int) -> bool:
 
 
 def _positions(prompt: int, generate: int, n: int) -> list[int]:
+    """n positions in P .. P + G - 1, one drawn (fixed seed) from each of n equal strata.
+    Not evenly spaced: those share their alignment (all multiples of 32 for 16 of 1024),
+    and a kernel's speed can depend on the cache length's alignment (sdpa's did)."""
     n = max(1, min(n, generate))
-    return sorted({prompt + int((i + 0.5) * generate / n) for i in range(n)})
+    rng = random.Random(0)
+    return sorted({prompt + int((i + rng.random()) * generate / n) for i in range(n)})
 
 
 def _time_generation(

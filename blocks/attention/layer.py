@@ -111,13 +111,20 @@ def store_last(cache_BSKD: torch.Tensor, new_BTKD: torch.Tensor) -> None:
         cache_BSKD[:, : kept - head].copy_(new_BTKD[:, first + head :])
 
 
+def triton_decodes(cache_k: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether the decode step attends with `kernels.attention_decode` (Triton, memory-bound
+    at every cache length) rather than sdpa: on CUDA, with the cache in q's dtype."""
+    return q.is_cuda and cache_k.dtype == q.dtype and q.shape[1] == 1
+
+
 class AttentionBlock(nn.Module):
     """Causal attention over x [B, T, d_model]: the mixer alone (no norm, no residual).
 
     `local_attention` reuses this class: a `window` in the params limits each token to
     itself and the `window - 1` tokens before it, and the cache becomes a ring buffer of
     min(max_len, window) positions. Keys are cached after RoPE. The decode `step` has one
-    query, so it runs `reference` for the reference backend and sdpa otherwise (flex's
+    query, so it runs `reference` for the reference backend and otherwise, on CUDA, the
+    Triton decode kernel of `kernels.attention_decode` (sdpa elsewhere; flex's
     block-sparse kernel has no single-query path). A block that asks for `flex` has no
     backend until `select_backend` is called with a CUDA device.
 
@@ -346,6 +353,12 @@ class AttentionBlock(nn.Module):
             cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
             cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
+        if self.backend != "reference" and not self.logit_mods and triton_decodes(kv["k"], q):
+            from archlab.kernels.attention_decode import decode_attention
+
+            y = decode_attention(q[:, 0], kv["k"], kv["v"], valid)[:, None]
+            cache.length = pos + 1
+            return self._out(y, gate)
         keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
         if self.backend == "reference" or self.logit_mods:
             y = common.reference_attention(q, keys, values, None, **self._mods())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from archlab.kernels.attention_decode import combine_splits_kernel, num_splits
 from archlab.kernels.rat import triton_attention as _attn
 from archlab.kernels.rat.triton_scan import _rot
 
@@ -145,26 +146,6 @@ def rat_decode_kernel(
         tl.store(y_ptr + D2, (acc_hi / l_sum).to(Y.dtype.element_ty))
 
 
-@triton.jit
-def rat_decode_combine_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
-                              H: tl.constexpr, D: tl.constexpr, NS: tl.constexpr):
-    pid_bh = tl.program_id(0)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    offs_s = tl.arange(0, NS)
-    offs_d = tl.arange(0, D)
-    valid = offs_s < n_splits
-    base = pid_bh * n_splits
-    ms = tl.load(PM + base + offs_s, mask=valid, other=float("-inf"))
-    m = tl.max(ms, axis=0)
-    w = tl.where(valid, tl.exp2(ms - m), 0.0)
-    l_sum = tl.sum(w * tl.load(PL + base + offs_s, mask=valid, other=0.0), axis=0)
-    acc = tl.load(PACC + (base + offs_s[:, None]) * D + offs_d[None, :], mask=valid[:, None],
-                  other=0.0)
-    y = tl.sum(w[:, None] * acc, axis=0) / l_sum
-    tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty))
-
-
 # the decode kernel's tile on the GPU: cache slots per iteration, warps, pipeline stages.
 # Fastest of the eight that `benchmarks/rat_kernels.py` timed on the H200 at T = 4K and 64K
 # (docs/rat_kernels.md): 2 warps took 17% less time than 4 at 4K.
@@ -182,17 +163,6 @@ def inv_freq(head_dim: int, theta: float, device):
         ar = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
         _INV_FREQ[key] = 1.0 / (theta ** (ar / head_dim))
     return _INV_FREQ[key]
-
-
-def num_splits(batch_heads: int, slots: int, device, block: int) -> int:
-    """Splits over the cache so that the grid covers the GPU a few times over; fixed by the
-    cache capacity (not the position), so a captured graph stays valid for every step."""
-    import torch
-
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if (
-        device.type == "cuda") else 4
-    want = triton.cdiv(4 * sms, batch_heads)
-    return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
 
 
 def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, pos_int,
@@ -232,7 +202,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
         OWN_LAST=own_last, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     if split:
-        rat_decode_combine_kernel[(B * H,)](
+        combine_splits_kernel[(B * H,)](
             pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
-            H=H, D=D, NS=triton.next_power_of_2(n_splits), num_warps=4)
+            H=H, D=D, DP=D, NS=triton.next_power_of_2(n_splits), num_warps=4)
     return y

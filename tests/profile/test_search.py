@@ -63,3 +63,17 @@ def test_limit_below_step():
 def test_bad_limit():
     with pytest.raises(ValueError):
         largest_batch(lambda b: True, limit=0)
+
+
+def test_sampled_positions_one_per_stratum_and_not_all_aligned():
+    """Table 1's estimate: one position from each equal part of P .. P + G - 1, and not all
+    at one alignment (a kernel's speed may depend on the cache length modulo 64)."""
+    from archlab.measure.throughput import _positions
+
+    prompt, generate, n = 3072, 1024, 16
+    pos = _positions(prompt, generate, n)
+    assert len(pos) == n and pos == sorted(pos)
+    assert [(p - prompt) * n // generate for p in pos] == list(range(n))
+    assert len({p % 64 for p in pos}) > 4
+    assert _positions(prompt, generate, n) == pos  # fixed seed: runs compare
+    assert _positions(10, 3, 8) == [10, 11, 12]  # never more than G positions

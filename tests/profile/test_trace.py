@@ -14,7 +14,7 @@ from archlab.cli import main
 from archlab.measure import profile, trace
 from archlab.measure.profile import ModelTarget, Result, Settings, measure
 from archlab.measure.scale import Scale, scale_plan
-from archlab.measure.throughput import measure_throughput
+from archlab.measure.throughput import _positions, measure_throughput
 
 ROOT = Path(__file__).resolve().parents[2]
 RAT = ROOT / "specs" / "tiny" / "rat.yaml"
@@ -124,7 +124,7 @@ def test_throughput_traces_one_decode_step(tmp_path, sample):
     path = Path(r.extra["trace"])
     assert path.name == "tiny-rat-model-throughput-B2-T8.txt"
     head, table = path.read_text().split("\n", 1)
-    position = 8 if not sample else 8 + int(0.5 * 6 / 2)  # the first sampled position
+    position = 8 if not sample else _positions(8, 6, sample)[0]  # the first sampled one
     assert f"one decode step at position {position} " in head and "aten::" in table
 
 

@@ -1,0 +1,181 @@
+"""Decode attention in Triton: one query per head against the cached keys and values, split
+over the cache (flash-decoding), at the memory bound whatever the cache length.
+
+torch's `scaled_dot_product_attention` picks its kernel by shape: on an H200 (torch 2.11)
+cuDNN's at cache lengths it accepts and FlashAttention's otherwise, which tiles 128 query
+rows for a single query and ran the Table 1 generation at about half the cache-read rate.
+This kernel reads each cached key and value once, at any length.
+
+- `decode_attention(q, k_cache, v_cache, length, scale)`: q [B, H, D]; caches [B, S, K, D]
+  (K key/value heads, H a multiple of K: grouped-query attention), of which slots
+  0 .. length - 1 are attended (any order: attention over keys is order-free, so a ring
+  buffer's slots work too). Returns [B, H, D] in q's dtype. A torch custom op
+  (`archlab::decode_attention`) with a fake implementation, so torch.compile traces it.
+- The split over the cache depends only on its capacity S, not on `length`, so one
+  captured CUDA graph stays valid for every step; `combine_splits_kernel` merges the
+  splits' (max, sum, accumulator) and is shared with RAT's decode step.
+"""
+
+# fmt: off
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
+
+LOG2E = 1.4426950408889634
+# keys per loop iteration, warps, pipeline stages: RAT's decode kernel's measured tile
+# (the same loop over cached keys; docs/rat_kernels.md)
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 2, 3
+
+
+@triton.jit(do_not_specialize=["length"])
+def decode_attention_kernel(
+    Q, KC, VC, PM, PL, PACC, Y, length,
+    s_q_b, s_q_h, s_k_b, s_k_s, s_k_h, s_v_b, s_v_s, s_v_h, s_y_b, s_y_h,
+    slots_per_split, n_splits, scale_log2,
+    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BN: tl.constexpr, SPLIT: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    kv = h // GROUP
+    cols = tl.arange(0, DP)
+    in_d = cols < D
+    q = tl.load(Q + b * s_q_b + h * s_q_h + cols, mask=in_d, other=0.0).to(tl.float32)
+    q = q * scale_log2
+    m = tl.full([], float("-inf"), tl.float32)
+    l_sum = tl.full([], 0.0, tl.float32)
+    acc = tl.zeros([DP], tl.float32)
+    lo = pid_s * slots_per_split
+    hi = tl.minimum(length, lo + slots_per_split)
+    offs_n = tl.arange(0, BN)
+    k_base = KC + b * s_k_b + kv * s_k_h + cols[None, :]
+    v_base = VC + b * s_v_b + kv * s_v_h + cols[None, :]
+    for start in range(lo, hi, BN):
+        offs = start + offs_n
+        valid = offs < hi
+        rows = offs[:, None].to(tl.int64)
+        load_mask = valid[:, None] & in_d[None, :]
+        k = tl.load(k_base + rows * s_k_s, mask=load_mask, other=0.0).to(tl.float32)
+        s = tl.where(valid, tl.sum(q[None, :] * k, axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, axis=0)
+        v = tl.load(v_base + rows * s_v_s, mask=load_mask, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m = m_new
+    if SPLIT:
+        idx = pid_bh * n_splits + pid_s
+        tl.store(PM + idx, m)
+        tl.store(PL + idx, l_sum)
+        tl.store(PACC + idx * D + cols, acc, mask=in_d)
+    else:
+        tl.store(Y + b * s_y_b + h * s_y_h + cols, (acc / l_sum).to(Y.dtype.element_ty), mask=in_d)
+
+
+@triton.jit
+def combine_splits_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
+                          H: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                          NS: tl.constexpr):
+    """y[b, h] from the n_splits partial (max in log2 units, sum, accumulator [D]; DP: D
+    rounded up to a power of two) of program b * H + h; a split that read no key holds
+    max -inf and weighs nothing."""
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_s = tl.arange(0, NS)
+    offs_d = tl.arange(0, DP)
+    in_d = offs_d < D
+    valid = offs_s < n_splits
+    base = pid_bh * n_splits
+    ms = tl.load(PM + base + offs_s, mask=valid, other=float("-inf"))
+    m = tl.max(ms, axis=0)
+    w = tl.where(valid, tl.exp2(ms - m), 0.0)
+    l_sum = tl.sum(w * tl.load(PL + base + offs_s, mask=valid, other=0.0), axis=0)
+    acc = tl.load(PACC + (base + offs_s[:, None]) * D + offs_d[None, :],
+                  mask=valid[:, None] & in_d[None, :], other=0.0)
+    y = tl.sum(w[:, None] * acc, axis=0) / l_sum
+    tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty), mask=in_d)
+
+
+def num_splits(batch_heads: int, slots: int, device, block: int) -> int:
+    """Splits over the cache so that the grid covers the GPU a few times over; fixed by the
+    cache capacity (not the position), so a captured graph stays valid for every step."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if (
+        device.type == "cuda") else 4
+    want = triton.cdiv(4 * sms, batch_heads)
+    return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
+
+
+def _launch(q, k_cache, v_cache, length: int, scale: float):
+    B, H, D = q.shape
+    S, K = k_cache.shape[1], k_cache.shape[2]
+    dev = q.device
+    BN = BLOCK_N if dev.type == "cuda" else 16
+    n_splits = num_splits(B * H, S, dev, BN)
+    slots_per_split = triton.cdiv(S, n_splits)
+    y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
+    split = n_splits > 1
+    if split:
+        pm = torch.empty(B * H * n_splits, device=dev, dtype=torch.float32)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
+    else:
+        pm = pl = pacc = y
+    DP = triton.next_power_of_2(D)
+    decode_attention_kernel[(B * H, n_splits)](
+        q, k_cache, v_cache, pm, pl, pacc, y, length,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
+        slots_per_split, n_splits, scale * LOG2E,
+        H=H, GROUP=H // K, D=D, DP=DP, BN=BN, SPLIT=split,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    if split:
+        combine_splits_kernel[(B * H,)](
+            pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
+            H=H, D=D, DP=DP, NS=triton.next_power_of_2(n_splits), num_warps=4)
+    return y
+
+
+@torch.library.custom_op("archlab::decode_attention", mutates_args=())
+def decode_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        length: int, scale: float) -> torch.Tensor:
+    return _launch(q, k_cache, v_cache, length, scale)
+
+
+@decode_attention_op.register_fake
+def _(q, k_cache, v_cache, length, scale):
+    return q.new_empty(q.shape)
+
+
+@register_flop_formula(torch.ops.archlab.decode_attention)
+def _flops(q_shape, k_shape, v_shape, length, scale, *args, out_shape=None, **kwargs) -> int:
+    B, H, D = q_shape
+    return 4 * B * H * D * length  # q.k and p.v per attended slot
+
+
+def decode_attention(q_BHD: torch.Tensor, k_cache_BSKD: torch.Tensor,
+                     v_cache_BSKD: torch.Tensor, length: int,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v over cache slots 0 .. length - 1 for one query per head:
+    q [B, H, D], caches [B, S, K, D] with H a multiple of K; returns [B, H, D] in q's
+    dtype (float32 accumulation). `scale` defaults to D ** -0.5."""
+    B, H, D = q_BHD.shape
+    for c in (k_cache_BSKD, v_cache_BSKD):
+        if c.dim() != 4 or c.shape[0] != B or c.shape[3] != D or H % c.shape[2]:
+            raise ValueError(f"cache {tuple(c.shape)} does not match queries {tuple(q_BHD.shape)}")
+        if c.stride(-1) != 1:
+            raise ValueError("the cache must have last-dim stride 1")
+    if v_cache_BSKD.shape != k_cache_BSKD.shape:
+        raise ValueError("key and value caches differ in shape")
+    if not 1 <= length <= k_cache_BSKD.shape[1]:
+        raise ValueError(f"length {length} outside 1 .. {k_cache_BSKD.shape[1]}")
+    q = q_BHD if q_BHD.stride(-1) == 1 else q_BHD.contiguous()
+    s = D**-0.5 if scale is None else float(scale)
+    return torch.ops.archlab.decode_attention(q, k_cache_BSKD, v_cache_BSKD, int(length), s)
