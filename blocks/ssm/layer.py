@@ -19,6 +19,7 @@ from archlab.blocks.base import (
 )
 from archlab.blocks.cache import LayerCache
 from archlab.blocks.ssm import SSM_STATE_BYTES, Params, SSMSizes
+from archlab.kernels import runtime
 from archlab.kernels.runtime import triton_interpreted
 from archlab.kernels.short_conv import causal_conv1d
 from archlab.kernels.ssd.fla_backend import (
@@ -34,6 +35,14 @@ from archlab.kernels.ssd.reference import ssd_chunked, ssd_step
 
 SSM_STATE_DTYPE = torch.float32
 assert SSM_STATE_DTYPE.itemsize == SSM_STATE_BYTES  # the record counts the state's bytes
+
+
+def _triton_step():
+    """archlab.kernels.ssd.triton_step (imported on first use: it imports triton and
+    registers a custom op)."""
+    from archlab.kernels.ssd import triton_step
+
+    return triton_step
 
 
 def triton_can_run(device: torch.device) -> str | None:
@@ -208,8 +217,22 @@ class SSMBlock(nn.Module):
         window = torch.cat([cache["conv"].to(xBC.dtype), xBC[:, :, None]], dim=-1)
         conv = (window * self.conv1d.weight[:, 0]).sum(dim=-1) + self.conv1d.bias
         x, dt, A, Bm, Cm = self._ssm_inputs(F.silu(conv), dt_raw)
-        y, state = ssd_step(x, dt, A, Bm, Cm, cache["ssm"])
+        if self._step_in_place(x, cache["ssm"]):
+            y = _triton_step().ssd_step_triton(x, dt, A, Bm, Cm, cache["ssm"])
+        else:
+            y, state = ssd_step(x, dt, A, Bm, Cm, cache["ssm"])
+            cache["ssm"].copy_(state)
         cache["conv"].copy_(window[:, :, 1:])
-        cache["ssm"].copy_(state)
         cache.length += 1
         return self._output(y, x, z)[:, None]
+
+    def _step_in_place(self, x_BHP: torch.Tensor, state_BHPN: torch.Tensor) -> bool:
+        """Whether `step` updates the SSM state in place by the Triton kernel: on the
+        triton backend, on CUDA or under the interpreter (read from kernels/runtime.py
+        itself), for a float32 state with unit stride along d_state (the cache's)."""
+        return (
+            self.backend == "triton"
+            and (x_BHP.is_cuda or runtime.triton_interpreted())
+            and state_BHPN.dtype == torch.float32
+            and state_BHPN.stride(-1) == 1
+        )

@@ -16,6 +16,7 @@ from archlab.blocks import ssm
 from archlab.blocks.base import BackendUnavailable, ModelConfig, linear_flops
 from archlab.blocks.ssm import layer as ssm_layer
 from archlab.blocks.ssm.layer import SSMBlock
+from archlab.kernels import runtime
 from archlab.kernels.ssd import fla_backend
 from archlab.kernels.ssd.fla_backend import simple_gla_backward_refused
 from archlab.kernels.ssd.reference import ssd_chunked, ssd_naive
@@ -288,6 +289,33 @@ def test_triton_glue_falls_back_without_fla_glue(faked_fla, monkeypatch):
     block.backend = "triton"
     with pytest.raises(BackendUnavailable, match="cannot run on cpu"):
         block(u)
+
+
+@pytest.mark.parametrize("i", range(len(ssm.KIND.examples)))
+def test_triton_step_updates_the_state_in_place(monkeypatch, i):
+    """On triton, step runs kernels/ssd/triton_step.py (on the CPU under the interpreter) on
+    the cache's SSM state in place: after a prefill, three steps give the reference's
+    outputs and caches (examples: G 1 and 2, d_state 8, 4 and 6)."""
+    if not torch.cuda.is_available() and not runtime.triton_interpreted():
+        pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1")
+    from archlab.kernels.ssd import triton_step
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    block = make_block(ssm.KIND.examples[i], seed=20 + i).to(device)
+    u = torch.randn(2, 12, D_MODEL, device=device)
+    real, calls, results = triton_step.ssd_step_triton, [], {}
+    monkeypatch.setattr(triton_step, "ssd_step_triton", lambda *a: calls.append(a) or real(*a))
+    for backend in ("reference", "triton"):
+        block.backend = "reference"  # the prefill by the reference: fla is not needed here
+        cache = block.allocate_cache(2, 12)
+        with torch.no_grad():
+            outs = [block.prefill(u[:, :9], cache)]
+            block.backend = backend
+            outs += [block.step(u[:, t : t + 1], cache) for t in range(9, 12)]
+        results[backend] = (torch.cat(outs, dim=1), cache["conv"], cache["ssm"])
+    assert [c[-1].data_ptr() for c in calls] == [cache["ssm"].data_ptr()] * 3
+    for got, want in zip(results["triton"], results["reference"], strict=True):
+        assert rel_err(got, want) < 1e-5
 
 
 def compare_backends_cuda(with_grads: bool) -> tuple[list[str], list[str]]:
