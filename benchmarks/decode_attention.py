@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from archlab.kernels import attention_decode  # noqa: E402
 from archlab.kernels.attention_decode import decode_attention  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
@@ -51,6 +53,22 @@ CASES = [
     ("window 1024", 512, 16, 16, 128, 1024, (1024,)),
 ]
 SMALL = [("small", 2, 4, 2, 16, 80, (64, 65))]
+SDPA_ALL = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+BUCKET = 256  # sdpa_masked's rounding of the cache length
+# --sweep: (dot, keys per iteration, warps, stages, programs per SM) of the Triton kernel
+SWEEP = [
+    (dot, bn, w, st, 4)
+    for dot in (False, True)
+    for bn in (32, 64, 128)
+    for w in (2, 4, 8)
+    for st in (2, 3)
+] + [(dot, 64, 4, 2, 16) for dot in (False, True)]
+SWEEP_CASES = [c for c in CASES if c[0] in ("table1", "gqa 32K", "window 1024")]
 SDPA = {
     "sdpa": None,
     "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -78,25 +96,85 @@ def reference(q, k_cache, v_cache, length):
     return torch.einsum("bhs,bshd->bhd", s.softmax(-1), v)
 
 
+def masked_step(q, k_cache, v_cache, length, backend):
+    """sdpa over the length rounded up to a multiple of BUCKET (at most the cache), the
+    slots past `length` masked: one shape per BUCKET steps of a generation."""
+    padded = min(k_cache.shape[1], -(-length // BUCKET) * BUCKET)
+    mask = torch.zeros(1, 1, 1, padded, device=q.device, dtype=q.dtype)
+    mask[..., length:] = float("-inf")
+    k, v = k_cache[:, :padded].transpose(1, 2), v_cache[:, :padded].transpose(1, 2)
+    gqa = q.shape[1] != k.shape[1]
+    with sdpa_kernel(backend or SDPA_ALL):
+        y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, enable_gqa=gqa)
+    return y[:, :, 0]
+
+
+def fresh_lengths_ms(fn, length: int, calls: int = 24) -> float:
+    """Mean time of `calls` calls at lengths never run before (length - 1, length - 2, ...):
+    what a generation pays when every step has a new cache length."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(1, calls + 1):
+        fn(length - i)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e3
+
+
+def sweep_case(B, H, K, D, S, length, dtype) -> list[dict]:
+    """The Triton kernel at every tile of SWEEP (ms, or the error)."""
+    q = torch.randn(B, H, D, device="cuda", dtype=dtype)
+    k_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
+    v_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
+    saved, rows = attention_decode.GPU_TILE, []
+    for dot, block_n, warps, stages, per_sm in SWEEP:
+        attention_decode.GPU_TILE = attention_decode.Tile(dot, block_n, warps, stages, per_sm)
+        row = {
+            "dot": dot,
+            "block_n": block_n,
+            "warps": warps,
+            "stages": stages,
+            "programs_per_sm": per_sm,
+        }
+        try:
+            row["ms"] = median_ms(lambda: decode_attention(q, k_cache, v_cache, length), True, 10)
+        except Exception as e:  # noqa: BLE001  (a tile that does not compile is a result)
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        rows.append(row)
+    attention_decode.GPU_TILE = saved
+    return rows
+
+
 def run_case(case, B, H, K, D, S, length, cuda: bool, dtype) -> dict:
     dev = "cuda" if cuda else "cpu"
     q = torch.randn(B, H, D, device=dev, dtype=dtype)
     k_cache = torch.randn(B, S, K, D, device=dev, dtype=dtype)
     v_cache = torch.randn(B, S, K, D, device=dev, dtype=dtype)
-    ref = reference(q, k_cache, v_cache, length)
+    ref = reference(q[:8], k_cache[:8], v_cache[:8], length)  # errors over 8 rows
     gbytes = 2 * B * K * length * D * k_cache.element_size() / 1e9
     fns = {"triton": lambda: decode_attention(q, k_cache, v_cache, length)}
     for name, backend in SDPA.items():
         fns[name] = lambda b=backend: sdpa_step(q, k_cache, v_cache, length, b)
+    fns["sdpa_masked"] = lambda: masked_step(q, k_cache, v_cache, length, None)
+    fns["sdpa_masked_cudnn"] = lambda: masked_step(
+        q, k_cache, v_cache, length, SDPBackend.CUDNN_ATTENTION
+    )
     variants = {}
     for name, fn in fns.items():
         try:
             y = fn()
-            err = ((y.float() - ref).norm() / ref.norm()).item()
+            err = ((y[:8].float() - ref).norm() / ref.norm()).item()
             ms = median_ms(fn, cuda, reps=20 if cuda else 3)
             variants[name] = {"ms": ms, "GBps": gbytes / (ms / 1e3), "rel_err": err}
         except Exception as e:  # noqa: BLE001  (a backend refusing the shape is a result)
             variants[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+    if cuda:  # each call at a cache length not seen before, as in a generation
+        for name, fn in (
+            ("triton", lambda n: decode_attention(q, k_cache, v_cache, n)),
+            ("sdpa", lambda n: sdpa_step(q, k_cache, v_cache, n, None)),
+            ("sdpa_masked", lambda n: masked_step(q, k_cache, v_cache, n, None)),
+        ):
+            if "ms" in variants[name]:
+                variants[name]["fresh_lengths_ms"] = fresh_lengths_ms(fn, length)
     return {
         "case": case,
         "B": B,
@@ -113,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--small", action="store_true", help="tiny CPU shapes")
+    parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.small
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
-    names = ["triton", *SDPA]
+    names = ["triton", *SDPA, "sdpa_masked", "sdpa_masked_cudnn"]
     print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
     for case, B, H, K, D, S, lengths in CASES if cuda else SMALL:
         for length in lengths:
@@ -130,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case:12}  {B:4}  {length:7}  " + "  ".join(cells), flush=True)
             if cuda:
                 torch.cuda.empty_cache()
+    sweep = []
+    for case, B, H, K, D, S, lengths in SWEEP_CASES if cuda and args.sweep else []:
+        tiles = sweep_case(B, H, K, D, S, lengths[-1], dtype)
+        sweep.append({"case": case, "length": lengths[-1], "tiles": tiles})
+        best = min((r for r in tiles if "ms" in r), key=lambda r: r["ms"], default=None)
+        print(f"sweep {case}: best {best}", flush=True)
+        torch.cuda.empty_cache()
     result = {
         "command": " ".join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -138,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": triton.__version__,
         "dtype": str(dtype).removeprefix("torch."),
         "rows": rows,
+        "sweep": sweep,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

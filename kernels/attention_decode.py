@@ -19,15 +19,31 @@ This kernel reads each cached key and value once, at any length.
 # fmt: off
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 LOG2E = 1.4426950408889634
-# keys per loop iteration, warps, pipeline stages: RAT's decode kernel's measured tile
-# (the same loop over cached keys; docs/rat_kernels.md)
-BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 2, 3
+
+
+@dataclass
+class Tile:
+    """How the kernel runs on a GPU: `dot` (one program per key/value head, its group's
+    queries padded to 16 rows, scores and outputs on tensor cores) or the row kernel (one
+    program per query head, products summed in registers); keys per loop iteration, warps,
+    pipeline stages, and programs per SM that the split over the cache aims for."""
+
+    dot: bool = False
+    block_n: int = 64
+    warps: int = 2
+    stages: int = 3
+    programs_per_sm: int = 4
+
+
+GPU_TILE = Tile()  # RAT's decode kernel's measured tile (the same loop over cached keys)
 
 
 @triton.jit(do_not_specialize=["length"])
@@ -78,6 +94,61 @@ def decode_attention_kernel(
         tl.store(Y + b * s_y_b + h * s_y_h + cols, (acc / l_sum).to(Y.dtype.element_ty), mask=in_d)
 
 
+@triton.jit(do_not_specialize=["length"])
+def decode_attention_dot_kernel(
+    Q, KC, VC, PM, PL, PACC, Y, length,
+    s_q_b, s_q_h, s_k_b, s_k_s, s_k_h, s_v_b, s_v_s, s_v_h, s_y_b, s_y_h,
+    slots_per_split, n_splits, scale_log2,
+    H: tl.constexpr, KV: tl.constexpr, GROUP: tl.constexpr, GP: tl.constexpr,
+    D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    pid_bk = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_bk // KV).to(tl.int64)
+    kv = pid_bk % KV
+    g_rows = tl.arange(0, GP)
+    in_g = g_rows < GROUP
+    h = kv * GROUP + g_rows
+    cols = tl.arange(0, DP)
+    in_d = cols < D
+    q = tl.load(Q + b * s_q_b + h[:, None] * s_q_h + cols[None, :],
+                mask=in_g[:, None] & in_d[None, :], other=0.0)
+    m = tl.full([GP], float("-inf"), tl.float32)
+    l_sum = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, DP], tl.float32)
+    lo = pid_s * slots_per_split
+    hi = tl.minimum(length, lo + slots_per_split)
+    offs_n = tl.arange(0, BN)
+    k_base = KC + b * s_k_b + kv * s_k_h + cols[None, :]
+    v_base = VC + b * s_v_b + kv * s_v_h + cols[None, :]
+    for start in range(lo, hi, BN):
+        offs = start + offs_n
+        valid = offs < hi
+        rows = offs[:, None].to(tl.int64)
+        load_mask = valid[:, None] & in_d[None, :]
+        k = tl.load(k_base + rows * s_k_s, mask=load_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(tl.float32) * scale_log2
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + rows * s_v_s, mask=load_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC).to(tl.float32)
+        m = m_new
+    out_mask = in_g[:, None] & in_d[None, :]
+    if SPLIT:
+        idx = (b * H + h) * n_splits + pid_s
+        tl.store(PM + idx, m, mask=in_g)
+        tl.store(PL + idx, l_sum, mask=in_g)
+        tl.store(PACC + idx[:, None] * D + cols[None, :], acc, mask=out_mask)
+    else:
+        y = acc / l_sum[:, None]
+        tl.store(Y + b * s_y_b + h[:, None] * s_y_h + cols[None, :],
+                 y.to(Y.dtype.element_ty), mask=out_mask)
+
+
 @triton.jit
 def combine_splits_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
                           H: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
@@ -103,12 +174,12 @@ def combine_splits_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
     tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty), mask=in_d)
 
 
-def num_splits(batch_heads: int, slots: int, device, block: int) -> int:
-    """Splits over the cache so that the grid covers the GPU a few times over; fixed by the
-    cache capacity (not the position), so a captured graph stays valid for every step."""
+def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4) -> int:
+    """Splits over the cache so that the grid covers the GPU `per_sm` times over; fixed by
+    the cache capacity (not the position), so a captured graph stays valid for every step."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if (
         device.type == "cuda") else 4
-    want = triton.cdiv(4 * sms, batch_heads)
+    want = triton.cdiv(per_sm * sms, programs)
     return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
 
 
@@ -116,8 +187,9 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
     B, H, D = q.shape
     S, K = k_cache.shape[1], k_cache.shape[2]
     dev = q.device
-    BN = BLOCK_N if dev.type == "cuda" else 16
-    n_splits = num_splits(B * H, S, dev, BN)
+    tile = GPU_TILE if dev.type == "cuda" else Tile(dot=GPU_TILE.dot, block_n=16)
+    programs = B * (K if tile.dot else H)
+    n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm)
     slots_per_split = triton.cdiv(S, n_splits)
     y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
     split = n_splits > 1
@@ -127,19 +199,27 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
         pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
     else:
         pm = pl = pacc = y
-    DP = triton.next_power_of_2(D)
-    decode_attention_kernel[(B * H, n_splits)](
+    DP = max(16, triton.next_power_of_2(D)) if tile.dot else triton.next_power_of_2(D)
+    args = (
         q, k_cache, v_cache, pm, pl, pacc, y, length,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         slots_per_split, n_splits, scale * LOG2E,
-        H=H, GROUP=H // K, D=D, DP=DP, BN=BN, SPLIT=split,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
+    run = {"num_warps": tile.warps, "num_stages": tile.stages}
+    if tile.dot:
+        GP = max(16, triton.next_power_of_2(H // K))
+        decode_attention_dot_kernel[(programs, n_splits)](
+            *args, H=H, KV=K, GROUP=H // K, GP=GP, D=D, DP=DP, BN=tile.block_n, SPLIT=split,
+            PREC="ieee" if q.dtype == torch.float32 else "tf32", **run)
+    else:
+        decode_attention_kernel[(programs, n_splits)](
+            *args, H=H, GROUP=H // K, D=D, DP=DP, BN=tile.block_n, SPLIT=split, **run)
     if split:
         combine_splits_kernel[(B * H,)](
             pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
-            H=H, D=D, DP=DP, NS=triton.next_power_of_2(n_splits), num_warps=4)
+            H=H, D=D, DP=triton.next_power_of_2(D), NS=triton.next_power_of_2(n_splits),
+            num_warps=4)
     return y
 
 

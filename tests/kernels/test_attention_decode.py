@@ -33,6 +33,14 @@ def inputs(B, H, K, D, S, dtype=torch.float32, device=DEVICE):
     return make(B, H, D), make(B, S, K, D), make(B, S, K, D)
 
 
+@pytest.fixture(params=[False, True], ids=["rows", "dot"])
+def tile(request, monkeypatch):
+    """Both kernels: per query head (products in registers) and per key/value head (tensor
+    cores)."""
+    monkeypatch.setattr(attention_decode, "GPU_TILE", attention_decode.Tile(dot=request.param))
+    return request.param
+
+
 @pytest.mark.parametrize(
     "B, H, K, D, S, length",
     [
@@ -42,7 +50,7 @@ def inputs(B, H, K, D, S, dtype=torch.float32, device=DEVICE):
         (2, 2, 1, 8, 100, 99),  # multi-query, one slot short of full
     ],
 )
-def test_matches_float32_attention(B, H, K, D, S, length):
+def test_matches_float32_attention(tile, B, H, K, D, S, length):
     q, k, v = inputs(B, H, K, D, S)
     before = (q.clone(), k.clone(), v.clone())
     y = decode_attention(q, k, v, length)
@@ -57,7 +65,7 @@ def test_splits_used_on_the_cpu_shapes():
     assert attention_decode.num_splits(16, 400, torch.device("cpu"), 16) == 1
 
 
-def test_strided_cache_and_scale():
+def test_strided_cache_and_scale(tile):
     """A cache slice (last dim contiguous) and an explicit scale."""
     q, k, v = inputs(2, 4, 2, 16, 48)
     k_big, v_big = torch.cat([k, k], dim=-1)[..., :16], torch.cat([v, v], dim=-1)[..., :16]
@@ -122,7 +130,7 @@ def test_attention_block_step_through_the_kernel(monkeypatch, window):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("length", [3104, 3105, 4096])
-def test_cuda_bf16_table1_shape(length):
+def test_cuda_bf16_table1_shape(tile, length):
     """The Table 1 attention model's step shape (16 heads of 128) in bf16: error against
     float32 at most twice that of float32 attention fed the bf16-rounded inputs, plus a
     floor; lengths aligned and not."""
