@@ -60,15 +60,16 @@ SDPA_ALL = [
     SDPBackend.MATH,
 ]
 BUCKET = 256  # sdpa_masked's rounding of the cache length
-# --sweep: (dot, keys per iteration, warps, stages, programs per SM) of the Triton kernel
+# --sweep: the Triton kernel's tiles (attention_decode.Tile: dot, keys per iteration, warps,
+# stages, programs per SM, most slots per split)
 SWEEP = [
-    (dot, bn, w, st, 4)
-    for dot in (False, True)
-    for bn in (32, 64, 128)
-    for w in (2, 4, 8)
+    (True, bn, w, st, 4, most)
+    for bn in (64, 128)
+    for w in (4, 8)
     for st in (2, 3)
-] + [(dot, 64, 4, 2, 16) for dot in (False, True)]
-SWEEP_CASES = [c for c in CASES if c[0] in ("table1", "gqa 32K", "window 1024")]
+    for most in (None, 512, 1024, 2048)
+]
+SWEEP_CASES = CASES
 SDPA = {
     "sdpa": None,
     "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -126,14 +127,15 @@ def sweep_case(B, H, K, D, S, length, dtype) -> list[dict]:
     k_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
     v_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
     saved, rows = attention_decode.GPU_TILE, []
-    for dot, block_n, warps, stages, per_sm in SWEEP:
-        attention_decode.GPU_TILE = attention_decode.Tile(dot, block_n, warps, stages, per_sm)
+    for dot, block_n, warps, stages, per_sm, most in SWEEP:
+        attention_decode.GPU_TILE = attention_decode.Tile(dot, block_n, warps, stages, per_sm, most)
         row = {
             "dot": dot,
             "block_n": block_n,
             "warps": warps,
             "stages": stages,
             "programs_per_sm": per_sm,
+            "slots_per_split": most,
         }
         try:
             row["ms"] = median_ms(lambda: decode_attention(q, k_cache, v_cache, length), True, 10)
@@ -192,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--small", action="store_true", help="tiny CPU shapes")
     parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
+    parser.add_argument("--only-sweep", action="store_true", help="the sweep, not the rows")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.small
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
     names = ["triton", *SDPA, "sdpa_masked", "sdpa_masked_cudnn"]
     print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
-    for case, B, H, K, D, S, lengths in CASES if cuda else SMALL:
+    args.sweep |= args.only_sweep
+    for case, B, H, K, D, S, lengths in [] if args.only_sweep else CASES if cuda else SMALL:
         for length in lengths:
             row = run_case(case, B, H, K, D, S, length, cuda, dtype)
             rows.append(row)

@@ -34,13 +34,15 @@ class Tile:
     """How the kernel runs on a GPU: `dot` (one program per key/value head, its group's
     queries padded to 16 rows, scores and outputs on tensor cores) or the row kernel (one
     program per query head, products summed in registers); keys per loop iteration, warps,
-    pipeline stages, and programs per SM that the split over the cache aims for."""
+    pipeline stages, the programs per SM that the split over the cache aims for, and at
+    most how many cache slots one split reads (None: no such limit)."""
 
     dot: bool = False
     block_n: int = 64
     warps: int = 2
     stages: int = 3
     programs_per_sm: int = 4
+    slots_per_split: int | None = None
 
 
 GPU_TILE = Tile()  # RAT's decode kernel's measured tile (the same loop over cached keys)
@@ -174,12 +176,16 @@ def combine_splits_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
     tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty), mask=in_d)
 
 
-def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4) -> int:
-    """Splits over the cache so that the grid covers the GPU `per_sm` times over; fixed by
-    the cache capacity (not the position), so a captured graph stays valid for every step."""
+def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4,
+               max_slots: int | None = None) -> int:
+    """Splits over the cache so that the grid covers the GPU `per_sm` times over and no
+    split reads more than `max_slots` slots; fixed by the cache capacity (not the
+    position), so a captured graph stays valid for every step."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if (
         device.type == "cuda") else 4
     want = triton.cdiv(per_sm * sms, programs)
+    if max_slots:
+        want = max(want, triton.cdiv(slots, max_slots))
     return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
 
 
@@ -187,9 +193,11 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
     B, H, D = q.shape
     S, K = k_cache.shape[1], k_cache.shape[2]
     dev = q.device
-    tile = GPU_TILE if dev.type == "cuda" else Tile(dot=GPU_TILE.dot, block_n=16)
+    tile = GPU_TILE if dev.type == "cuda" else Tile(
+        dot=GPU_TILE.dot, block_n=16, slots_per_split=GPU_TILE.slots_per_split and 48)
     programs = B * (K if tile.dot else H)
-    n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm)
+    n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm,
+                          tile.slots_per_split)
     slots_per_split = triton.cdiv(S, n_splits)
     y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
     split = n_splits > 1

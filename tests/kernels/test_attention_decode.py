@@ -33,11 +33,18 @@ def inputs(B, H, K, D, S, dtype=torch.float32, device=DEVICE):
     return make(B, H, D), make(B, S, K, D), make(B, S, K, D)
 
 
-@pytest.fixture(params=[False, True], ids=["rows", "dot"])
+TILES = {
+    "rows": attention_decode.Tile(dot=False),
+    "dot": attention_decode.Tile(dot=True),
+    "dot-split": attention_decode.Tile(dot=True, slots_per_split=1024),  # 48 on the CPU
+}
+
+
+@pytest.fixture(params=list(TILES))
 def tile(request, monkeypatch):
     """Both kernels: per query head (products in registers) and per key/value head (tensor
-    cores)."""
-    monkeypatch.setattr(attention_decode, "GPU_TILE", attention_decode.Tile(dot=request.param))
+    cores), the latter also with a limit on the slots one split reads."""
+    monkeypatch.setattr(attention_decode, "GPU_TILE", TILES[request.param])
     return request.param
 
 
@@ -48,6 +55,7 @@ def tile(request, monkeypatch):
         (1, 4, 2, 16, 70, 37),  # grouped heads, length inside a tile, many splits
         (3, 6, 2, 20, 33, 1),  # head size not a power of two, a single key
         (2, 2, 1, 8, 100, 99),  # multi-query, one slot short of full
+        (4, 4, 4, 16, 200, 150),  # one program per head is enough: splits by slots only
     ],
 )
 def test_matches_float32_attention(tile, B, H, K, D, S, length):
@@ -63,6 +71,7 @@ def test_splits_used_on_the_cpu_shapes():
     """The shapes above cover both paths: one program per (batch, head) and split caches."""
     assert attention_decode.num_splits(8, 40, torch.device("cpu"), 16) == 2
     assert attention_decode.num_splits(16, 400, torch.device("cpu"), 16) == 1
+    assert attention_decode.num_splits(16, 400, torch.device("cpu"), 16, max_slots=48) == 9
 
 
 def test_strided_cache_and_scale(tile):
