@@ -51,6 +51,11 @@ CASES = [
     ("peers 16K", 512, 16, 16, 128, 16385, (16384, 16385)),
     ("gqa 32K", 64, 32, 8, 128, 32769, (32768, 32769)),
     ("window 1024", 512, 16, 16, 128, 1024, (1024,)),
+    # the same reads from caches of other capacities: a batch stride that is a power of two
+    # (16 MiB here) or not, and Table 1's rows at the peers' batch
+    ("table1 S+64", 176, 16, 16, 128, 4160, (3137,)),
+    ("table1 B512", 512, 16, 16, 128, 4096, (3137,)),
+    ("peers 4K S", 512, 16, 16, 128, 4096, (4096,)),
 ]
 SMALL = [("small", 2, 4, 2, 16, 80, (64, 65))]
 SDPA_ALL = [
@@ -69,7 +74,7 @@ SWEEP = [
     for st in (2, 3)
     for most in (None, 512, 1024, 2048)
 ]
-SWEEP_CASES = CASES
+SWEEP_CASES = CASES[:5]
 SDPA = {
     "sdpa": None,
     "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,

@@ -45,7 +45,10 @@ class Tile:
     slots_per_split: int | None = None
 
 
-GPU_TILE = Tile()  # RAT's decode kernel's measured tile (the same loop over cached keys)
+# Fastest on an H200 of the 32 tiles swept by `benchmarks/decode_attention.py --sweep` (bf16,
+# 16 heads of 128; 32 query heads on 8 key heads; 64 to 512 rows, 1024 to 32768 slots), or
+# within 1% of the fastest at each shape (docs/peers.md)
+GPU_TILE = Tile(dot=True, block_n=128, warps=4, stages=2)
 
 
 @triton.jit(do_not_specialize=["length"])
