@@ -340,16 +340,19 @@ class AttentionBlock(nn.Module):
         sharing block: against `cache.source`, which its source block has already updated)."""
         pos = cache.length
         positions = torch.arange(pos, pos + 1, device=x_B1D.device)  # no host copy: capturable
+        table = None  # RoPE angles: a row of the table `select_backend` made, if it did
+        if self.params.rope:
+            table = existing_table(pos + 1, self.rotary_dim, self.params.rope_theta, x_B1D.device)
         if self.shares:
             if cache.source is None:
                 raise ValueError("a sharing block's cache needs its source's (cache.source)")
             kv = cache.source
             slots = self._check_room(kv, pos + 1)
-            q, gate = self._queries(x_B1D, positions)
+            q, gate = self._queries(x_B1D, positions, table)
         else:
             kv = cache
             slots = self._check_room(cache, pos + 1)
-            q, k, v, gate = self._gated_project(x_B1D, positions)
+            q, k, v, gate = self._gated_project(x_B1D, positions, table=table)
             cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
             cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine

@@ -148,3 +148,30 @@ def test_cuda_bf16_table1_shape(tile, length):
     exact = reference(q.double(), k.double(), v.double(), length)
     rounded = reference(q.float(), k.float(), v.float(), length).bfloat16()
     assert rel_err(y, exact) <= 2 * rel_err(rounded, exact) + 1e-3
+
+
+def test_step_reads_rope_angles_from_the_table(monkeypatch):
+    """With a RoPE table made (as `select_backend` does on CUDA) the decode step reads its
+    row instead of computing the angles; the outputs are the same."""
+    from archlab.blocks import attention
+    from archlab.blocks.attention import layer
+    from archlab.blocks.base import ModelConfig
+    from archlab.kernels import rope
+
+    model = ModelConfig(d_model=32, vocab_size=64, max_seq_len=64, dtype="float32")
+    torch.manual_seed(0)
+    block = layer.AttentionBlock(attention.Params(heads=4, head_dim=8, backend="sdpa"), model)
+    x = torch.randn(2, 12, 32)
+    rope.cos_sin_table(64, 8, block.params.rope_theta, x.device)
+    seen, outs = [], {}
+    found = layer.existing_table
+    for use in (True, False):
+        monkeypatch.setattr(
+            layer, "existing_table", lambda *a, u=use: seen.append(u) or (found(*a) if u else None)
+        )
+        cache = block.allocate_cache(2, 16)
+        with torch.no_grad():
+            block.prefill(x[:, :10], cache)
+            outs[use] = torch.cat([block.step(x[:, t : t + 1], cache) for t in (10, 11)], 1)
+    assert seen == [True, True, False, False]
+    assert rel_err(outs[True], outs[False]) < 1e-6
