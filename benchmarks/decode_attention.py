@@ -1,21 +1,26 @@
 """Time one decode step's attention: the Triton kernel against torch's sdpa; writes JSON.
 
     python benchmarks/decode_attention.py --out results/decode_attention.json   # on a GPU
+    python benchmarks/decode_attention.py --sweep --out ...                     # + the tiles
     python benchmarks/decode_attention.py --small                               # CPU smoke run
 
 One query per head against a cache [B, S, K, D] of which `length` slots are read, the
 attention block's layout (kernels/attention_decode.py). Variants: `triton`
 (`decode_attention`), `sdpa` (torch's own choice of kernel, on the cache slice as the
-block's decode step ran it before), and sdpa held to one backend each: `sdpa_cudnn`,
-`sdpa_flash`, `sdpa_efficient` (a backend that refuses the shape is reported as its error).
-Cache lengths come in pairs, a multiple of 64 and one past it: torch's choice changes with
-the length. Times: medians of `triton.testing.do_bench` (wall-clock medians on the CPU,
-under TRITON_INTERPRET=1); GB/s counts the keys and values read (2 x B x K x length x D
-elements). `max_rel_diff`: the largest relative difference of a variant from float32
-attention, over the case.
+block's decode step ran it before), sdpa held to one backend each (`sdpa_cudnn`,
+`sdpa_flash`, `sdpa_efficient`; a backend that refuses the shape is reported as its
+error), and `sdpa_masked` / `sdpa_masked_cudnn`: sdpa over the length rounded up to a
+multiple of BUCKET with the rest masked (one shape per BUCKET steps). Cache lengths come
+in pairs, a multiple of 64 and one past it. Times: medians of `triton.testing.do_bench`
+(wall-clock medians on the CPU, under TRITON_INTERPRET=1); GB/s counts the keys and values
+read (2 x B x K x length x D elements); `rel_err`: the relative error against float32
+attention over the first 8 rows. On a GPU `fresh_lengths_ms` is the mean time of a call at
+a cache length not run before (cuDNN builds a plan per shape: a generation pays it at every
+step). `--sweep` times the Triton kernel at every tile of SWEEP on the first five cases.
 
-JSON: {command, date, device, torch, triton, rows: [{B, H, K, D, S, length, case,
-variants: {name: {ms, GBps, rel_err} or {error}}}]}.
+JSON: {command, date, device, torch, triton, dtype, rows: [{case, B, H, K, D, S, length,
+variants: {name: {ms, GBps, rel_err[, fresh_lengths_ms]} or {error}}}], sweep: [{case,
+length, tiles: [{block_n, warps, stages, programs_per_sm, ms or error}]}]}.
 """
 
 from __future__ import annotations
@@ -65,15 +70,9 @@ SDPA_ALL = [
     SDPBackend.MATH,
 ]
 BUCKET = 256  # sdpa_masked's rounding of the cache length
-# --sweep: the Triton kernel's tiles (attention_decode.Tile: dot, keys per iteration, warps,
-# stages, programs per SM, most slots per split)
-SWEEP = [
-    (True, bn, w, st, 4, most)
-    for bn in (64, 128)
-    for w in (4, 8)
-    for st in (2, 3)
-    for most in (None, 512, 1024, 2048)
-]
+# --sweep: the Triton kernel's tiles (attention_decode.Tile: keys per iteration, warps,
+# stages, programs per SM)
+SWEEP = [(bn, w, st, ps) for bn in (64, 128) for w in (2, 4, 8) for st in (2, 3) for ps in (4, 16)]
 SWEEP_CASES = CASES[:5]
 SDPA = {
     "sdpa": None,
@@ -132,16 +131,9 @@ def sweep_case(B, H, K, D, S, length, dtype) -> list[dict]:
     k_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
     v_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
     saved, rows = attention_decode.GPU_TILE, []
-    for dot, block_n, warps, stages, per_sm, most in SWEEP:
-        attention_decode.GPU_TILE = attention_decode.Tile(dot, block_n, warps, stages, per_sm, most)
-        row = {
-            "dot": dot,
-            "block_n": block_n,
-            "warps": warps,
-            "stages": stages,
-            "programs_per_sm": per_sm,
-            "slots_per_split": most,
-        }
+    for block_n, warps, stages, per_sm in SWEEP:
+        attention_decode.GPU_TILE = attention_decode.Tile(block_n, warps, stages, per_sm)
+        row = {"block_n": block_n, "warps": warps, "stages": stages, "programs_per_sm": per_sm}
         try:
             row["ms"] = median_ms(lambda: decode_attention(q, k_cache, v_cache, length), True, 10)
         except Exception as e:  # noqa: BLE001  (a tile that does not compile is a result)

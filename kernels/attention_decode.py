@@ -1,10 +1,12 @@
 """Decode attention in Triton: one query per head against the cached keys and values, split
 over the cache (flash-decoding), at the memory bound whatever the cache length.
 
-torch's `scaled_dot_product_attention` picks its kernel by shape: on an H200 (torch 2.11)
-cuDNN's at cache lengths it accepts and FlashAttention's otherwise, which tiles 128 query
-rows for a single query and ran the Table 1 generation at about half the cache-read rate.
-This kernel reads each cached key and value once, at any length.
+torch's `scaled_dot_product_attention` runs cuDNN's kernel on an H200 (torch 2.11), and
+cuDNN builds an execution plan for each new shape: 36-54 ms measured for a call at a cache
+length not run before, which a generation pays at every step. This kernel costs the same
+at every length: one program per (batch row, key/value head, split of the cache), its
+group's queries padded to 16 rows so that scores and outputs run on tensor cores, each
+cached key and value read once.
 
 - `decode_attention(q, k_cache, v_cache, length, scale)`: q [B, H, D]; caches [B, S, K, D]
   (K key/value heads, H a multiple of K: grouped-query attention), of which slots
@@ -31,76 +33,25 @@ LOG2E = 1.4426950408889634
 
 @dataclass
 class Tile:
-    """How the kernel runs on a GPU: `dot` (one program per key/value head, its group's
-    queries padded to 16 rows, scores and outputs on tensor cores) or the row kernel (one
-    program per query head, products summed in registers); keys per loop iteration, warps,
-    pipeline stages, the programs per SM that the split over the cache aims for, and at
-    most how many cache slots one split reads (None: no such limit)."""
+    """How the kernel runs on a GPU: keys per loop iteration, warps, pipeline stages, and
+    the programs per SM that the split over the cache aims for."""
 
-    dot: bool = False
-    block_n: int = 64
-    warps: int = 2
-    stages: int = 3
+    block_n: int = 128
+    warps: int = 4
+    stages: int = 2
     programs_per_sm: int = 4
-    slots_per_split: int | None = None
 
 
-# Fastest on an H200 of the 32 tiles swept by `benchmarks/decode_attention.py --sweep` (bf16,
-# 16 heads of 128; 32 query heads on 8 key heads; 64 to 512 rows, 1024 to 32768 slots), or
-# within 1% of the fastest at each shape (docs/peers.md)
-GPU_TILE = Tile(dot=True, block_n=128, warps=4, stages=2)
+# Of the tiles `benchmarks/decode_attention.py --sweep` timed on an H200 (bf16, 16 heads of
+# 128, and 32 query heads on 8 key heads; 64 to 512 rows, 1024 to 32768 slots), this one was
+# the fastest or within 1% of it at every shape. One program per query head with products
+# summed in registers (RAT's decode layout) was slower at every shape, and capping the slots
+# one split reads did not help (docs/peers.md).
+GPU_TILE = Tile()
 
 
 @triton.jit(do_not_specialize=["length"])
 def decode_attention_kernel(
-    Q, KC, VC, PM, PL, PACC, Y, length,
-    s_q_b, s_q_h, s_k_b, s_k_s, s_k_h, s_v_b, s_v_s, s_v_h, s_y_b, s_y_h,
-    slots_per_split, n_splits, scale_log2,
-    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BN: tl.constexpr, SPLIT: tl.constexpr,
-):
-    pid_bh = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    kv = h // GROUP
-    cols = tl.arange(0, DP)
-    in_d = cols < D
-    q = tl.load(Q + b * s_q_b + h * s_q_h + cols, mask=in_d, other=0.0).to(tl.float32)
-    q = q * scale_log2
-    m = tl.full([], float("-inf"), tl.float32)
-    l_sum = tl.full([], 0.0, tl.float32)
-    acc = tl.zeros([DP], tl.float32)
-    lo = pid_s * slots_per_split
-    hi = tl.minimum(length, lo + slots_per_split)
-    offs_n = tl.arange(0, BN)
-    k_base = KC + b * s_k_b + kv * s_k_h + cols[None, :]
-    v_base = VC + b * s_v_b + kv * s_v_h + cols[None, :]
-    for start in range(lo, hi, BN):
-        offs = start + offs_n
-        valid = offs < hi
-        rows = offs[:, None].to(tl.int64)
-        load_mask = valid[:, None] & in_d[None, :]
-        k = tl.load(k_base + rows * s_k_s, mask=load_mask, other=0.0).to(tl.float32)
-        s = tl.where(valid, tl.sum(q[None, :] * k, axis=1), float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=0))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new)
-        l_sum = l_sum * alpha + tl.sum(p, axis=0)
-        v = tl.load(v_base + rows * s_v_s, mask=load_mask, other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m = m_new
-    if SPLIT:
-        idx = pid_bh * n_splits + pid_s
-        tl.store(PM + idx, m)
-        tl.store(PL + idx, l_sum)
-        tl.store(PACC + idx * D + cols, acc, mask=in_d)
-    else:
-        tl.store(Y + b * s_y_b + h * s_y_h + cols, (acc / l_sum).to(Y.dtype.element_ty), mask=in_d)
-
-
-@triton.jit(do_not_specialize=["length"])
-def decode_attention_dot_kernel(
     Q, KC, VC, PM, PL, PACC, Y, length,
     s_q_b, s_q_h, s_k_b, s_k_s, s_k_h, s_v_b, s_v_s, s_v_h, s_y_b, s_y_h,
     slots_per_split, n_splits, scale_log2,
@@ -179,16 +130,12 @@ def combine_splits_kernel(PM, PL, PACC, Y, s_y_b, s_y_h, n_splits,
     tl.store(Y + b * s_y_b + h * s_y_h + offs_d, y.to(Y.dtype.element_ty), mask=in_d)
 
 
-def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4,
-               max_slots: int | None = None) -> int:
-    """Splits over the cache so that the grid covers the GPU `per_sm` times over and no
-    split reads more than `max_slots` slots; fixed by the cache capacity (not the
-    position), so a captured graph stays valid for every step."""
+def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4) -> int:
+    """Splits over the cache so that the grid covers the GPU `per_sm` times over; fixed by
+    the cache capacity (not the position), so a captured graph stays valid for every step."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if (
         device.type == "cuda") else 4
     want = triton.cdiv(per_sm * sms, programs)
-    if max_slots:
-        want = max(want, triton.cdiv(slots, max_slots))
     return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
 
 
@@ -196,11 +143,9 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
     B, H, D = q.shape
     S, K = k_cache.shape[1], k_cache.shape[2]
     dev = q.device
-    tile = GPU_TILE if dev.type == "cuda" else Tile(
-        dot=GPU_TILE.dot, block_n=16, slots_per_split=GPU_TILE.slots_per_split and 48)
-    programs = B * (K if tile.dot else H)
-    n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm,
-                          tile.slots_per_split)
+    tile = GPU_TILE if dev.type == "cuda" else Tile(16, programs_per_sm=GPU_TILE.programs_per_sm)
+    programs = B * K
+    n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm)
     slots_per_split = triton.cdiv(S, n_splits)
     y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
     split = n_splits > 1
@@ -210,22 +155,16 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
         pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
     else:
         pm = pl = pacc = y
-    DP = max(16, triton.next_power_of_2(D)) if tile.dot else triton.next_power_of_2(D)
-    args = (
+    decode_attention_kernel[(programs, n_splits)](
         q, k_cache, v_cache, pm, pl, pacc, y, length,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         slots_per_split, n_splits, scale * LOG2E,
+        H=H, KV=K, GROUP=H // K, GP=max(16, triton.next_power_of_2(H // K)), D=D,
+        DP=max(16, triton.next_power_of_2(D)), BN=tile.block_n, SPLIT=split,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=tile.warps, num_stages=tile.stages,
     )
-    run = {"num_warps": tile.warps, "num_stages": tile.stages}
-    if tile.dot:
-        GP = max(16, triton.next_power_of_2(H // K))
-        decode_attention_dot_kernel[(programs, n_splits)](
-            *args, H=H, KV=K, GROUP=H // K, GP=GP, D=D, DP=DP, BN=tile.block_n, SPLIT=split,
-            PREC="ieee" if q.dtype == torch.float32 else "tf32", **run)
-    else:
-        decode_attention_kernel[(programs, n_splits)](
-            *args, H=H, GROUP=H // K, D=D, DP=DP, BN=tile.block_n, SPLIT=split, **run)
     if split:
         combine_splits_kernel[(B * H,)](
             pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,

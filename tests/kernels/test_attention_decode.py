@@ -33,18 +33,13 @@ def inputs(B, H, K, D, S, dtype=torch.float32, device=DEVICE):
     return make(B, H, D), make(B, S, K, D), make(B, S, K, D)
 
 
-TILES = {
-    "rows": attention_decode.Tile(dot=False),
-    "dot": attention_decode.Tile(dot=True),
-    "dot-split": attention_decode.Tile(dot=True, slots_per_split=1024),  # 48 on the CPU
-}
-
-
-@pytest.fixture(params=list(TILES))
+@pytest.fixture(params=[4, 1], ids=["per_sm4", "per_sm1"])
 def tile(request, monkeypatch):
-    """Both kernels: per query head (products in registers) and per key/value head (tensor
-    cores), the latter also with a limit on the slots one split reads."""
-    monkeypatch.setattr(attention_decode, "GPU_TILE", TILES[request.param])
+    """Programs per SM that the split aims for: 4 (the default) splits the small caches
+    below, 1 leaves most of them whole."""
+    monkeypatch.setattr(
+        attention_decode, "GPU_TILE", attention_decode.Tile(programs_per_sm=request.param)
+    )
     return request.param
 
 
@@ -55,7 +50,6 @@ def tile(request, monkeypatch):
         (1, 4, 2, 16, 70, 37),  # grouped heads, length inside a tile, many splits
         (3, 6, 2, 20, 33, 1),  # head size not a power of two, a single key
         (2, 2, 1, 8, 100, 99),  # multi-query, one slot short of full
-        (4, 4, 4, 16, 200, 150),  # one program per head is enough: splits by slots only
     ],
 )
 def test_matches_float32_attention(tile, B, H, K, D, S, length):
@@ -68,10 +62,10 @@ def test_matches_float32_attention(tile, B, H, K, D, S, length):
 
 
 def test_splits_used_on_the_cpu_shapes():
-    """The shapes above cover both paths: one program per (batch, head) and split caches."""
+    """The shapes above cover both paths: one program per (batch row, key/value head) and
+    split caches (4 programs per SM of a 4-SM "device" on the CPU)."""
     assert attention_decode.num_splits(8, 40, torch.device("cpu"), 16) == 2
     assert attention_decode.num_splits(16, 400, torch.device("cpu"), 16) == 1
-    assert attention_decode.num_splits(16, 400, torch.device("cpu"), 16, max_slots=48) == 9
 
 
 def test_strided_cache_and_scale(tile):
