@@ -139,6 +139,27 @@ def num_splits(programs: int, slots: int, device, block: int, per_sm: int = 4) -
     return max(1, min(want, triton.cdiv(slots, 2 * block), 64))
 
 
+def split_partials(y: torch.Tensor, n_splits: int):
+    """Buffers for the splits' partial (max, sum, accumulator) of y [B, H, D] (float32), or
+    y three times for one split, whose kernel writes y itself."""
+    if n_splits == 1:
+        return y, y, y
+    B, H, D = y.shape
+    pm = torch.empty(B * H * n_splits, device=y.device, dtype=torch.float32)
+    pacc = torch.empty(B * H * n_splits, D, device=y.device, dtype=torch.float32)
+    return pm, torch.empty_like(pm), pacc
+
+
+def combine_splits(pm, pl, pacc, y: torch.Tensor, n_splits: int) -> None:
+    """Write y [B, H, D] from the splits' partials (nothing to do for one split)."""
+    if n_splits > 1:
+        B, H, D = y.shape
+        combine_splits_kernel[(B * H,)](
+            pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
+            H=H, D=D, DP=triton.next_power_of_2(D), NS=triton.next_power_of_2(n_splits),
+            num_warps=4)
+
+
 def _launch(q, k_cache, v_cache, length: int, scale: float):
     B, H, D = q.shape
     S, K = k_cache.shape[1], k_cache.shape[2]
@@ -148,28 +169,18 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
     n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm)
     slots_per_split = triton.cdiv(S, n_splits)
     y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
-    split = n_splits > 1
-    if split:
-        pm = torch.empty(B * H * n_splits, device=dev, dtype=torch.float32)
-        pl = torch.empty_like(pm)
-        pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
-    else:
-        pm = pl = pacc = y
+    pm, pl, pacc = split_partials(y, n_splits)
     decode_attention_kernel[(programs, n_splits)](
         q, k_cache, v_cache, pm, pl, pacc, y, length,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         slots_per_split, n_splits, scale * LOG2E,
         H=H, KV=K, GROUP=H // K, GP=max(16, triton.next_power_of_2(H // K)), D=D,
-        DP=max(16, triton.next_power_of_2(D)), BN=tile.block_n, SPLIT=split,
+        DP=max(16, triton.next_power_of_2(D)), BN=tile.block_n, SPLIT=n_splits > 1,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tile.warps, num_stages=tile.stages,
     )
-    if split:
-        combine_splits_kernel[(B * H,)](
-            pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
-            H=H, D=D, DP=triton.next_power_of_2(D), NS=triton.next_power_of_2(n_splits),
-            num_warps=4)
+    combine_splits(pm, pl, pacc, y, n_splits)
     return y
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from archlab.kernels.attention_decode import combine_splits_kernel, num_splits
+from archlab.kernels.attention_decode import combine_splits, num_splits, split_partials
 from archlab.kernels.rat import triton_attention as _attn
 from archlab.kernels.rat.triton_scan import _rot
 
@@ -181,13 +181,7 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
         n_splits = num_splits(B * H, C_max, dev, BN)
     slots_per_split = triton.cdiv(C_max, n_splits)
     y = torch.empty(B, H, D, device=dev, dtype=v.dtype)
-    split = n_splits > 1
-    if split:
-        pm = torch.empty(B * H * n_splits, device=dev, dtype=torch.float32)
-        pl = torch.empty_like(pm)
-        pacc = torch.empty(B * H * n_splits, D, device=dev, dtype=torch.float32)
-    else:
-        pm = pl = pacc = y
+    pm, pl, pacc = split_partials(y, n_splits)
     freqs = inv_freq(D, rope_theta, dev) if rope else y
     pos_ptr = pos_tensor if pos_tensor is not None else y
     rat_decode_kernel[(B * H, n_splits)](
@@ -198,11 +192,8 @@ def decode_step(q, k, v, gate_logits, gate_bias, k_cache, v_cache, pos_tensor, p
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), y.stride(0), y.stride(1),
         chunk_size, slots_per_split, n_splits, D**-0.5 * LOG2E,
-        H=H, G=G, D2=D // 2, BN=BN, ROPE=rope, POS_PTR=pos_tensor is not None, SPLIT=split,
+        H=H, G=G, D2=D // 2, BN=BN, ROPE=rope, POS_PTR=pos_tensor is not None, SPLIT=n_splits > 1,
         OWN_LAST=own_last, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
-    if split:
-        combine_splits_kernel[(B * H,)](
-            pm, pl, pacc, y, y.stride(0), y.stride(1), n_splits,
-            H=H, D=D, DP=D, NS=triton.next_power_of_2(n_splits), num_warps=4)
+    combine_splits(pm, pl, pacc, y, n_splits)
     return y
