@@ -136,7 +136,7 @@ def _unless_oom(fn: Callable[[int], bool], batch: int) -> bool:
 def _positions(prompt: int, generate: int, n: int) -> list[int]:
     """n positions in P .. P + G - 1, one drawn (fixed seed) from each of n equal strata.
     Not evenly spaced: those share their alignment (all multiples of 32 for 16 of 1024),
-    and a kernel's speed can depend on the cache length's alignment (sdpa's did)."""
+    and a kernel's speed may depend on the cache length's alignment."""
     n = max(1, min(n, generate))
     rng = random.Random(0)
     return sorted({prompt + int((i + rng.random()) * generate / n) for i in range(n)})

@@ -356,16 +356,16 @@ class AttentionBlock(nn.Module):
             cache["k"][:, pos % slots] = k[:, 0].to(cache["k"].dtype)
             cache["v"][:, pos % slots] = v[:, 0].to(cache["v"].dtype)
         valid = min(pos + 1, slots)  # attention is order-free over keys, so ring order is fine
-        if self.backend != "reference" and not self.logit_mods and triton_decodes(kv["k"], q):
+        exact = self.backend == "reference" or self.logit_mods
+        if not exact and triton_decodes(kv["k"], q):
             from archlab.kernels.attention_decode import decode_attention
 
             y = decode_attention(q[:, 0], kv["k"], kv["v"], valid)[:, None]
-            cache.length = pos + 1
-            return self._out(y, gate)
-        keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
-        if self.backend == "reference" or self.logit_mods:
-            y = common.reference_attention(q, keys, values, None, **self._mods())
         else:
-            y = common.sdpa_attention(q, keys, values)
+            keys, values = kv["k"][:, :valid].to(q.dtype), kv["v"][:, :valid].to(q.dtype)
+            if exact:
+                y = common.reference_attention(q, keys, values, None, **self._mods())
+            else:
+                y = common.sdpa_attention(q, keys, values)
         cache.length = pos + 1
         return self._out(y, gate)

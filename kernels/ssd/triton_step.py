@@ -37,10 +37,8 @@ from archlab.kernels.runtime import triton_interpreted as _interpret
 Tensor = torch.Tensor
 
 # rows of P per program and warps on a GPU, read at each launch (a benchmark can sweep them).
-# Swept on an H200 (2026-11-30, B 512, H 64, P 64, N 128: a 1.07 GB float32 state, bf16 x,
-# B, C): BP 8 to 32 with 1 to 8 warps all ran in 0.52-0.54 ms (3.95-4.10 TB/s counting the
-# state read and written; a plain copy of the state ran at 4.21 TB/s), against 3.29 ms for
-# `reference.ssd_step` + copy back; BP 64 needs 4 or more warps (0.85 ms with one)
+# With 16 rows and 4 warps the ssm block's decode step ran 1.89-1.92x its fla-based peer at
+# batch 512 on an H200 (docs/peers.md); no other choice is on record.
 BP_GPU, WARPS_GPU = 16, 4
 # the interpreter: a small block, so that the CPU tests cover several blocks and a ragged one
 BP_CPU = 8
