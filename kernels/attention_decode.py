@@ -44,10 +44,10 @@ class Tile:
 
 # Of the 32 tiles `benchmarks/decode_attention.py --sweep` timed on an H200 (bf16, 16 heads
 # of 128 at 176 and 512 rows, 4K and 16K slots, and a 1024-slot window; 32 query heads on 8
-# key heads at 64 rows, 32K slots), this one was the fastest at four shapes and 0.8% behind
-# at 16K slots; with grouped heads 8 warps and 3 stages were 4.4% faster. One program per
-# query head with products summed in registers (RAT's decode layout) was slower at every
-# shape, and capping the slots one split reads did not help
+# key heads at 64 rows, 32K slots), this one was within 0.1% of the fastest at three shapes,
+# 0.8% behind at 16K slots, and 4.4% behind 8 warps and 3 stages with grouped heads. One
+# program per query head with products summed in registers (RAT's decode layout) was slower
+# at every shape, and capping the slots one split reads did not help
 # (benchmarks/results/2026-11-30d-h200x2/, runs 3 and 4).
 GPU_TILE = Tile()
 
