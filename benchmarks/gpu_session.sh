@@ -33,6 +33,10 @@
 #             train / prefill at 4K and 16K (262,144 tokens), decode at batch 512
 #             (MIXERS="gla mamba" picks kinds, MIXER_SEQ the lengths)
 #   scan      Mamba-1's selective scan alone (selective_scan.py; SCAN_VARIANTS picks)
+#   ratprof   the RAT layer's train and prefill at long T (RATPROF_SEQ, default 16k,128k) with
+#             each case's kernel table (`profile --trace`): where the time goes
+#   decode    the attention decode kernel against sdpa, fresh cache lengths included
+#             (decode_attention.py; DECODE_ARGS="--sweep" also times its tiles)
 #   compiled  attention and RAT layers under --compile, beside the mixers stage's eager rows
 #   (`archlab profile --out` rewrites profile.json after every case, so a stage cut by its
 #   limit keeps what it measured)
@@ -189,6 +193,19 @@ case $stage in
       --decode-batch 512 --warmup 1 --repeats 3 --compile --out "$out/$stage" \
       >"$out/$stage/profile.log" 2>&1
     tail -12 "$out/$stage/profile.log"
+    ;;
+  ratprof)  # where the RAT layer's train and prefill time goes at long T: eager kernel tables
+    timeout "$limit" python3 -m archlab.cli profile "$repo/specs/paper/rat.yaml" --layer rat \
+      --mode train,prefill --seq "${RATPROF_SEQ:-16k,128k}" --tokens 262144 --warmup 1 \
+      --repeats 3 --no-compile --trace "$out/$stage/trace" --out "$out/$stage" \
+      >"$out/$stage/profile.log" 2>&1
+    tail -8 "$out/$stage/profile.log"
+    ;;
+  decode)  # the decode attention kernel against sdpa (decode_attention.py; DECODE_ARGS=--sweep)
+    # shellcheck disable=SC2086
+    timeout "$limit" python3 "$repo/benchmarks/decode_attention.py" ${DECODE_ARGS:-} \
+      --out "$out/$stage/decode_attention.json" >"$out/$stage/decode_attention.log" 2>&1
+    tail -16 "$out/$stage/decode_attention.log"
     ;;
   scan)  # Mamba-1's selective scan: the Triton kernel against the PyTorch loop (compiled too)
     timeout "$limit" python3 "$repo/benchmarks/selective_scan.py" \
