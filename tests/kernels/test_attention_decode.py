@@ -95,6 +95,19 @@ def test_flop_formula():
     assert counter.get_total_flops() == 4 * 2 * 4 * 16 * 5
 
 
+def test_torch_compile_traces_the_op():
+    """fullgraph under aot_eager on the CPU (the interpreter), inductor on a GPU: the fake
+    implementation traces, and the compiled call gives eager's result."""
+    backend = "inductor" if CUDA else "aot_eager"
+    q, k, v = inputs(2, 4, 2, 16, 40)
+
+    def attend(q, k, v):
+        return decode_attention(q * 2, k, v, 33) + 1
+
+    compiled = torch.compile(attend, backend=backend, fullgraph=True)
+    assert rel_err(compiled(q, k, v), attend(q, k, v)) < 1e-6
+
+
 @pytest.mark.parametrize("window", [None, 8])
 def test_attention_block_step_through_the_kernel(monkeypatch, window):
     """The block's decode step with the kernel (forced on the CPU) equals its step with
