@@ -21,7 +21,7 @@ from archlab.blocks.cache import LayerCache
 from archlab.blocks.ssm import SSM_STATE_BYTES, Params, SSMSizes
 from archlab.kernels import runtime
 from archlab.kernels.runtime import triton_interpreted
-from archlab.kernels.short_conv import causal_conv1d
+from archlab.kernels.short_conv import causal_conv1d, causal_conv1d_step
 from archlab.kernels.ssd.fla_backend import (
     INSTALL_HINT,
     conv_silu_fla,
@@ -214,15 +214,16 @@ class SSMBlock(nn.Module):
     def step(self, x_B1D: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Decode one token [B, 1, d_model]: O(1) work and memory, whatever the position."""
         z, xBC, dt_raw = self._split(self.in_proj(x_B1D[:, 0]))
-        window = torch.cat([cache["conv"].to(xBC.dtype), xBC[:, :, None]], dim=-1)
-        conv = (window * self.conv1d.weight[:, 0]).sum(dim=-1) + self.conv1d.bias
+        conv, conv_state = causal_conv1d_step(
+            xBC, self.conv1d.weight[:, 0], self.conv1d.bias, cache["conv"]
+        )
         x, dt, A, Bm, Cm = self._ssm_inputs(F.silu(conv), dt_raw)
         if self._step_in_place(x, cache["ssm"]):
             y = _triton_step().ssd_step_triton(x, dt, A, Bm, Cm, cache["ssm"])
         else:
             y, state = ssd_step(x, dt, A, Bm, Cm, cache["ssm"])
             cache["ssm"].copy_(state)
-        cache["conv"].copy_(window[:, :, 1:])
+        cache["conv"].copy_(conv_state)
         cache.length += 1
         return self._output(y, x, z)[:, None]
 
