@@ -37,6 +37,7 @@ from archlab.measure.result import (  # noqa: F401 (re-exported)
     Settings,
     Timing,
     judge_timing,
+    short_error,
 )
 from archlab.measure.targets import (  # noqa: F401 (re-exported)
     LayerTarget,
@@ -330,13 +331,6 @@ def measure(
         fresh()  # the case's graphs hold its inputs and cache: let them go
     free_memory(device)
     return r
-
-
-def short_error(e: BaseException) -> str:
-    """An error in one line: 'RuntimeError: the first line of its message' (200 characters
-    of it at most)."""
-    line = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {line[:200]}"
 
 
 def weights_bytes(plan: Plan) -> int:

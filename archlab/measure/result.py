@@ -117,3 +117,10 @@ def judge_timing(r: Result, settings: Settings) -> None:
             f"{t.runs} run{'s' if t.runs > 1 else ''} only: one run takes longer than the "
             f"case's time budget (--max-time {settings.max_time_s:g} s)"
         )
+
+
+def short_error(e: BaseException) -> str:
+    """An error in one line: 'RuntimeError: the first line of its message' (200 characters
+    of it at most)."""
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line[:200]}"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from archlab.measure.result import Result
+from archlab.measure.result import Result, short_error
 
 REPS = 3  # calls of the timed callable under the profiler
 ROWS = 40  # rows of the kernel table
@@ -87,8 +87,7 @@ def trace_case(
             f.write(header(r, sort_by, what) + table + "\n")
         r.extra["trace"] = path
     except Exception as e:  # noqa: BLE001 - a trace never fails the case
-        line = (str(e).strip().splitlines() or [""])[0]
-        r.notes.append(f"trace failed: {type(e).__name__}: {line[:200]}")
+        r.notes.append(f"trace failed: {short_error(e)}")
 
 
 def trace_note(results: list[Result], trace_dir: str | None) -> list[str]:
