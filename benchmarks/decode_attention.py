@@ -26,6 +26,7 @@ length, tiles: [{block_n, warps, stages, programs_per_sm, ms or error}]}]}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -42,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from archlab.blocks.attention import common  # noqa: E402
 from archlab.kernels import attention_decode  # noqa: E402
 from archlab.kernels.attention_decode import decode_attention  # noqa: E402
 
@@ -83,14 +85,11 @@ SDPA = {
 
 
 def sdpa_step(q, k_cache, v_cache, length, backend):
-    """The block's former decode attention: sdpa on the cache slice, [B, H, D] out."""
-    k, v = k_cache[:, :length].transpose(1, 2), v_cache[:, :length].transpose(1, 2)
-    qh = q[:, :, None]
-    gqa = q.shape[1] != k.shape[1]
-    if backend is None:
-        return F.scaled_dot_product_attention(qh, k, v, enable_gqa=gqa)[:, :, 0]
-    with sdpa_kernel(backend):
-        return F.scaled_dot_product_attention(qh, k, v, enable_gqa=gqa)[:, :, 0]
+    """The block's former decode attention (`common.sdpa_attention` on the cache slice),
+    held to `backend` when one is given; [B, H, D] out."""
+    args = (q[:, None], k_cache[:, :length], v_cache[:, :length])
+    with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+        return common.sdpa_attention(*args)[:, 0]
 
 
 def reference(q, k_cache, v_cache, length):
