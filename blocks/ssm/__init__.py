@@ -21,11 +21,12 @@ sequence pass also takes fla's `causal_conv1d` for conv + bias + SiLU and fla's 
 path does; float32 inside both), `auto` (triton when fla is there and the device is CUDA,
 else reference). Where fla refuses `chunk_simple_gla`'s backward (Hopper with Triton
 3.4-3.7.0) training runs fla's `chunk_gla` instead, and `backend_note` says so
-(kernels/ssd/fla_backend.py). The decode
-`step` is the plain recurrence for both. The cache holds the conv state (the last conv_kernel - 1
-inputs of the conv channels, in the cache dtype) and the SSM state [B, heads, head_dim,
-d_state], always float32 (it accumulates over the whole context), so it counts 4 bytes
-per element.
+(kernels/ssd/fla_backend.py). The decode `step` is the plain recurrence for both; on
+`triton` its state update is one Triton kernel that reads and writes the float32 state
+once, in place (kernels/ssd/triton_step.py), on `reference` PyTorch ops. The cache holds
+the conv state (the last conv_kernel - 1 inputs of the conv channels, in the cache dtype)
+and the SSM state [B, heads, head_dim, d_state], always float32 (it accumulates over the
+whole context), so it counts 4 bytes per element.
 
 FLOPs (2 per multiply-add), per sequence of T tokens, with Q = sum over chunks of the
 squared chunk lengths (the last chunk may be shorter), H heads, P head_dim, N d_state,
