@@ -17,19 +17,24 @@ read (2 x B x K x length x D elements); `rel_err`: the relative error against fl
 attention over the first 8 rows. On a GPU `fresh_lengths_ms` is the mean time of a call at
 a cache length not run before (cuDNN builds a plan per shape: a generation pays it at every
 step). `--sweep` times the Triton kernel at every tile of SWEEP on the first five cases.
+`--stages` times the default tile at each of STAGES' pipeline stage counts beside cuDNN at
+long caches (LONG_CASES), in interleaved rounds so that drift touches every variant alike.
 
 JSON: {command, date, device, torch, triton, dtype, rows: [{case, B, H, K, D, S, length,
 variants: {name: {ms, GBps, rel_err[, fresh_lengths_ms]} or {error}}}], sweep: [{case,
-length, tiles: [{block_n, warps, stages, programs_per_sm, ms or error}]}]}.
+length, tiles: [{block_n, warps, stages, programs_per_sm, ms or error}]}], stages: [{case,
+B, length, rounds, ms: {variant: [ms per round]}, median_ms: {variant: ms}}]}.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -76,6 +81,12 @@ BUCKET = 256  # sdpa_masked's rounding of the cache length
 # stages, programs per SM)
 SWEEP = [(bn, w, st, ps) for bn in (64, 128) for w in (2, 4, 8) for st in (2, 3) for ps in (4, 16)]
 SWEEP_CASES = CASES[:5]
+# --stages: (case, B, H, K, D, S, length); 128 rows at 64K slots fill 69 GB of cache
+LONG_CASES = [
+    ("peers 16K", 512, 16, 16, 128, 16385, 16385),
+    ("64K", 128, 16, 16, 128, 65537, 65537),
+]
+STAGES = (2, 3, 4)
 SDPA = {
     "sdpa": None,
     "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -142,6 +153,39 @@ def sweep_case(B, H, K, D, S, length, dtype) -> list[dict]:
     return rows
 
 
+def stages_case(B, H, K, D, S, length, dtype, rounds: int = 5) -> dict:
+    """The default tile at each of STAGES and sdpa held to cuDNN, `rounds` interleaved
+    rounds of do_bench medians (ms per round and variant)."""
+    q = torch.randn(B, H, D, device="cuda", dtype=dtype)
+    k_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
+    v_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
+    saved = attention_decode.GPU_TILE
+
+    def triton_at(stages):
+        def call():
+            attention_decode.GPU_TILE = dataclasses.replace(saved, stages=stages)
+            try:
+                return decode_attention(q, k_cache, v_cache, length)
+            finally:
+                attention_decode.GPU_TILE = saved
+
+        return call
+
+    fns = {f"triton_{st}_stages": triton_at(st) for st in STAGES}
+    fns["sdpa_cudnn"] = lambda: sdpa_step(q, k_cache, v_cache, length, SDPA["sdpa_cudnn"])
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, True, 10))
+    return {
+        "B": B,
+        "length": length,
+        "rounds": rounds,
+        "ms": times,
+        "median_ms": {name: statistics.median(ms) for name, ms in times.items()},
+    }
+
+
 def run_case(case, B, H, K, D, S, length, cuda: bool, dtype) -> dict:
     dev = "cuda" if cuda else "cpu"
     q = torch.randn(B, H, D, device=dev, dtype=dtype)
@@ -191,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny CPU shapes")
     parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
     parser.add_argument("--only-sweep", action="store_true", help="the sweep, not the rows")
+    parser.add_argument(
+        "--stages", action="store_true", help="only the stage counts beside cuDNN, long caches"
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.small
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -198,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     names = ["triton", *SDPA, "sdpa_masked", "sdpa_masked_cudnn"]
     print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
     args.sweep |= args.only_sweep
-    for case, B, H, K, D, S, lengths in [] if args.only_sweep else CASES if cuda else SMALL:
+    stages = []
+    for case, B, H, K, D, S, length in LONG_CASES if cuda and args.stages else []:
+        stages.append({"case": case, **stages_case(B, H, K, D, S, length, dtype)})
+        print(f"stages {case}: {stages[-1]['median_ms']}", flush=True)
+        torch.cuda.empty_cache()
+    only = args.only_sweep or args.stages
+    for case, B, H, K, D, S, lengths in [] if only else CASES if cuda else SMALL:
         for length in lengths:
             row = run_case(case, B, H, K, D, S, length, cuda, dtype)
             rows.append(row)
@@ -225,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "rows": rows,
         "sweep": sweep,
+        "stages": stages,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
