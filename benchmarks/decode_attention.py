@@ -142,7 +142,7 @@ def sweep_case(B, H, K, D, S, length, dtype) -> list[dict]:
     v_cache = torch.randn(B, S, K, D, device="cuda", dtype=dtype)
     saved, rows = attention_decode.GPU_TILE, []
     for block_n, warps, stages, per_sm in SWEEP:
-        attention_decode.GPU_TILE = attention_decode.Tile(block_n, warps, stages, per_sm)
+        attention_decode.GPU_TILE = attention_decode.Tile(block_n, warps, stages, per_sm, stages)
         row = {"block_n": block_n, "warps": warps, "stages": stages, "programs_per_sm": per_sm}
         try:
             row["ms"] = median_ms(lambda: decode_attention(q, k_cache, v_cache, length), True, 10)
@@ -163,7 +163,9 @@ def stages_case(B, H, K, D, S, length, dtype, rounds: int = 5) -> dict:
 
     def triton_at(stages):
         def call():
-            attention_decode.GPU_TILE = dataclasses.replace(saved, stages=stages)
+            attention_decode.GPU_TILE = dataclasses.replace(
+                saved, stages=stages, long_stages=stages
+            )
             try:
                 return decode_attention(q, k_cache, v_cache, length)
             finally:

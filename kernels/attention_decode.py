@@ -40,6 +40,7 @@ class Tile:
     warps: int = 4
     stages: int = 2
     programs_per_sm: int = 4
+    long_stages: int = 4  # stages where a program reads at least LONG_SLOTS slots
 
 
 # Of the 32 tiles `benchmarks/decode_attention.py --sweep` timed on an H200 (bf16, 16 heads
@@ -49,7 +50,12 @@ class Tile:
 # program per query head with products summed in registers (RAT's decode layout) was slower
 # at every shape, and capping the slots one split reads did not help
 # (benchmarks/results/2026-11-30d-h200x2/, runs 3 and 4).
+# At long caches deeper pipelines pay: with 16K slots (512 rows) 2 stages were 0.9% behind
+# 3 or 4 stages and cuDNN, all within 0.1% of one another; with 64K slots (128 rows) 4 stages
+# were 0.2% behind 2 and 1.5% ahead of cuDNN, 3 stages 0.9% behind 2 (`decode_attention.py
+# --stages`, five interleaved rounds, 2026-11-30).
 GPU_TILE = Tile()
+LONG_SLOTS = 8192
 
 
 @triton.jit(do_not_specialize=["length"])
@@ -170,6 +176,7 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
     programs = B * K
     n_splits = num_splits(programs, S, dev, tile.block_n, tile.programs_per_sm)
     slots_per_split = triton.cdiv(S, n_splits)
+    stages = tile.long_stages if slots_per_split >= LONG_SLOTS else tile.stages
     y = torch.empty(B, H, D, device=dev, dtype=q.dtype)
     pm, pl, pacc = split_partials(y, n_splits)
     decode_attention_kernel[(programs, n_splits)](
@@ -180,7 +187,7 @@ def _launch(q, k_cache, v_cache, length: int, scale: float):
         H=H, KV=K, GROUP=H // K, GP=max(16, triton.next_power_of_2(H // K)), D=D,
         DP=max(16, triton.next_power_of_2(D)), BN=tile.block_n, SPLIT=n_splits > 1,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=tile.warps, num_stages=tile.stages,
+        num_warps=tile.warps, num_stages=stages,
     )
     combine_splits(pm, pl, pacc, y, n_splits)
     return y
