@@ -50,14 +50,16 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, n_hi, 
 
 @triton.jit
 def rat_attn_fwd_kernel(
-    QR, KE, VE, VR, SS, Y, LSE,
-    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_y_b, s_y_t, s_y_h,
+    QR, KE, VE, VR, SS, Y, LSE, Z, O,
+    s_ke_b, s_ke_c, s_ke_h, s_ve_b, s_ve_c, s_ve_h, s_y_b, s_y_t, s_y_h, s_z_b, s_z_t,
     T, L, C, scale_log2,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+    GATED: tl.constexpr, WRITE_Y: tl.constexpr,
 ):
     """Grid (cdiv(T, BM), B * H). QR [B,T,G,D] and VR [B,T,H,D] contiguous, SS/LSE [B,H,T]
-    float32; KE/VE [B, C, H, D] strided; Y [B,T,H,D] strided."""
+    float32; KE/VE [B, C, H, D] strided; Y [B,T,H,D] strided (written with WRITE_Y). With
+    GATED also O = sigmoid(Z) * y, [B, T, H*D]: Z strided by (s_z_b, s_z_t), O contiguous."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows first
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -87,8 +89,14 @@ def rat_attn_fwd_kernel(
         acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d,
                                    n_hi, chunk_m, scale_log2, s_ke_c, s_ve_c, True, DOT_PREC)
     y = acc / l_i[:, None]
-    tl.store(Y + b * s_y_b + h * s_y_h + (offs_m[:, None] * s_y_t + offs_d[None, :]),
-             y.to(Y.dtype.element_ty), mask=m_valid[:, None])
+    if WRITE_Y:
+        tl.store(Y + b * s_y_b + h * s_y_h + (offs_m[:, None] * s_y_t + offs_d[None, :]),
+                 y.to(Y.dtype.element_ty), mask=m_valid[:, None])
+    if GATED:
+        z = tl.load(Z + b * s_z_b + (offs_m[:, None] * s_z_t + h * D + offs_d[None, :]),
+                    mask=m_valid[:, None], other=0.0).to(tl.float32)
+        tl.store(O + b * T * H * D + (offs_m[:, None] * (H * D) + h * D + offs_d[None, :]),
+                 (tl.sigmoid(z) * y).to(O.dtype.element_ty), mask=m_valid[:, None])
     tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=m_valid)
 
 
@@ -108,6 +116,34 @@ def rat_delta_kernel(Y, DY, DELTA, s_y_b, s_y_t, s_y_h, s_dy_b, s_dy_t, s_dy_h, 
     dy = tl.load(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + h * s_dy_h + offs_d[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(y * dy, axis=1), mask=offs_m < T)
+
+
+@triton.jit
+def rat_gate_bwd_kernel(DO, Z, Y, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T,
+                        H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
+    """The backward of o = sigmoid(z) * y with the attention's delta, one pass. Grid
+    (cdiv(T, BM), B * H). DO, Y [B, T, H*D] contiguous (DO the gradient of o); Z, DZ
+    [B, T, H*D] strided by rows; writes DY = DO * sigmoid(z) [B,T,H,D] (Y's dtype), DZ, and
+    DELTA [B,H,T] = rowsum(dy * y) in float32 (from dy as stored)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    mask = (offs_m < T)[:, None]
+    cols = h * D + offs_d[None, :]
+    row = b * T * H * D + offs_m[:, None] * (H * D) + cols
+    do = tl.load(DO + row, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + row, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(Z + b * s_z_b + offs_m[:, None] * s_z_t + cols, mask=mask, other=0.0)
+    sig = tl.sigmoid(z.to(tl.float32))
+    dy = (do * sig).to(DY.dtype.element_ty)
+    tl.store(DY + row, dy, mask=mask)
+    tl.store(DZ + b * s_dz_b + offs_m[:, None] * s_dz_t + cols,
+             (do * y * sig * (1.0 - sig)).to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(dy.to(tl.float32) * y, axis=1),
+             mask=offs_m < T)
 
 
 @triton.jit
@@ -280,28 +316,39 @@ def _dot_prec(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype):
-    """y [B,T,H,D] (out_dtype) and lse [B,H,T] (base 2). k_end/v_end: [B, C', H, D] views
-    whose first T // L chunks are the complete chunk ends."""
+def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype, z=None,
+                      write_y=True):
+    """y [B,T,H,D] (out_dtype; None unless `write_y`), lse [B,H,T] (base 2) and, given the
+    gate's logits z [B, T, H*D] (rows strided, last dim contiguous), o = sigmoid(z) * y
+    [B, T, H*D] (only with z). k_end/v_end: [B, C', H, D] views whose first T // L chunks
+    are the complete chunk ends."""
     import torch
 
     B, T, H, D = v_run.shape
     G = q_rot.shape[2]
     L = chunk_size
     C = T // L
-    y = torch.empty(B, T, H, D, device=v_run.device, dtype=out_dtype)
-    lse = torch.empty(B, H, T, device=v_run.device, dtype=torch.float32)
-    args = (q_rot, k_end, v_end, v_run, s_self, y, lse,
+    dev = v_run.device
+    lse = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+    y = torch.empty(B, T, H, D, device=dev, dtype=out_dtype) if write_y else None
+    o = torch.empty(B, T, H * D, device=dev, dtype=out_dtype) if z is not None else None
+    y_arg = y if y is not None else o  # a pointer the kernel never uses without its flag
+    o_arg = o if o is not None else y
+    z_arg = z if z is not None else o_arg
+    y_strides = (y.stride(0), y.stride(1), y.stride(2)) if y is not None else (0, 0, 0)
+    args = (q_rot, k_end, v_end, v_run, s_self, y_arg, lse, z_arg, o_arg,
             k_end.stride(0), k_end.stride(1), k_end.stride(2),
-            v_end.stride(0), v_end.stride(1), v_end.stride(2),
-            y.stride(0), y.stride(1), y.stride(2),
-            T, L, C, D**-0.5 * LOG2E)
-    kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype))
-    if _tuned(y.device, q_rot.dtype):
+            v_end.stride(0), v_end.stride(1), v_end.stride(2), *y_strides,
+            z_arg.stride(0), z_arg.stride(1), T, L, C, D**-0.5 * LOG2E)
+    kw = dict(H=H, G=G, D=D, DOT_PREC=_dot_prec(q_rot.dtype), GATED=z is not None,
+              WRITE_Y=write_y)
+    if _tuned(dev, q_rot.dtype):
         fwd_tuned[lambda m: (triton.cdiv(T, m["BM"]), B * H)](*args, **kw)
     else:
         rat_attn_fwd_kernel[(triton.cdiv(T, 16), B * H)](*args, **kw, **_FIXED)
-    return y, lse
+    if z is None:
+        return y, lse
+    return y, lse, o
 
 
 def attention_delta(y, dy):
@@ -314,6 +361,22 @@ def attention_delta(y, dy):
         y, dy, delta, y.stride(0), y.stride(1), y.stride(2), dy.stride(0), dy.stride(1),
         dy.stride(2), T, H=H, D=D, BM=BM, num_warps=4)
     return delta
+
+
+def gate_backward(do, z, y, dz):
+    """The backward of o = sigmoid(z) * y [B, T, H*D] with the attention's delta: writes dz
+    (a [B, T, H*D] view, rows strided) and returns dy [B,T,H,D] (y's dtype) and delta
+    [B,H,T] float32. do and y: contiguous."""
+    import torch
+
+    B, T, H, D = y.shape
+    dy = torch.empty_like(y)
+    delta = torch.empty(B, H, T, device=y.device, dtype=torch.float32)
+    BM = 64 if gpu_tiles(y.device) else 16
+    rat_gate_bwd_kernel[(triton.cdiv(T, BM), B * H)](
+        do, z, y, dy, dz, delta, z.stride(0), z.stride(1), dz.stride(0), dz.stride(1), T,
+        H=H, D=D, BM=BM, num_warps=4)
+    return dy, delta
 
 
 def attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size):

@@ -10,7 +10,11 @@
 - `rat_prefill_cache_triton(...)`: `reference.rat_prefill_cache_reference`, one kernel.
 - `rat_prefill_triton(q, k, v, gate_logits, gate_bias, k_cache, v_cache, ...) -> y`: the
   forward and the cache fill in one pass (the chunk ends are written straight into the
-  cache, where the attention then reads them).
+  cache, where the attention then reads them); with `z`, the gated output instead.
+- `rat_gated_triton(proj, gate_bias, heads, qk_groups, chunk_size, ...) -> o`: the rat
+  block's mixing with its output gate, o = sigmoid(z) * y, from the whole in_proj output;
+  the gate runs inside the attention kernel and its backward inside the delta pass, and the
+  backward writes the projection's gradient in place (no concatenation of five gradients).
 
 Ops live in the `archlab` namespace, with fake implementations (torch.compile) and FLOP
 formulas (FlopCounterMode): 4 * D per scored (query, key) pair per head for the forward,
@@ -143,6 +147,127 @@ def rat_core_triton(
                                           bool(rope), float(rope_theta))[0]
 
 
+# --- the layer's core with its output gate, on the whole projection ---------------------------
+
+
+def _proj_views(proj: Tensor, heads: int, qk_groups: int) -> tuple[Tensor, ...]:
+    """z [B,T,H*D], q, k [B,T,G,D], v, gate logits [B,T,H,D]: views of the rat block's
+    in_proj output, whose columns are z, v, g, q, k."""
+    H, G = heads, qk_groups
+    D = proj.shape[-1] // (3 * H + 2 * G)
+    z, v, gl, q, k = proj.split([H * D, H * D, H * D, G * D, G * D], dim=-1)
+    return (z, q.unflatten(-1, (G, D)), k.unflatten(-1, (G, D)), v.unflatten(-1, (H, D)),
+            gl.unflatten(-1, (H, D)))
+
+
+@torch.library.custom_op("archlab::rat_gated_fwd", mutates_args=())
+def rat_gated_fwd(
+    proj: Tensor, gate_bias: Tensor, heads: int, qk_groups: int, chunk_size: int, rope: bool,
+    rope_theta: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> o = sigmoid(z) * y [B,T,H*D], y [B,T,H,D], lse, q_rot, k_end, v_end (as
+    rat_core_fwd)."""
+    proj = _last_dim_contiguous(proj)
+    z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
+    q_rot, v_run, s_self, k_end, v_end = _scan.scan_forward(
+        q, k, v, gl, gate_bias.contiguous(), chunk_size, rope, rope_theta)
+    y, lse, o = _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size,
+                                        proj.dtype, z=z)
+    return o, y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2)
+
+
+@rat_gated_fwd.register_fake
+def _(proj, gate_bias, heads, qk_groups, chunk_size, rope, rope_theta):
+    _, q, _, v, _ = _proj_views(proj, heads, qk_groups)
+    B, T, H, D = v.shape
+    C = max(T // chunk_size, 1)
+    return (proj.new_empty(B, T, H * D), proj.new_empty(B, T, H, D),
+            proj.new_empty(B, H, T, dtype=torch.float32), proj.new_empty(q.shape),
+            proj.new_empty(B, H, C, D), proj.new_empty(B, H, C, D))
+
+
+@torch.library.custom_op("archlab::rat_gated_bwd", mutates_args=())
+def rat_gated_bwd(
+    do: Tensor, proj: Tensor, gate_bias: Tensor, y: Tensor, lse: Tensor, q_rot: Tensor,
+    k_end: Tensor, v_end: Tensor, heads: int, qk_groups: int, chunk_size: int, rope: bool,
+    rope_theta: float,
+) -> tuple[Tensor, Tensor]:
+    """-> dproj (every column block written in place: no concatenation), dgate_bias."""
+    proj = _last_dim_contiguous(proj)
+    z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
+    dproj = torch.empty_like(proj)
+    dz, *grads = _proj_views(dproj, heads, qk_groups)
+    dy, delta = _attn.gate_backward(do.contiguous(), z, y, dz)
+    k_end, v_end = k_end.transpose(1, 2), v_end.transpose(1, 2)  # [B, C, H, D] views
+    dke, dve, dqi = _attn.attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size)
+    *_, dbias = _scan.scan_backward(q, k, v, gl, gate_bias.contiguous(), dy, lse, delta, dke,
+                                    dve, dqi, chunk_size, rope, rope_theta, out=grads)
+    return dproj, dbias
+
+
+@rat_gated_bwd.register_fake
+def _(do, proj, gate_bias, y, lse, q_rot, k_end, v_end, heads, qk_groups, chunk_size, rope,
+      rope_theta):
+    return proj.new_empty(proj.shape), gate_bias.new_empty(gate_bias.shape)
+
+
+def _gated_setup_context(ctx, inputs, output):
+    proj, gate_bias, *args = inputs
+    o, y, lse, q_rot, k_end, v_end = output
+    ctx.save_for_backward(proj, gate_bias, y, lse, q_rot, k_end, v_end)
+    ctx.args = args
+    ctx.mark_non_differentiable(y, lse, q_rot, k_end, v_end)
+
+
+def _gated_backward(ctx, do, *unused):
+    dproj, dbias = torch.ops.archlab.rat_gated_bwd(do, *ctx.saved_tensors, *ctx.args)
+    return dproj, dbias, None, None, None, None, None
+
+
+rat_gated_fwd.register_autograd(_gated_backward, setup_context=_gated_setup_context)
+
+
+def _gated_pairs(proj_shape, heads: int, qk_groups: int, chunk_size: int) -> tuple[int, int]:
+    B, T, W = proj_shape
+    return W // (3 * heads + 2 * qk_groups) * heads * B, scored_pairs(T, chunk_size)
+
+
+@register_flop_formula(torch.ops.archlab.rat_gated_fwd)
+def _gated_fwd_flops(proj_shape, bias_shape, heads, qk_groups, chunk_size, *args,
+                     out_shape=None, **kwargs) -> int:
+    dh, pairs = _gated_pairs(proj_shape, heads, qk_groups, chunk_size)
+    return 4 * dh * pairs
+
+
+@register_flop_formula(torch.ops.archlab.rat_gated_bwd)
+def _gated_bwd_flops(do_shape, proj_shape, bias_shape, y_shape, lse_shape, q_shape, k_shape,
+                     v_shape, heads, qk_groups, chunk_size, *args, out_shape=None,
+                     **kwargs) -> int:
+    dh, pairs = _gated_pairs(proj_shape, heads, qk_groups, chunk_size)
+    return 8 * dh * pairs
+
+
+def rat_gated_triton(
+    proj: Tensor, gate_bias: Tensor, heads: int, qk_groups: int, chunk_size: int,
+    rope: bool = True, rope_theta: float = 10000.0,
+) -> Tensor:
+    """The rat block's mixing with its output gate, from its in_proj output: o =
+    sigmoid(z) * rat_core(q, k, v, g) [B, T, heads * head_dim], in proj's dtype.
+
+    proj [B, T, (3 * heads + 2 * qk_groups) * head_dim] holds z, v, g (heads * head_dim
+    each) and q, k (qk_groups * head_dim each), the block's split. The gate runs inside the
+    attention's kernel and its backward inside the delta pass, and the backward writes the
+    gradient of proj in place, one column block per input (no concatenation).
+    Differentiable in proj and gate_bias."""
+    H, G = int(heads), int(qk_groups)
+    if proj.dim() != 3 or proj.shape[-1] % (3 * H + 2 * G):
+        raise ValueError(f"proj {tuple(proj.shape)} is not [B, T, (3 * {H} + 2 * {G}) * D]")
+    _, q, k, v, gl = _proj_views(proj, H, G)
+    _check(q, k, v, gl, gate_bias)
+    return torch.ops.archlab.rat_gated_fwd(proj, gate_bias, H, G, int(chunk_size), bool(rope),
+                                           float(rope_theta))[0]
+
+
 # --- prefill: cache fill alone, or fused with the forward -----------------------------------
 
 
@@ -177,17 +302,22 @@ def rat_prefill_cache_triton(
 def rat_prefill_op(
     q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor, k_cache: Tensor,
     v_cache: Tensor, chunk_size: int, rope: bool, rope_theta: float,
+    z: Optional[Tensor],  # noqa: UP045
 ) -> Tensor:
     q, k, v, gate_logits = map(_last_dim_contiguous, (q, k, v, gate_logits))
     q_rot, v_run, s_self, k_end, v_end = _scan.scan_forward(
         q, k, v, gate_logits, gate_bias.contiguous(), chunk_size, rope, rope_theta,
         k_end=k_cache, v_end=v_cache, core=True, partial=True)
-    return _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, v.dtype)[0]
+    if z is None:
+        return _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size,
+                                       v.dtype)[0]
+    return _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, v.dtype,
+                                   z=_last_dim_contiguous(z), write_y=False)[2]
 
 
 @rat_prefill_op.register_fake
-def _(q, k, v, gate_logits, gate_bias, k_cache, v_cache, chunk_size, rope, rope_theta):
-    return v.new_empty(v.shape)
+def _(q, k, v, gate_logits, gate_bias, k_cache, v_cache, chunk_size, rope, rope_theta, z):
+    return v.new_empty(v.shape) if z is None else v.new_empty(*v.shape[:2], z.shape[-1])
 
 
 @register_flop_formula(torch.ops.archlab.rat_prefill)
@@ -200,13 +330,18 @@ def _prefill_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -
 def rat_prefill_triton(
     q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor, k_cache: Tensor,
     v_cache: Tensor, chunk_size: int, rope: bool = True, rope_theta: float = 10000.0,
+    z: Tensor | None = None,
 ) -> Tensor:
     """`rat_core_triton`'s forward (no autograd) that also fills the decode cache, in the
-    same passes: returns y [B, T, H, D]."""
+    same passes: returns y [B, T, H, D]; given the output gate's logits z [B, T, H*D],
+    sigmoid(z) * y [B, T, H*D] instead (y itself is never written)."""
     _check(q, k, v, gate_logits, gate_bias)
     _check_cache(v, k_cache, v_cache, -(-v.shape[1] // chunk_size))
+    B, T, H, D = v.shape
+    if z is not None and tuple(z.shape) != (B, T, H * D):
+        raise ValueError(f"z {tuple(z.shape)} is not [{B}, {T}, {H * D}]")
     return torch.ops.archlab.rat_prefill(q, k, v, gate_logits, gate_bias, k_cache, v_cache,
-                                         int(chunk_size), bool(rope), float(rope_theta))
+                                         int(chunk_size), bool(rope), float(rope_theta), z)
 
 
 # --- decode ---------------------------------------------------------------------------------

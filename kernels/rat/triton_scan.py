@@ -555,9 +555,10 @@ def own_key_grads(q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, chu
 
 
 def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_end, dq_inter,
-                  chunk_size, rope, rope_theta):
+                  chunk_size, rope, rope_theta, out=None):
     """Launch the backward pass. dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
-    fp32 [B, T, G, D] contiguous (overwritten when a chunk spans several tiles).
+    fp32 [B, T, G, D] contiguous (overwritten when a chunk spans several tiles). `out`:
+    (dq, dk, dv, dgate_logits) to write into (views, last dim contiguous), else new tensors.
     Returns dq, dk, dv, dgate_logits, dgate_bias."""
     import torch
 
@@ -574,10 +575,8 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     n_seg = triton.cdiv(T, SEG)
     single = n_tiles == 1
     DB = channel_block(D // 2, dev)
-    dq = torch.empty(q.shape, device=dev, dtype=q.dtype)
-    dk = torch.empty(k.shape, device=dev, dtype=k.dtype)
-    dv = torch.empty(v.shape, device=dev, dtype=v.dtype)
-    dgl = torch.empty(gate_logits.shape, device=dev, dtype=gate_logits.dtype)
+    dq, dk, dv, dgl = out if out is not None else (
+        torch.empty(x.shape, device=dev, dtype=x.dtype) for x in (q, k, v, gate_logits))
     dbp = torch.empty(B * n_seg, H, D, device=dev, dtype=torch.float32)
     if single:
         dka, scr = dbp, dbp
