@@ -115,11 +115,15 @@ class RATBlock(nn.Module):
     def project(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """in_proj split as the paper: z [B,T,H*D], q, k [B,T,G,D], v, gate logits [B,T,H,D]
         (z and q only for a block that shares another's cache)."""
+        return self.split(self.in_proj(x_BTD))
+
+    def split(self, proj: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`project`'s views of an in_proj output."""
         H, D, G = self.heads, self.head_dim, self.qk_groups
         if self.shares:
-            z, q = self.in_proj(x_BTD).split(self.splits, dim=-1)
+            z, q = proj.split(self.splits, dim=-1)
             return z, q.unflatten(-1, (G, D))
-        z, v, g, q, k = self.in_proj(x_BTD).split(self.splits, dim=-1)
+        z, v, g, q, k = proj.split(self.splits, dim=-1)
         return (
             z,
             q.unflatten(-1, (G, D)),
@@ -159,6 +163,14 @@ class RATBlock(nn.Module):
                 )
             z, q = self.project(x_BTD)
             return self.output(z, self._attend_shared(core, q, shared_kv))
+        if self.backend == "triton":  # the gate inside the kernels, one gradient buffer
+            proj = self.in_proj(x_BTD)
+            args = (self.heads, self.qk_groups, self.chunk_size, self.rope, ROPE_THETA)
+            out = self.out_proj(self._triton.rat_gated_triton(proj, self.gate_bias, *args))
+            if not return_kv:
+                return out
+            _, _, k, v, gl = self.split(proj)
+            return out, (k, v, gl, self.gate_bias)
         z, q, k, v, gl = self.project(x_BTD)
         y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
         if not return_kv:
@@ -212,11 +224,11 @@ class RATBlock(nn.Module):
         z, q, k, v, gl = self.project(x_BTD)
         kc, vc, L = cache["k"], cache["v"], self.chunk_size
         if self.backend == "triton" and not return_kv and not torch.is_grad_enabled():
-            # one fused pass: the forward and the cache fill
+            # one fused pass: the forward, the output gate and the cache fill
             args = (q, k, v, gl, self.gate_bias, kc, vc, L, self.rope, ROPE_THETA)
-            y = self._triton.rat_prefill_triton(*args)
+            gated = self._triton.rat_prefill_triton(*args, z=z)
             cache.length = x_BTD.shape[1]
-            return self.output(z, y)
+            return self.out_proj(gated)
         y = core(q, k, v, gl, self.gate_bias, self.chunk_size, self.rope, ROPE_THETA)
         states = (t.detach() for t in (k, v, gl, self.gate_bias))
         rat_prefill_cache_scan(*states, kc, vc, L, self.rope, ROPE_THETA)

@@ -280,10 +280,17 @@ def _configs(pairs):
             for bm, bn, w, st in pairs]
 
 
-# candidates without (or with few) register spills on sm_90, by ptxas's resource report
-_FWD_CONFIGS = _configs([(128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3)])
-_DKV_CONFIGS = _configs([(64, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2)])
-_DQ_CONFIGS = _configs([(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 2), (64, 32, 8, 3)])
+# (BM, BN, warps, stages): candidates without (or with few) register spills on sm_90, by
+# ptxas's resource report, and the fastest of `benchmarks/rat_attention_tiles.py`'s wider
+# lists on an H200 at 16 x 16384 and 2 x 131072 (2026-11-30): the forward's 128 x 128 at 3
+# stages (0.7 ms faster at 128K), dK/dV's 64 x 128 at 3 stages (4.7 ms at 128K, 0.6 at
+# 16K), dQ's 128 x 64 (5.0 ms at 128K, 0.9 at 16K)
+_FWD_CONFIGS = _configs([(128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3),
+                         (128, 128, 8, 3)])
+_DKV_CONFIGS = _configs([(64, 64, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2),
+                         (64, 128, 8, 3)])
+_DQ_CONFIGS = _configs([(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 2), (64, 32, 8, 3),
+                        (128, 64, 8, 3), (128, 64, 8, 2)])
 _KEY = ["T", "L", "C", "D"]
 
 fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY)(rat_attn_fwd_kernel)
