@@ -107,6 +107,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end)
     ctx.args = (chunk_size, rope, rope_theta)
     ctx.mark_non_differentiable(lse, q_rot, k_end, v_end)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for those
 
 
 def _backward(ctx, dy, *unused):
@@ -217,6 +218,7 @@ def _gated_setup_context(ctx, inputs, output):
     ctx.save_for_backward(proj, gate_bias, y, lse, q_rot, k_end, v_end)
     ctx.args = args
     ctx.mark_non_differentiable(y, lse, q_rot, k_end, v_end)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for those (y: 1 GB at 262K)
 
 
 def _gated_backward(ctx, do, *unused):
