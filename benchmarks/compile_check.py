@@ -137,14 +137,14 @@ def launches(B, T, H, G, D, L, dtype, rope) -> dict:
         "gated forward": lambda: triton_ops.rat_gated_fwd(proj, bias, H, G, L, rope, 1e4),
         "gated backward": lambda: triton_ops.rat_gated_bwd(
             t(B, T, H * D), proj, bias, t(B, T, H, D), torch.randn(B, H, T), q,
-            t(B, H, ends, D), t(B, H, ends, D), H, G, L, rope, 1e4),
+            t(B, H, ends, D), t(B, H, ends, D), torch.randn(B, H, T), H, G, L, rope, 1e4),
         "gated prefill": lambda: triton_ops.rat_prefill_triton(
             q, k, v, gl, bias, t(B, slots, H, D), t(B, slots, H, D), L, rope, 1e4,
             z=t(B, T, H * D)),
         "forward": lambda: triton_ops.rat_core_fwd(q, k, v, gl, bias, L, rope, 1e4),
         "backward": lambda: triton_ops.rat_core_bwd(
             t(B, T, H, D), q, k, v, gl, bias, t(B, T, H, D), torch.randn(B, H, T), q,
-            t(B, H, ends, D), t(B, H, ends, D), L, rope, 1e4),
+            t(B, H, ends, D), t(B, H, ends, D), torch.randn(B, H, T), L, rope, 1e4),
         "prefill": lambda: triton_ops.rat_prefill_triton(
             q, k, v, gl, bias, t(B, slots, H, D), t(B, slots, H, D), L, rope, 1e4),
         "prefill cache": lambda: triton_ops.rat_prefill_cache_triton(

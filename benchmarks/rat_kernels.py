@@ -178,7 +178,7 @@ def train_case(B, T, ceil, sweep=False):
         dke, dve, dqi = triton_attention.attention_backward(q_rot, k_end, v_end, dy, lse, delta, L)
         parts["scan_bwd"] = median_ms(
             lambda: triton_scan.scan_backward(
-                q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
+                q, k, v, gl, bias, s_self, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
             )
         )
         knobs = ("CHANNEL_BLOCK", "CHANNEL_WARPS", "CHANNEL_MAJOR")
@@ -190,12 +190,12 @@ def train_case(B, T, ceil, sweep=False):
             order = "channel_major" if major else "segment_major"
             parts[f"scan_bwd_channels{block}_warps{warps}_{order}"] = median_ms(
                 lambda: triton_scan.scan_backward(
-                    q, k, v, gl, bias, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
+                    q, k, v, gl, bias, s_self, dy, lse, delta, dke, dve, dqi, L, True, 10000.0
                 )
             )
         for n, val in zip(knobs, default, strict=True):
             setattr(triton_scan, n, val)
-        parts["scan_ds"] = median_ms(lambda: scan_ds_only(q, k, v, gl, bias, dy, lse, delta))
+        parts["scan_ds"] = median_ms(lambda: scan_ds_only(v, gl, bias, s_self, dy, lse, delta))
         res["parts_ms"] = parts
     res["autotuned"] = {
         name: str(fn.best_config)
@@ -229,10 +229,9 @@ def train_case(B, T, ceil, sweep=False):
     return res
 
 
-def scan_ds_only(q, k, v, gl, bias, dy, lse, delta):
+def scan_ds_only(v, gl, bias, s_self, dy, lse, delta):
     """The backward scan's first pass alone (p and ds), as `scan_backward` launches it."""
-    cos, sin = triton_scan.rope_table(triton.cdiv(v.shape[1], L), D, 10000.0, v.device)
-    return triton_scan.own_key_grads(q, k, v, gl, bias, cos, sin, dy, lse, delta, L, True)
+    return triton_scan.own_key_grads(v, gl, bias, s_self, dy, lse, delta, L)
 
 
 def decode_case(B, T, ceil, graph=True, n_splits=None, own_last=False, tile=None):

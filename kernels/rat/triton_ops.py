@@ -60,14 +60,15 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 def rat_core_fwd(
     q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor,
     chunk_size: int, rope: bool, rope_theta: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> y [B,T,H,D], lse [B,H,T] f32 (base 2), q_rot [B,T,G,D], k_end, v_end [B,H,C,D]."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> y [B,T,H,D], lse [B,H,T] f32 (base 2), q_rot [B,T,G,D], k_end, v_end [B,H,C,D],
+    s_self [B,H,T] f32 (the own scores q_rot . k_rot, which the backward reuses)."""
     q, k, v, gate_logits = map(_last_dim_contiguous, (q, k, v, gate_logits))
     gate_bias = gate_bias.contiguous()
     q_rot, v_run, s_self, k_end, v_end = _scan.scan_forward(
         q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta)
     y, lse = _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, v.dtype)
-    return y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2)
+    return y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2), s_self
 
 
 @rat_core_fwd.register_fake
@@ -75,13 +76,14 @@ def _(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta):
     B, T, H, D = v.shape
     C = max(T // chunk_size, 1)
     return (v.new_empty(B, T, H, D), v.new_empty(B, H, T, dtype=torch.float32),
-            q.new_empty(q.shape), k.new_empty(B, H, C, D), v.new_empty(B, H, C, D))
+            q.new_empty(q.shape), k.new_empty(B, H, C, D), v.new_empty(B, H, C, D),
+            v.new_empty(B, H, T, dtype=torch.float32))
 
 
 @torch.library.custom_op("archlab::rat_core_bwd", mutates_args=())
 def rat_core_bwd(
     dy: Tensor, q: Tensor, k: Tensor, v: Tensor, gate_logits: Tensor, gate_bias: Tensor,
-    y: Tensor, lse: Tensor, q_rot: Tensor, k_end: Tensor, v_end: Tensor,
+    y: Tensor, lse: Tensor, q_rot: Tensor, k_end: Tensor, v_end: Tensor, s_self: Tensor,
     chunk_size: int, rope: bool, rope_theta: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> dq, dk, dv, dgate_logits, dgate_bias. k_end/v_end as returned by rat_core_fwd."""
@@ -90,30 +92,28 @@ def rat_core_bwd(
     k_end, v_end = k_end.transpose(1, 2), v_end.transpose(1, 2)  # [B, C, H, D] views
     delta = _attn.attention_delta(y, dy)
     dke, dve, dqi = _attn.attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size)
-    return _scan.scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dke, dve, dqi,
-                               chunk_size, rope, rope_theta)
+    return _scan.scan_backward(q, k, v, gate_logits, gate_bias, s_self, dy, lse, delta, dke,
+                               dve, dqi, chunk_size, rope, rope_theta)
 
 
 @rat_core_bwd.register_fake
-def _(dy, q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end, chunk_size, rope,
-      rope_theta):
+def _(dy, q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end, s_self, chunk_size,
+      rope, rope_theta):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             gate_logits.new_empty(gate_logits.shape), gate_bias.new_empty(gate_bias.shape))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta = inputs
-    y, lse, q_rot, k_end, v_end = output
-    ctx.save_for_backward(q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end)
+    y, lse, q_rot, k_end, v_end, s_self = output
+    ctx.save_for_backward(q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end, s_self)
     ctx.args = (chunk_size, rope, rope_theta)
-    ctx.mark_non_differentiable(lse, q_rot, k_end, v_end)
+    ctx.mark_non_differentiable(lse, q_rot, k_end, v_end, s_self)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for those
 
 
 def _backward(ctx, dy, *unused):
-    q, k, v, gate_logits, gate_bias, y, lse, q_rot, k_end, v_end = ctx.saved_tensors
-    grads = torch.ops.archlab.rat_core_bwd(dy, q, k, v, gate_logits, gate_bias, y, lse, q_rot,
-                                           k_end, v_end, *ctx.args)
+    grads = torch.ops.archlab.rat_core_bwd(dy, *ctx.saved_tensors, *ctx.args)
     return (*grads, None, None, None)
 
 
@@ -130,7 +130,7 @@ def _fwd_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> in
 @register_flop_formula(torch.ops.archlab.rat_core_bwd)
 def _bwd_flops(dy_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
     B, T, H, D = v_shape
-    chunk_size = args[7] if len(args) > 7 else kwargs["chunk_size"]
+    chunk_size = args[8] if len(args) > 8 else kwargs["chunk_size"]
     return 8 * D * H * B * scored_pairs(T, chunk_size)
 
 
@@ -165,8 +165,8 @@ def _proj_views(proj: Tensor, heads: int, qk_groups: int) -> tuple[Tensor, ...]:
 def rat_gated_fwd(
     proj: Tensor, gate_bias: Tensor, heads: int, qk_groups: int, chunk_size: int, rope: bool,
     rope_theta: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> o = sigmoid(z) * y [B,T,H*D], y [B,T,H,D], lse, q_rot, k_end, v_end (as
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> o = sigmoid(z) * y [B,T,H*D], y [B,T,H,D], lse, q_rot, k_end, v_end, s_self (as
     rat_core_fwd)."""
     proj = _last_dim_contiguous(proj)
     z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
@@ -174,7 +174,7 @@ def rat_gated_fwd(
         q, k, v, gl, gate_bias.contiguous(), chunk_size, rope, rope_theta)
     y, lse, o = _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size,
                                         proj.dtype, z=z)
-    return o, y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2)
+    return o, y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2), s_self
 
 
 @rat_gated_fwd.register_fake
@@ -184,14 +184,15 @@ def _(proj, gate_bias, heads, qk_groups, chunk_size, rope, rope_theta):
     C = max(T // chunk_size, 1)
     return (proj.new_empty(B, T, H * D), proj.new_empty(B, T, H, D),
             proj.new_empty(B, H, T, dtype=torch.float32), proj.new_empty(q.shape),
-            proj.new_empty(B, H, C, D), proj.new_empty(B, H, C, D))
+            proj.new_empty(B, H, C, D), proj.new_empty(B, H, C, D),
+            proj.new_empty(B, H, T, dtype=torch.float32))
 
 
 @torch.library.custom_op("archlab::rat_gated_bwd", mutates_args=())
 def rat_gated_bwd(
     do: Tensor, proj: Tensor, gate_bias: Tensor, y: Tensor, lse: Tensor, q_rot: Tensor,
-    k_end: Tensor, v_end: Tensor, heads: int, qk_groups: int, chunk_size: int, rope: bool,
-    rope_theta: float,
+    k_end: Tensor, v_end: Tensor, s_self: Tensor, heads: int, qk_groups: int, chunk_size: int,
+    rope: bool, rope_theta: float,
 ) -> tuple[Tensor, Tensor]:
     """-> dproj (every column block written in place: no concatenation), dgate_bias."""
     proj = _last_dim_contiguous(proj)
@@ -201,23 +202,24 @@ def rat_gated_bwd(
     dy, delta = _attn.gate_backward(do.contiguous(), z, y, dz)
     k_end, v_end = k_end.transpose(1, 2), v_end.transpose(1, 2)  # [B, C, H, D] views
     dke, dve, dqi = _attn.attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size)
-    *_, dbias = _scan.scan_backward(q, k, v, gl, gate_bias.contiguous(), dy, lse, delta, dke,
-                                    dve, dqi, chunk_size, rope, rope_theta, out=grads)
+    *_, dbias = _scan.scan_backward(q, k, v, gl, gate_bias.contiguous(), s_self, dy, lse,
+                                    delta, dke, dve, dqi, chunk_size, rope, rope_theta,
+                                    out=grads)
     return dproj, dbias
 
 
 @rat_gated_bwd.register_fake
-def _(do, proj, gate_bias, y, lse, q_rot, k_end, v_end, heads, qk_groups, chunk_size, rope,
-      rope_theta):
+def _(do, proj, gate_bias, y, lse, q_rot, k_end, v_end, s_self, heads, qk_groups, chunk_size,
+      rope, rope_theta):
     return proj.new_empty(proj.shape), gate_bias.new_empty(gate_bias.shape)
 
 
 def _gated_setup_context(ctx, inputs, output):
     proj, gate_bias, *args = inputs
-    o, y, lse, q_rot, k_end, v_end = output
-    ctx.save_for_backward(proj, gate_bias, y, lse, q_rot, k_end, v_end)
+    o, *saved = output
+    ctx.save_for_backward(proj, gate_bias, *saved)
     ctx.args = args
-    ctx.mark_non_differentiable(y, lse, q_rot, k_end, v_end)
+    ctx.mark_non_differentiable(*saved)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for those (y: 1 GB at 262K)
 
 
@@ -243,7 +245,7 @@ def _gated_fwd_flops(proj_shape, bias_shape, heads, qk_groups, chunk_size, *args
 
 @register_flop_formula(torch.ops.archlab.rat_gated_bwd)
 def _gated_bwd_flops(do_shape, proj_shape, bias_shape, y_shape, lse_shape, q_shape, k_shape,
-                     v_shape, heads, qk_groups, chunk_size, *args, out_shape=None,
+                     v_shape, ss_shape, heads, qk_groups, chunk_size, *args, out_shape=None,
                      **kwargs) -> int:
     dh, pairs = _gated_pairs(proj_shape, heads, qk_groups, chunk_size)
     return 8 * dh * pairs

@@ -180,54 +180,55 @@ def rat_scan_fwd_kernel(
 
 
 @triton.jit
+def _combine_v(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
 def rat_scan_ds_kernel(
-    Q, K, V, GL, BIAS, COS, SIN, DY, LSE, DELTA, P, DS,
-    s_q_b, s_q_t, s_q_g, s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
-    s_dy_b, s_dy_t, s_dy_h,
+    V, GL, BIAS, SS, DY, LSE, DELTA, P, DS,
+    s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h, s_dy_b, s_dy_t, s_dy_h,
     T, L, SEG, n_tiles, scale_log2,
-    H: tl.constexpr, G: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
-    ROPE: tl.constexpr,
+    H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
 ):
-    """Grid (segments, B * G), as the forward scan. The backward's reductions over all
-    channels: the own key's softmax weight p = exp2(q_rot . k_rot * scale_log2 - lse) and
-    its score gradient ds = p * (dy . v_run - delta), [B,H,T] float32, from the states
-    recomputed in float32."""
+    """Grid (segments, B * H). The backward's reductions over all channels: the own key's
+    softmax weight p = exp2(s_self * scale_log2 - lse) and its score gradient
+    ds = p * (dy . v_run - delta), [B,H,T] float32. s_self (the own score q_rot . k_rot,
+    [B,H,T] float32) comes from the forward, so only the value scan is recomputed (in
+    float32, whole rows: RoPE plays no part in it)."""
     pid_s = tl.program_id(0)
-    pid_bg = tl.program_id(1)
-    b = (pid_bg // G).to(tl.int64)
-    g = pid_bg % G
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    bh = b * H + h
     rows = tl.arange(0, BT)
-    cols = tl.arange(0, D2)
+    cols = tl.arange(0, D)
     seg0 = pid_s * SEG
-    for hh in range(H // G):
-        h = g + hh * G
-        bh = b * H + h
-        ck_lo = tl.zeros([D2], tl.float32)
-        ck_hi = tl.zeros([D2], tl.float32)
-        cv_lo = tl.zeros([D2], tl.float32)
-        cv_hi = tl.zeros([D2], tl.float32)
-        for j in range(n_tiles):
-            r = j * BT + rows
-            t = seg0 + r
-            valid = (r < SEG) & (t < T)
-            sk_lo, sk_hi, sv_lo, sv_hi, k_lo, k_hi, v_lo, v_hi = _scan_tile(
-                GL, BIAS, K, V, b, g, h, t, valid, L, cols,
-                s_k_b, s_k_t, s_k_g, s_v_b, s_v_t, s_v_h, s_gl_b, s_gl_t, s_gl_h,
-                ck_lo, ck_hi, cv_lo, cv_hi, D2)
-            cos, sin = _cos_sin(COS, SIN, t, L, valid, cols, D2, ROPE)
-            kr_lo, kr_hi = _rot(sk_lo, sk_hi, cos, sin, ROPE)
-            q_lo, q_hi = _load_halves(Q + b * s_q_b + t * s_q_t + g * s_q_g, cols, valid, D2)
-            qr_lo, qr_hi = _rot(q_lo, q_hi, cos, sin, ROPE)
-            lse = tl.load(LSE + bh * T + t, mask=valid, other=0.0)
-            delta = tl.load(DELTA + bh * T + t, mask=valid, other=0.0)
-            ss = tl.sum(qr_lo * kr_lo + qr_hi * kr_hi, axis=1) * scale_log2
-            p = tl.where(valid, tl.exp2(ss - lse), 0.0)
-            dy_lo, dy_hi = _load_halves(DY + b * s_dy_b + t * s_dy_t + h * s_dy_h, cols, valid,
-                                        D2)
-            ds = p * (tl.sum(dy_lo * sv_lo + dy_hi * sv_hi, axis=1) - delta)
-            tl.store(P + bh * T + t, p, mask=valid)
-            tl.store(DS + bh * T + t, ds, mask=valid)
-            ck_lo, ck_hi, cv_lo, cv_hi = _carries(sk_lo, sk_hi, sv_lo, sv_hi, rows, BT)
+    bias = tl.load(BIAS + h * D + cols).to(tl.float32)
+    carry = tl.zeros([D], tl.float32)
+    for j in range(n_tiles):
+        r = j * BT + rows
+        t = seg0 + r
+        valid = (r < SEG) & (t < T)
+        gl = tl.load(GL + b * s_gl_b + t[:, None] * s_gl_t + h * s_gl_h + cols[None, :],
+                     mask=valid[:, None], other=0.0).to(tl.float32)
+        gate = tl.sigmoid(gl + bias[None, :])
+        v = tl.load(V + b * s_v_b + t[:, None] * s_v_t + h * s_v_h + cols[None, :],
+                    mask=valid[:, None], other=0.0).to(tl.float32)
+        keep = ((t % L) != 0) & valid  # the state resets at every chunk start
+        A, sv = tl.associative_scan((tl.where(keep[:, None], gate, 0.0), (1.0 - gate) * v), 0,
+                                    _combine_v)
+        sv += A * carry[None, :]
+        ss = tl.load(SS + bh * T + t, mask=valid, other=0.0) * scale_log2
+        lse = tl.load(LSE + bh * T + t, mask=valid, other=0.0)
+        delta = tl.load(DELTA + bh * T + t, mask=valid, other=0.0)
+        p = tl.where(valid, tl.exp2(ss - lse), 0.0)
+        dy = tl.load(DY + b * s_dy_b + t[:, None] * s_dy_t + h * s_dy_h + cols[None, :],
+                     mask=valid[:, None], other=0.0).to(tl.float32)
+        ds = p * (tl.sum(dy * sv, axis=1) - delta)
+        tl.store(P + bh * T + t, p, mask=valid)
+        tl.store(DS + bh * T + t, ds, mask=valid)
+        carry = _last_row(sv, rows, BT)
 
 
 @triton.jit
@@ -530,33 +531,30 @@ def channel_block(D2: int, device) -> int:
     return min(D2, CHANNEL_BLOCK if gpu_tiles(device) else 4)
 
 
-def own_key_grads(q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, chunk_size, rope):
+def own_key_grads(v, gate_logits, gate_bias, s_self, dy, lse, delta, chunk_size):
     """The backward's first pass (`rat_scan_ds_kernel`): the own key's softmax weight p and
-    score gradient ds, [B, H, T] float32. cos, sin: `rope_table` (any tensors without
-    RoPE)."""
+    score gradient ds, [B, H, T] float32, from the forward's own scores s_self [B,H,T]."""
     import torch
 
     B, T, H, D = v.shape
-    G = k.shape[2]
     p = torch.empty(B, H, T, device=v.device, dtype=torch.float32)
     ds = torch.empty_like(p)
     BT, SEG, n_tiles, warps = tile_plan(T, chunk_size)
-    rat_scan_ds_kernel[(triton.cdiv(T, SEG), B * G)](
-        q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, p, ds,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+    rat_scan_ds_kernel[(triton.cdiv(T, SEG), B * H)](
+        v, gate_logits, gate_bias, s_self, dy, lse, delta, p, ds,
         v.stride(0), v.stride(1), v.stride(2),
         gate_logits.stride(0), gate_logits.stride(1), gate_logits.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2),
         T, chunk_size, SEG, n_tiles, D**-0.5 * 1.4426950408889634,
-        H=H, G=G, D2=D // 2, BT=BT, ROPE=rope,
-        num_warps=warps,
+        H=H, D=D, BT=BT, num_warps=warps,
     )
     return p, ds
 
 
-def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_end, dq_inter,
-                  chunk_size, rope, rope_theta, out=None):
-    """Launch the backward pass. dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
+def scan_backward(q, k, v, gate_logits, gate_bias, s_self, dy, lse, delta, dk_end, dv_end,
+                  dq_inter, chunk_size, rope, rope_theta, out=None):
+    """Launch the backward pass. s_self: the forward's own scores [B,H,T] float32 (scan_forward
+    returns them); dk_end/dv_end: fp32 [B, H, C, D] contiguous; dq_inter:
     fp32 [B, T, G, D] contiguous (overwritten when a chunk spans several tiles). `out`:
     (dq, dk, dv, dgate_logits) to write into (views, last dim contiguous), else new tensors.
     Returns dq, dk, dv, dgate_logits, dgate_bias."""
@@ -569,7 +567,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, dy, lse, delta, dk_end, dv_en
     scale = D**-0.5
     cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (lse, lse)
     # pass 1: p and ds of the own key (reductions over all channels), as the forward scans
-    p, ds = own_key_grads(q, k, v, gate_logits, gate_bias, cos, sin, dy, lse, delta, L, rope)
+    p, ds = own_key_grads(v, gate_logits, gate_bias, s_self, dy, lse, delta, L)
     # pass 2: the adjoint scans, on channel blocks
     BT, SEG, n_tiles, warps = tile_plan(T, L, backward=True)
     n_seg = triton.cdiv(T, SEG)
