@@ -136,7 +136,7 @@ def launches(B, T, H, G, D, L, dtype, rope) -> dict:
     return {
         "gated forward": lambda: triton_ops.rat_gated_fwd(proj, bias, H, G, L, rope, 1e4),
         "gated backward": lambda: triton_ops.rat_gated_bwd(
-            t(B, T, H * D), proj, bias, t(B, T, H, D), torch.randn(B, H, T), q,
+            t(B, T, H * D), proj, bias, t(B, T, H * D), torch.randn(B, H, T), q,
             t(B, H, ends, D), t(B, H, ends, D), torch.randn(B, H, T), H, G, L, rope, 1e4),
         "gated prefill": lambda: triton_ops.rat_prefill_triton(
             q, k, v, gl, bias, t(B, slots, H, D), t(B, slots, H, D), L, rope, 1e4,

@@ -119,12 +119,13 @@ def rat_delta_kernel(Y, DY, DELTA, s_y_b, s_y_t, s_y_h, s_dy_b, s_dy_t, s_dy_h, 
 
 
 @triton.jit
-def rat_gate_bwd_kernel(DO, Z, Y, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T,
+def rat_gate_bwd_kernel(DO, Z, O, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T,
                         H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
-    """The backward of o = sigmoid(z) * y with the attention's delta, one pass. Grid
-    (cdiv(T, BM), B * H). DO, Y [B, T, H*D] contiguous (DO the gradient of o); Z, DZ
-    [B, T, H*D] strided by rows; writes DY = DO * sigmoid(z) [B,T,H,D] (Y's dtype), DZ, and
-    DELTA [B,H,T] = rowsum(dy * y) in float32 (from dy as stored)."""
+    """The backward of o = sigmoid(z) * y with the attention's delta, one pass, from o (y is
+    never stored: sigmoid(z) * y = o gives dz = do * o * (1 - sigmoid(z)) and
+    delta = rowsum(dy * y) = rowsum(do * o)). Grid (cdiv(T, BM), B * H). DO, O [B, T, H*D]
+    contiguous (DO the gradient of o); Z, DZ [B, T, H*D] strided by rows; writes
+    DY = DO * sigmoid(z) [B,T,H,D] (O's dtype), DZ, and DELTA [B,H,T] in float32."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -135,15 +136,13 @@ def rat_gate_bwd_kernel(DO, Z, Y, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T
     cols = h * D + offs_d[None, :]
     row = b * T * H * D + offs_m[:, None] * (H * D) + cols
     do = tl.load(DO + row, mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(Y + row, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(O + row, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(Z + b * s_z_b + offs_m[:, None] * s_z_t + cols, mask=mask, other=0.0)
     sig = tl.sigmoid(z.to(tl.float32))
-    dy = (do * sig).to(DY.dtype.element_ty)
-    tl.store(DY + row, dy, mask=mask)
+    tl.store(DY + row, (do * sig).to(DY.dtype.element_ty), mask=mask)
     tl.store(DZ + b * s_dz_b + offs_m[:, None] * s_dz_t + cols,
-             (do * y * sig * (1.0 - sig)).to(DZ.dtype.element_ty), mask=mask)
-    tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(dy.to(tl.float32) * y, axis=1),
-             mask=offs_m < T)
+             (do * o * (1.0 - sig)).to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(do * o, axis=1), mask=offs_m < T)
 
 
 @triton.jit
@@ -370,18 +369,19 @@ def attention_delta(y, dy):
     return delta
 
 
-def gate_backward(do, z, y, dz):
+def gate_backward(do, z, o, dz, heads):
     """The backward of o = sigmoid(z) * y [B, T, H*D] with the attention's delta: writes dz
-    (a [B, T, H*D] view, rows strided) and returns dy [B,T,H,D] (y's dtype) and delta
-    [B,H,T] float32. do and y: contiguous."""
+    (a [B, T, H*D] view, rows strided) and returns dy [B,T,H,D] (o's dtype) and delta
+    [B,H,T] float32. do and o: contiguous."""
     import torch
 
-    B, T, H, D = y.shape
-    dy = torch.empty_like(y)
-    delta = torch.empty(B, H, T, device=y.device, dtype=torch.float32)
-    BM = 32 if gpu_tiles(y.device) else 16  # 64 rows took 199 registers a thread on sm_90
+    B, T, HD = o.shape
+    H, D = heads, HD // heads
+    dy = torch.empty(B, T, H, D, device=o.device, dtype=o.dtype)
+    delta = torch.empty(B, H, T, device=o.device, dtype=torch.float32)
+    BM = 32 if gpu_tiles(o.device) else 16  # 64 rows took 199 registers a thread on sm_90
     rat_gate_bwd_kernel[(triton.cdiv(T, BM), B * H)](
-        do, z, y, dy, dz, delta, z.stride(0), z.stride(1), dz.stride(0), dz.stride(1), T,
+        do, z, o, dy, dz, delta, z.stride(0), z.stride(1), dz.stride(0), dz.stride(1), T,
         H=H, D=D, BM=BM, num_warps=4)
     return dy, delta
 

@@ -165,16 +165,16 @@ def _proj_views(proj: Tensor, heads: int, qk_groups: int) -> tuple[Tensor, ...]:
 def rat_gated_fwd(
     proj: Tensor, gate_bias: Tensor, heads: int, qk_groups: int, chunk_size: int, rope: bool,
     rope_theta: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> o = sigmoid(z) * y [B,T,H*D], y [B,T,H,D], lse, q_rot, k_end, v_end, s_self (as
-    rat_core_fwd)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> o = sigmoid(z) * y [B,T,H*D], lse, q_rot, k_end, v_end, s_self (as rat_core_fwd; y
+    itself is never stored: the backward needs o only)."""
     proj = _last_dim_contiguous(proj)
     z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
     q_rot, v_run, s_self, k_end, v_end = _scan.scan_forward(
         q, k, v, gl, gate_bias.contiguous(), chunk_size, rope, rope_theta)
-    y, lse, o = _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size,
-                                        proj.dtype, z=z)
-    return o, y, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2), s_self
+    _, lse, o = _attn.attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size,
+                                        proj.dtype, z=z, write_y=False)
+    return o, lse, q_rot, k_end.transpose(1, 2), v_end.transpose(1, 2), s_self
 
 
 @rat_gated_fwd.register_fake
@@ -182,7 +182,7 @@ def _(proj, gate_bias, heads, qk_groups, chunk_size, rope, rope_theta):
     _, q, _, v, _ = _proj_views(proj, heads, qk_groups)
     B, T, H, D = v.shape
     C = max(T // chunk_size, 1)
-    return (proj.new_empty(B, T, H * D), proj.new_empty(B, T, H, D),
+    return (proj.new_empty(B, T, H * D),
             proj.new_empty(B, H, T, dtype=torch.float32), proj.new_empty(q.shape),
             proj.new_empty(B, H, C, D), proj.new_empty(B, H, C, D),
             proj.new_empty(B, H, T, dtype=torch.float32))
@@ -190,7 +190,7 @@ def _(proj, gate_bias, heads, qk_groups, chunk_size, rope, rope_theta):
 
 @torch.library.custom_op("archlab::rat_gated_bwd", mutates_args=())
 def rat_gated_bwd(
-    do: Tensor, proj: Tensor, gate_bias: Tensor, y: Tensor, lse: Tensor, q_rot: Tensor,
+    do: Tensor, proj: Tensor, gate_bias: Tensor, o: Tensor, lse: Tensor, q_rot: Tensor,
     k_end: Tensor, v_end: Tensor, s_self: Tensor, heads: int, qk_groups: int, chunk_size: int,
     rope: bool, rope_theta: float,
 ) -> tuple[Tensor, Tensor]:
@@ -199,7 +199,7 @@ def rat_gated_bwd(
     z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
     dproj = torch.empty_like(proj)
     dz, *grads = _proj_views(dproj, heads, qk_groups)
-    dy, delta = _attn.gate_backward(do.contiguous(), z, y, dz)
+    dy, delta = _attn.gate_backward(do.contiguous(), z, o, dz, heads)
     k_end, v_end = k_end.transpose(1, 2), v_end.transpose(1, 2)  # [B, C, H, D] views
     dke, dve, dqi = _attn.attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size)
     *_, dbias = _scan.scan_backward(q, k, v, gl, gate_bias.contiguous(), s_self, dy, lse,
@@ -209,7 +209,7 @@ def rat_gated_bwd(
 
 
 @rat_gated_bwd.register_fake
-def _(do, proj, gate_bias, y, lse, q_rot, k_end, v_end, s_self, heads, qk_groups, chunk_size,
+def _(do, proj, gate_bias, o, lse, q_rot, k_end, v_end, s_self, heads, qk_groups, chunk_size,
       rope, rope_theta):
     return proj.new_empty(proj.shape), gate_bias.new_empty(gate_bias.shape)
 
@@ -217,10 +217,10 @@ def _(do, proj, gate_bias, y, lse, q_rot, k_end, v_end, s_self, heads, qk_groups
 def _gated_setup_context(ctx, inputs, output):
     proj, gate_bias, *args = inputs
     o, *saved = output
-    ctx.save_for_backward(proj, gate_bias, *saved)
+    ctx.save_for_backward(proj, gate_bias, o, *saved)
     ctx.args = args
     ctx.mark_non_differentiable(*saved)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients for those (y: 1 GB at 262K)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for those
 
 
 def _gated_backward(ctx, do, *unused):
@@ -244,7 +244,7 @@ def _gated_fwd_flops(proj_shape, bias_shape, heads, qk_groups, chunk_size, *args
 
 
 @register_flop_formula(torch.ops.archlab.rat_gated_bwd)
-def _gated_bwd_flops(do_shape, proj_shape, bias_shape, y_shape, lse_shape, q_shape, k_shape,
+def _gated_bwd_flops(do_shape, proj_shape, bias_shape, o_shape, lse_shape, q_shape, k_shape,
                      v_shape, ss_shape, heads, qk_groups, chunk_size, *args, out_shape=None,
                      **kwargs) -> int:
     dh, pairs = _gated_pairs(proj_shape, heads, qk_groups, chunk_size)

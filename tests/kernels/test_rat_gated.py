@@ -51,12 +51,13 @@ def output_and_grads(fn, proj, bias, do, cast):
 
 NAMES = ("o", "dproj", "dgate_bias")
 # (B, T, H, G, D, chunk, rope): T off the chunk grid, chunk 1, a chunk cut into several tiles,
-# no RoPE, one qk group
+# no RoPE, one qk group, a chunk longer than T
 CPU_CASES = [
     (2, 37, 2, 2, 16, 16, True),
     (1, 33, 2, 1, 16, 1, True),
     (1, 90, 2, 1, 16, 80, True),
     (1, 40, 4, 2, 32, 8, False),
+    (1, 50, 2, 2, 16, 128, True),
 ]
 
 
@@ -113,7 +114,9 @@ def test_gated_flop_count_and_fake():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("B,T,L", [(2, 2048, 16), (1, 1000, 64), (1, 300, 1000)])
+@pytest.mark.parametrize(
+    "B,T,L", [(2, 2048, 16), (1, 1000, 64), (1, 512, 1), (1, 700, 128), (1, 300, 1000)]
+)
 def test_gated_gpu_bf16(B, T, L):
     """The bf16 rule: the kernel's error against float32 at most twice that of the
     reference fed the same bf16 inputs, plus 2e-3 (relative to each tensor's norm)."""
