@@ -71,6 +71,9 @@ def rat_attn_fwd_kernel(
     m_valid = offs_m < T
     q = tl.load(QR + (b * T * G + g) * D + (offs_m[:, None] * (G * D) + offs_d[None, :]),
                 mask=m_valid[:, None], other=0.0)
+    if GATED:  # loaded before the key loop, whose work hides its latency
+        z = tl.load(Z + b * s_z_b + (offs_m[:, None] * s_z_t + h * D + offs_d[None, :]),
+                    mask=m_valid[:, None], other=0.0)
     bh = b * H + h
     m_i = tl.load(SS + bh * T + offs_m, mask=m_valid, other=0.0) * scale_log2
     l_i = tl.full([BM], 1.0, tl.float32)
@@ -93,10 +96,9 @@ def rat_attn_fwd_kernel(
         tl.store(Y + b * s_y_b + h * s_y_h + (offs_m[:, None] * s_y_t + offs_d[None, :]),
                  y.to(Y.dtype.element_ty), mask=m_valid[:, None])
     if GATED:
-        z = tl.load(Z + b * s_z_b + (offs_m[:, None] * s_z_t + h * D + offs_d[None, :]),
-                    mask=m_valid[:, None], other=0.0).to(tl.float32)
         tl.store(O + b * T * H * D + (offs_m[:, None] * (H * D) + h * D + offs_d[None, :]),
-                 (tl.sigmoid(z) * y).to(O.dtype.element_ty), mask=m_valid[:, None])
+                 (tl.sigmoid(z.to(tl.float32)) * y).to(O.dtype.element_ty),
+                 mask=m_valid[:, None])
     tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=m_valid)
 
 
@@ -119,13 +121,13 @@ def rat_delta_kernel(Y, DY, DELTA, s_y_b, s_y_t, s_y_h, s_dy_b, s_dy_t, s_dy_h, 
 
 
 @triton.jit
-def rat_gate_bwd_kernel(DO, Z, O, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T,
-                        H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
+def rat_gate_bwd_kernel(DO, Z, O, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, s_dy_b, s_dy_t,
+                        T, H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
     """The backward of o = sigmoid(z) * y with the attention's delta, one pass, from o (y is
     never stored: sigmoid(z) * y = o gives dz = do * o * (1 - sigmoid(z)) and
     delta = rowsum(dy * y) = rowsum(do * o)). Grid (cdiv(T, BM), B * H). DO, O [B, T, H*D]
-    contiguous (DO the gradient of o); Z, DZ [B, T, H*D] strided by rows; writes
-    DY = DO * sigmoid(z) [B,T,H,D] (O's dtype), DZ, and DELTA [B,H,T] in float32."""
+    contiguous (DO the gradient of o); Z, DZ, DY [B, T, H*D] strided by rows; writes
+    DY = DO * sigmoid(z), DZ, and DELTA [B,H,T] in float32."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -139,7 +141,8 @@ def rat_gate_bwd_kernel(DO, Z, O, DY, DZ, DELTA, s_z_b, s_z_t, s_dz_b, s_dz_t, T
     o = tl.load(O + row, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(Z + b * s_z_b + offs_m[:, None] * s_z_t + cols, mask=mask, other=0.0)
     sig = tl.sigmoid(z.to(tl.float32))
-    tl.store(DY + row, (do * sig).to(DY.dtype.element_ty), mask=mask)
+    tl.store(DY + b * s_dy_b + offs_m[:, None] * s_dy_t + cols, (do * sig).to(DY.dtype.element_ty),
+             mask=mask)
     tl.store(DZ + b * s_dz_b + offs_m[:, None] * s_dz_t + cols,
              (do * o * (1.0 - sig)).to(DZ.dtype.element_ty), mask=mask)
     tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(do * o, axis=1), mask=offs_m < T)
@@ -369,21 +372,19 @@ def attention_delta(y, dy):
     return delta
 
 
-def gate_backward(do, z, o, dz, heads):
+def gate_backward(do, z, o, dz, dy, heads):
     """The backward of o = sigmoid(z) * y [B, T, H*D] with the attention's delta: writes dz
-    (a [B, T, H*D] view, rows strided) and returns dy [B,T,H,D] (o's dtype) and delta
-    [B,H,T] float32. do and o: contiguous."""
+    and dy (views [B, T, H*D] and [B, T, H, D], rows strided) and returns delta [B,H,T]
+    float32. do and o: contiguous."""
     import torch
 
     B, T, HD = o.shape
-    H, D = heads, HD // heads
-    dy = torch.empty(B, T, H, D, device=o.device, dtype=o.dtype)
-    delta = torch.empty(B, H, T, device=o.device, dtype=torch.float32)
+    delta = torch.empty(B, heads, T, device=o.device, dtype=torch.float32)
     BM = 32 if gpu_tiles(o.device) else 16  # 64 rows took 199 registers a thread on sm_90
-    rat_gate_bwd_kernel[(triton.cdiv(T, BM), B * H)](
-        do, z, o, dy, dz, delta, z.stride(0), z.stride(1), dz.stride(0), dz.stride(1), T,
-        H=H, D=D, BM=BM, num_warps=4)
-    return dy, delta
+    rat_gate_bwd_kernel[(triton.cdiv(T, BM), B * heads)](
+        do, z, o, dy, dz, delta, z.stride(0), z.stride(1), dz.stride(0), dz.stride(1),
+        dy.stride(0), dy.stride(1), T, H=heads, D=HD // heads, BM=BM, num_warps=4)
+    return delta
 
 
 def attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size):

@@ -199,7 +199,10 @@ def rat_gated_bwd(
     z, q, k, v, gl = _proj_views(proj, heads, qk_groups)
     dproj = torch.empty_like(proj)
     dz, *grads = _proj_views(dproj, heads, qk_groups)
-    dy, delta = _attn.gate_backward(do.contiguous(), z, o, dz, heads)
+    # dy lives in dv's columns until the scan's backward, the last to read it, overwrites it
+    # with dv (each program reads its rows of dy before it writes them): 1 GB less at 262K
+    dy = grads[2]
+    delta = _attn.gate_backward(do.contiguous(), z, o, dz, dy, heads)
     k_end, v_end = k_end.transpose(1, 2), v_end.transpose(1, 2)  # [B, C, H, D] views
     dke, dve, dqi = _attn.attention_backward(q_rot, k_end, v_end, dy, lse, delta, chunk_size)
     *_, dbias = _scan.scan_backward(q, k, v, gl, gate_bias.contiguous(), s_self, dy, lse,
