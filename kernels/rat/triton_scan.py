@@ -566,7 +566,7 @@ def scan_backward(q, k, v, gate_logits, gate_bias, s_self, dy, lse, delta, dk_en
     dev = v.device
     scale = D**-0.5
     cos, sin = rope_table(triton.cdiv(T, L), D, rope_theta, dev) if rope else (lse, lse)
-    # pass 1: p and ds of the own key (reductions over all channels), as the forward scans
+    # pass 1: p and ds of the own key (reductions over all channels; rescans the values)
     p, ds = own_key_grads(v, gate_logits, gate_bias, s_self, dy, lse, delta, L)
     # pass 2: the adjoint scans, on channel blocks
     BT, SEG, n_tiles, warps = tile_plan(T, L, backward=True)
