@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
     args.sweep |= args.only_sweep
     stages = []
+    if args.stages and not cuda:
+        print("--stages times long caches on a GPU: nothing to time here")
     for case, B, H, K, D, S, length in LONG_CASES if cuda and args.stages else []:
         stages.append({"case": case, **stages_case(B, H, K, D, S, length, dtype)})
         print(f"stages {case}: {stages[-1]['median_ms']}", flush=True)
