@@ -245,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
     names = ["triton", *SDPA, "sdpa_masked", "sdpa_masked_cudnn"]
-    print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
     args.sweep |= args.only_sweep
+    only = args.only_sweep or args.stages
+    if not only:
+        print("case          B     length  " + "  ".join(f"{n:>14}" for n in names) + "  (ms)")
     stages = []
     if args.stages and not cuda:
         print("--stages times long caches on a GPU: nothing to time here")
@@ -254,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         stages.append({"case": case, **stages_case(B, H, K, D, S, length, dtype)})
         print(f"stages {case}: {stages[-1]['median_ms']}", flush=True)
         torch.cuda.empty_cache()
-    only = args.only_sweep or args.stages
     for case, B, H, K, D, S, lengths in [] if only else CASES if cuda else SMALL:
         for length in lengths:
             row = run_case(case, B, H, K, D, S, length, cuda, dtype)
