@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernels", default="fwd,dkv,dq")
     ap.add_argument("--rep", type=int, default=60, help="do_bench's rep (ms)")
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("rat_attention_tiles.py times the Triton kernels on a CUDA GPU; there is none here")
+        return 2
     report = {
         "command": "python3 " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -87,3 +87,13 @@ def test_decode_attention_small_run(tmp_path):
     for row in doc["rows"]:  # the kernel and sdpa ran and agree with float32 attention
         for name in ("triton", "sdpa"):
             assert row["variants"][name]["rel_err"] < 1e-5, row
+
+
+def test_rat_attention_tiles_says_it_needs_a_gpu(capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the message is for machines without a GPU")
+    assert load("rat_attention_tiles").main([]) == 2
+    assert "CUDA GPU" in capsys.readouterr().out
