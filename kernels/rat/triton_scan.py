@@ -516,9 +516,11 @@ def scan_forward(q, k, v, gate_logits, gate_bias, chunk_size, rope, rope_theta,
 # The backward scan on channel blocks, as timed on the H200 (docs/rat_kernels.md): 16
 # channels at 2 warps, channel-major, took 11.9 ms at B x T = 64 x 4096, against 15.5 at
 # 4 warps and 17.2 / 17.1 for 8 / 32 channels; segment-major at 2 warps took 17.1 (an
-# earlier run). At 4 warps the order made no difference.
-CHANNEL_BLOCK = 16  # channels of each RoPE half per program
-CHANNEL_WARPS = 2  # warps of such a program
+# earlier run). At 4 warps the order made no difference. One warp was timed later (16 x
+# 16384, channel-major): 8 channels 8.34 ms, 16 channels 8.54, against 10.56 for 16 at 2
+# warps, 11.44 for 8 at 2 and 11.51 for 32 at 1.
+CHANNEL_BLOCK = 8  # channels of each RoPE half per program
+CHANNEL_WARPS = 1  # warps of such a program
 CHANNEL_MAJOR = True  # a segment's channel blocks run as neighbouring programs
 
 
