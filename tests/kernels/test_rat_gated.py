@@ -1,9 +1,9 @@
 """RAT's gated entry points (`rat_gated_triton`, `rat_prefill_triton(..., z=...)`): the rat
 block's mixing with its output gate, o = sigmoid(z) * y, from the whole in_proj output,
-against the float32 reference on the output and every gradient (the projection's and the
-gate bias's), on fresh random inputs. Without a GPU under Triton's interpreter
-(tests/conftest.py sets it) at small float32 shapes; with one in bf16 at real shapes under
-the bf16 rule of test_rat_triton.py."""
+against the reference (float64 on small shapes, float32 at real ones) on the output and
+every gradient (the projection's and the gate bias's), on fresh random inputs. Without a
+GPU under Triton's interpreter (tests/conftest.py sets it) at small float32 shapes; with
+one in bf16 at real shapes under the bf16 rule of test_rat_triton.py."""
 
 from __future__ import annotations
 
