@@ -5,7 +5,9 @@ The own key enters the online softmax as its initial state (m = own score, l = 1
 acc = own running value), so no second pass merges two softmaxes and no T x C mask exists:
 key blocks wholly visible to a query tile run unmasked, and only the blocks that straddle
 the tile's chunks compare indices. The softmax runs in base 2 (scale * log2(e) folded in);
-lse is stored in base 2 for the backward.
+lse is stored in base 2 for the backward. With the rat block's output gate (`GATED`) the
+epilogue writes o = sigmoid(z) * y, and y itself only when asked (`WRITE_Y`); the gate's
+backward and delta then take one pass (`rat_gate_bwd_kernel`).
 
 Backward: delta = rowsum(dy * y); one kernel per key block gives the chunk-end gradients
 (summed over all later queries, of one head); one kernel per query tile and qk group gives
@@ -333,6 +335,8 @@ def attention_forward(q_rot, k_end, v_end, v_run, s_self, chunk_size, out_dtype,
     are the complete chunk ends."""
     import torch
 
+    if not write_y and z is None:
+        raise ValueError("attention_forward writes y, o or both: pass z or write_y=True")
     B, T, H, D = v_run.shape
     G = q_rot.shape[2]
     L = chunk_size
