@@ -50,7 +50,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from archlab.blocks.attention import common  # noqa: E402
 from archlab.kernels import attention_decode  # noqa: E402
-from archlab.kernels.attention_decode import decode_attention  # noqa: E402
+from archlab.kernels.attention_decode import (  # noqa: E402
+    decode_attention,
+    decode_attention_reference,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared timing
 from scan_timing import median_ms  # noqa: E402
@@ -101,14 +104,6 @@ def sdpa_step(q, k_cache, v_cache, length, backend):
     args = (q[:, None], k_cache[:, :length], v_cache[:, :length])
     with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
         return common.sdpa_attention(*args)[:, 0]
-
-
-def reference(q, k_cache, v_cache, length):
-    H, K = q.shape[1], k_cache.shape[2]
-    k = k_cache[:, :length].float().repeat_interleave(H // K, dim=2)
-    v = v_cache[:, :length].float().repeat_interleave(H // K, dim=2)
-    s = torch.einsum("bhd,bshd->bhs", q.float(), k) * q.shape[-1] ** -0.5
-    return torch.einsum("bhs,bshd->bhd", s.softmax(-1), v)
 
 
 def masked_step(q, k_cache, v_cache, length, backend):
@@ -193,7 +188,7 @@ def run_case(case, B, H, K, D, S, length, cuda: bool, dtype) -> dict:
     q = torch.randn(B, H, D, device=dev, dtype=dtype)
     k_cache = torch.randn(B, S, K, D, device=dev, dtype=dtype)
     v_cache = torch.randn(B, S, K, D, device=dev, dtype=dtype)
-    ref = reference(q[:8], k_cache[:8], v_cache[:8], length)  # errors over 8 rows
+    ref = decode_attention_reference(q[:8], k_cache[:8], v_cache[:8], length)  # errors over 8 rows
     gbytes = 2 * B * K * length * D * k_cache.element_size() / 1e9
     fns = {"triton": lambda: decode_attention(q, k_cache, v_cache, length)}
     for name, backend in SDPA.items():

@@ -210,6 +210,17 @@ def _flops(q_shape, k_shape, v_shape, length, scale, *args, out_shape=None, **kw
     return 4 * B * H * D * length  # q.k and p.v per attended slot
 
 
+def decode_attention_reference(q_BHD: torch.Tensor, k_cache_BSKD: torch.Tensor,
+                               v_cache_BSKD: torch.Tensor, length: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v over cache slots 0 .. length - 1, in float32: what
+    `decode_attention` computes (grouped heads repeated), for its tests and benchmark."""
+    H, K = q_BHD.shape[1], k_cache_BSKD.shape[2]
+    k = k_cache_BSKD[:, :length].float().repeat_interleave(H // K, dim=2)
+    v = v_cache_BSKD[:, :length].float().repeat_interleave(H // K, dim=2)
+    s = torch.einsum("bhd,bshd->bhs", q_BHD.float(), k) * q_BHD.shape[-1] ** -0.5
+    return torch.einsum("bhs,bshd->bhd", s.softmax(-1), v)
+
+
 def decode_attention(q_BHD: torch.Tensor, k_cache_BSKD: torch.Tensor,
                      v_cache_BSKD: torch.Tensor, length: int,
                      scale: float | None = None) -> torch.Tensor:

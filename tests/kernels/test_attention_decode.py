@@ -13,18 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.kernels import attention_decode
 from archlab.kernels.attention_decode import decode_attention
+from archlab.kernels.attention_decode import decode_attention_reference as reference
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-
-
-def reference(q_BHD, k_BSKD, v_BSKD, length):
-    """softmax(q k^T / sqrt(D)) v over slots 0 .. length - 1, float32."""
-    H, K = q_BHD.shape[1], k_BSKD.shape[2]
-    k = k_BSKD[:, :length].float().repeat_interleave(H // K, dim=2)
-    v = v_BSKD[:, :length].float().repeat_interleave(H // K, dim=2)
-    s = torch.einsum("bhd,bshd->bhs", q_BHD.float(), k) * q_BHD.shape[-1] ** -0.5
-    return torch.einsum("bhs,bshd->bhd", s.softmax(-1), v)
 
 
 def inputs(B, H, K, D, S, dtype=torch.float32, device=DEVICE):
